@@ -1,0 +1,1352 @@
+//! The state machine of one pool: roster, presence leases, queue, offers,
+//! assignments, and the events every change appends.
+//!
+//! # Design
+//!
+//! Every public method is one atomic domain command: it checks, decides and
+//! changes state, and leaves the events it caused in a buffer that the store
+//! drains ([`PoolState::take_events`]). Nothing here returns agents or
+//! conversations for a caller to filter: the engine decides.
+//!
+//! Matching never scans. Offerable agents (online, available, stream
+//! attached, spare capacity, no pending offer) sit in ordered sets keyed by
+//! `(language, skill)` and by the strategy's score (longest idle first); a
+//! conversation walks the smallest set its requirements touch and stops at
+//! the first fully eligible agent. Waiting conversations sit in groups of
+//! identical requirements, each ordered by priority then waiting time; an
+//! agent who becomes free looks only at the heads of the groups of its
+//! languages whose requirements it meets.
+//!
+//! Deadlines (offer timeouts, undelivered offers, leases, maximum wait,
+//! retention) live in one ordered set; [`PoolState::sweep`] pops those due.
+//! Entries may be stale (an offer answered before its deadline): each is
+//! checked against the current state when popped.
+
+use crate::error::DomainError;
+use crate::event::{Event, EventKind};
+use crate::ids::{AgentId, ConversationId, OfferId, PoolId};
+use crate::model::{
+    AgentSnapshot, AgentStatus, Conversation, ConversationState, GoOnline, Handoff, Location,
+    OfferOutcome, OfferRecord, Presence, QueueStat, QueueStats, RosterEntry, Shift, ShiftView,
+    Skill, StatusChoice,
+};
+use crate::settings::DispatchSettings;
+use crate::time::Timestamp;
+use crate::validate::{language_covers, language_lookup_keys};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Index key for "any skill": every offerable agent is under it.
+const ANY_SKILL: &str = "*";
+/// How many recent first offers the wait estimate looks at.
+const RATE_WINDOW: usize = 64;
+
+/// Requirements shared by a group of waiting conversations.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct GroupKey {
+    language: String,
+    skills: Vec<Skill>,
+    region: Option<String>,
+}
+
+/// Order inside a group: higher priority first, then longer waiting.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    priority: Reverse<u8>,
+    queued_since: Timestamp,
+    arrival: u64,
+    conversation_id: ConversationId,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    by_priority: BTreeSet<QueueKey>,
+    by_age: BTreeSet<(Timestamp, u64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    OfferDelivery(ConversationId, u32),
+    OfferTimeout(ConversationId, u32),
+    StreamGrace(AgentId, ConversationId, u32),
+    Lease(AgentId),
+    MaxWait(ConversationId),
+    Retention(ConversationId),
+}
+
+#[derive(Debug)]
+struct Session {
+    skills: Vec<Skill>,
+    languages: Vec<String>,
+    capacity: u32,
+    location: Option<Location>,
+    choice: StatusChoice,
+    stream: Option<u64>,
+    active: BTreeSet<ConversationId>,
+    pending_offer: Option<OfferId>,
+    online_since: Timestamp,
+    last_heartbeat: Timestamp,
+    lease_expires: Timestamp,
+    idle_since: Timestamp,
+    consecutive_misses: u32,
+    /// The score the agent is indexed under, if it is offerable.
+    indexed_score: Option<i64>,
+}
+
+impl Session {
+    fn offerable(&self) -> bool {
+        self.stream.is_some()
+            && self.choice == StatusChoice::Available
+            && self.pending_offer.is_none()
+            && (self.active.len() as u32) < self.capacity
+    }
+
+    fn status(&self) -> AgentStatus {
+        match &self.choice {
+            StatusChoice::Away { .. } => AgentStatus::Away,
+            StatusChoice::Available => {
+                let load = self.active.len() as u32 + u32::from(self.pending_offer.is_some());
+                if load >= self.capacity { AgentStatus::Busy } else { AgentStatus::Available }
+            }
+        }
+    }
+
+    fn index_keys(&self) -> Vec<(String, String)> {
+        let mut keys = Vec::with_capacity(self.languages.len() * (self.skills.len() + 1));
+        for language in &self.languages {
+            keys.push((language.clone(), ANY_SKILL.to_owned()));
+            for skill in &self.skills {
+                keys.push((language.clone(), skill.name.clone()));
+            }
+        }
+        keys
+    }
+
+    fn skill_level(&self, name: &str) -> Option<u8> {
+        self.skills.iter().find(|s| s.name == name).map(|s| s.level)
+    }
+}
+
+#[derive(Debug, Default)]
+struct AgentRecord {
+    session: Option<Session>,
+    shift: Shift,
+}
+
+/// Whether an online agent may take a conversation, capacity aside: skills
+/// at the required level, language, region, and not excluded.
+pub fn eligible(
+    agent_id: &AgentId,
+    skills: &[Skill],
+    languages: &[String],
+    roster: &RosterEntry,
+    conversation: &Conversation,
+) -> bool {
+    let handoff = &conversation.handoff;
+    if conversation.excluded.contains(agent_id) {
+        return false;
+    }
+    if !languages.iter().any(|l| language_covers(l, &handoff.language)) {
+        return false;
+    }
+    let skills_ok = handoff.required_skills.iter().all(|required| {
+        skills.iter().any(|s| s.name == required.name && s.level >= required.level)
+    });
+    if !skills_ok {
+        return false;
+    }
+    match &handoff.region {
+        Some(region) => roster.allowed_regions.iter().any(|r| r == region),
+        None => true,
+    }
+}
+
+/// One pool's dispatch state. See the module docs.
+#[derive(Debug)]
+pub struct PoolState {
+    pool: PoolId,
+    settings: DispatchSettings,
+    roster: HashMap<AgentId, RosterEntry>,
+    agents: HashMap<AgentId, AgentRecord>,
+    conversations: HashMap<ConversationId, Conversation>,
+    available: HashMap<(String, String), BTreeSet<(i64, AgentId)>>,
+    groups: HashMap<GroupKey, Group>,
+    /// Group keys by primary language subtag, so a free agent finds the
+    /// groups of its languages without looking at others.
+    groups_by_language: HashMap<String, BTreeSet<GroupKey>>,
+    queued: HashMap<ConversationId, (GroupKey, QueueKey)>,
+    deadlines: BTreeSet<(Timestamp, Deadline)>,
+    recent_first_offers: VecDeque<Timestamp>,
+    arrivals: u64,
+    next_stream_id: u64,
+    events: Vec<Event>,
+}
+
+impl PoolState {
+    pub fn new(pool: PoolId, settings: DispatchSettings) -> Self {
+        PoolState {
+            pool,
+            settings,
+            roster: HashMap::new(),
+            agents: HashMap::new(),
+            conversations: HashMap::new(),
+            available: HashMap::new(),
+            groups: HashMap::new(),
+            groups_by_language: HashMap::new(),
+            queued: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
+            arrivals: 0,
+            next_stream_id: 1,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn pool(&self) -> &PoolId {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &DispatchSettings {
+        &self.settings
+    }
+
+    /// The events caused since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The earliest pending deadline, for a sweeper that sleeps until then.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    // ----------------------------------------------------------------- roster
+
+    /// Creates or replaces a roster entry. Returns the entry and whether it
+    /// was new. An online agent keeps its session until it goes online again;
+    /// narrowing then applies against the new entry.
+    pub fn upsert_roster(&mut self, mut entry: RosterEntry) -> (RosterEntry, bool) {
+        let created = match self.roster.get(&entry.agent_id) {
+            Some(old) => {
+                entry.token_epoch = entry.token_epoch.max(old.token_epoch);
+                false
+            }
+            None => true,
+        };
+        self.roster.insert(entry.agent_id.clone(), entry.clone());
+        (entry, created)
+    }
+
+    /// The roster, ordered by agent id.
+    pub fn roster(&self) -> Vec<RosterEntry> {
+        let mut entries: Vec<_> = self.roster.values().cloned().collect();
+        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        entries
+    }
+
+    pub fn roster_entry(&self, agent_id: &AgentId) -> Option<&RosterEntry> {
+        self.roster.get(agent_id)
+    }
+
+    // --------------------------------------------------------------- presence
+
+    /// Goes online (or updates the online session), narrowing the roster
+    /// entry; never widening it. With `self_register` (development mode) an
+    /// agent missing from the roster is added as it describes itself.
+    pub fn go_online(
+        &mut self,
+        agent_id: &AgentId,
+        request: GoOnline,
+        self_register: bool,
+        now: Timestamp,
+    ) -> Result<Presence, DomainError> {
+        if !self.roster.contains_key(agent_id) {
+            if !self_register {
+                return Err(DomainError::NotFound { what: "roster entry for agent", id: agent_id.to_string() });
+            }
+            let languages =
+                if request.languages.is_empty() { vec!["en".to_owned()] } else { request.languages.clone() };
+            let entry = RosterEntry {
+                agent_id: agent_id.clone(),
+                display_name: agent_id.to_string(),
+                skills: request.skills.clone(),
+                languages,
+                max_capacity: request.capacity.unwrap_or(1),
+                allowed_regions: Vec::new(),
+                attributes: Vec::new(),
+                token_epoch: 0,
+            };
+            self.roster.insert(agent_id.clone(), entry);
+        }
+        let roster = self.roster.get(agent_id).ok_or_else(|| DomainError::NotFound {
+            what: "roster entry for agent",
+            id: agent_id.to_string(),
+        })?;
+        let (skills, languages, capacity) = narrow(roster, &request)?;
+
+        self.unindex(agent_id);
+        let lease_ms = self.settings.lease_ms;
+        let record = self.agents.entry(agent_id.clone()).or_default();
+        match record.session.as_mut() {
+            Some(session) => {
+                session.skills = skills;
+                session.languages = languages;
+                session.capacity = capacity;
+                if request.location.is_some() {
+                    session.location = request.location;
+                }
+                let old = session.lease_expires;
+                session.last_heartbeat = now;
+                session.lease_expires = now.plus_millis(lease_ms);
+                let new = session.lease_expires;
+                self.deadlines.remove(&(old, Deadline::Lease(agent_id.clone())));
+                self.deadlines.insert((new, Deadline::Lease(agent_id.clone())));
+            }
+            None => {
+                record.session = Some(Session {
+                    skills,
+                    languages,
+                    capacity,
+                    location: request.location,
+                    choice: StatusChoice::Available,
+                    stream: None,
+                    active: BTreeSet::new(),
+                    pending_offer: None,
+                    online_since: now,
+                    last_heartbeat: now,
+                    lease_expires: now.plus_millis(lease_ms),
+                    idle_since: now,
+                    consecutive_misses: 0,
+                    indexed_score: None,
+                });
+                record.shift = Shift { started_at: now, ..Shift::default() };
+                self.deadlines.insert((now.plus_millis(lease_ms), Deadline::Lease(agent_id.clone())));
+                self.notice(agent_id, "online", "agent is online", AgentStatus::Available, now);
+            }
+        }
+        self.reindex(agent_id);
+        self.dispatch_agent(agent_id, now);
+        self.presence(agent_id).ok_or_else(|| DomainError::precondition("agent session vanished"))
+    }
+
+    /// Attaches the agent's event stream: from now on it may get offers.
+    /// Returns the stream id (for [`PoolState::detach_stream`]) and the
+    /// snapshot the stream starts with.
+    pub fn attach_stream(&mut self, agent_id: &AgentId, now: Timestamp) -> Result<(u64, AgentSnapshot), DomainError> {
+        let stream_id = self.next_stream_id;
+        let session = self.session_mut(agent_id)?;
+        session.stream = Some(stream_id);
+        self.next_stream_id += 1;
+        self.reindex(agent_id);
+        self.dispatch_agent(agent_id, now);
+        let snapshot = self.agent_snapshot(agent_id)?;
+        Ok((stream_id, snapshot))
+    }
+
+    /// The stream `stream_id` ended. A newer stream of the same agent is left
+    /// alone. A pending offer stays for the grace period, so an app that
+    /// reconnects at once still sees it; after that it is withdrawn (not a
+    /// miss).
+    pub fn detach_stream(&mut self, agent_id: &AgentId, stream_id: u64, now: Timestamp) {
+        let grace = self.settings.offer_delivery_grace_ms;
+        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+            return;
+        };
+        if session.stream != Some(stream_id) {
+            return;
+        }
+        session.stream = None;
+        if let Some(offer) = session.pending_offer.clone() {
+            self.deadlines.insert((
+                now.plus_millis(grace),
+                Deadline::StreamGrace(agent_id.clone(), offer.conversation_id, offer.attempt),
+            ));
+        }
+        self.reindex(agent_id);
+    }
+
+    /// Renews the presence lease (and the location, if given).
+    pub fn heartbeat(
+        &mut self,
+        agent_id: &AgentId,
+        location: Option<Location>,
+        now: Timestamp,
+    ) -> Result<Presence, DomainError> {
+        let lease_ms = self.settings.lease_ms;
+        let session = self.session_mut(agent_id)?;
+        let old = session.lease_expires;
+        session.last_heartbeat = now;
+        session.lease_expires = now.plus_millis(lease_ms);
+        if location.is_some() {
+            session.location = location;
+        }
+        let new = session.lease_expires;
+        self.deadlines.remove(&(old, Deadline::Lease(agent_id.clone())));
+        self.deadlines.insert((new, Deadline::Lease(agent_id.clone())));
+        self.presence(agent_id).ok_or_else(|| DomainError::precondition("agent session vanished"))
+    }
+
+    /// Available, or away with a reason code.
+    pub fn set_status(
+        &mut self,
+        agent_id: &AgentId,
+        choice: StatusChoice,
+        now: Timestamp,
+    ) -> Result<AgentStatus, DomainError> {
+        let session = self.session_mut(agent_id)?;
+        if choice == StatusChoice::Available {
+            session.consecutive_misses = 0;
+        }
+        session.choice = choice;
+        let status = session.status();
+        self.reindex(agent_id);
+        self.notice(agent_id, "status_changed", "status changed", status, now);
+        self.dispatch_agent(agent_id, now);
+        Ok(self.session(agent_id).map(Session::status).unwrap_or(status))
+    }
+
+    /// Goes offline at once: a pending offer is withdrawn and requeued,
+    /// assigned conversations are requeued at the front with `reason`.
+    /// Going offline twice is not an error. Returns the requeued ids.
+    pub fn go_offline(&mut self, agent_id: &AgentId, reason: &str, now: Timestamp) -> Vec<ConversationId> {
+        self.unindex(agent_id);
+        let Some(record) = self.agents.get_mut(agent_id) else {
+            return Vec::new();
+        };
+        let Some(session) = record.session.take() else {
+            return Vec::new();
+        };
+        record.shift.ended_at = Some(now);
+        self.deadlines.remove(&(session.lease_expires, Deadline::Lease(agent_id.clone())));
+        let mut requeued = Vec::new();
+        if let Some(offer) = &session.pending_offer {
+            self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Withdrawn, reason, now);
+            self.requeue(&offer.conversation_id, reason, now);
+            requeued.push(offer.conversation_id.clone());
+        }
+        for conversation_id in &session.active {
+            self.requeue(conversation_id, reason, now);
+            requeued.push(conversation_id.clone());
+        }
+        self.notice(agent_id, "offline", reason, AgentStatus::Offline, now);
+        for conversation_id in &requeued {
+            self.dispatch_conversation(conversation_id, now);
+        }
+        requeued
+    }
+
+    // ------------------------------------------------------------ conversations
+
+    /// Hands a conversation over. The same id with the same payload returns
+    /// the conversation as it stands (`created == false`); with another
+    /// payload it is refused naming the first differing field.
+    pub fn request(&mut self, handoff: Handoff, now: Timestamp) -> Result<(Conversation, bool), DomainError> {
+        if let Some(existing) = self.conversations.get(&handoff.conversation_id) {
+            if let Some(field) = existing.handoff.first_difference(&handoff) {
+                return Err(DomainError::Conflict {
+                    conversation_id: handoff.conversation_id.to_string(),
+                    field: field.to_owned(),
+                });
+            }
+            let id = handoff.conversation_id.clone();
+            return Ok((self.view(&id, now)?, false));
+        }
+        let id = handoff.conversation_id.clone();
+        let conversation = Conversation {
+            handoff,
+            state: ConversationState::Queued,
+            agent_id: None,
+            reason: String::new(),
+            created_at: now,
+            updated_at: now,
+            queued_since: now,
+            assigned_at: None,
+            attempts: 0,
+            seq: 0,
+            excluded: BTreeSet::new(),
+            offers: Vec::new(),
+            disposition: String::new(),
+            queue_position: 0,
+            expected_wait_ms: 0,
+        };
+        self.conversations.insert(id.clone(), conversation);
+        self.deadlines.insert((now.plus_millis(self.settings.max_wait_ms), Deadline::MaxWait(id.clone())));
+        self.enqueue(&id);
+        self.emit(&id, None, now, |c| EventKind::Queued { conversation: c });
+        self.dispatch_conversation(&id, now);
+        Ok((self.view(&id, now)?, true))
+    }
+
+    /// The app saw the offer: it will not be withdrawn as undelivered.
+    pub fn offer_delivered(&mut self, agent_id: &AgentId, offer: &OfferId) {
+        if let Some(conversation) = self.conversations.get_mut(&offer.conversation_id) {
+            if let Some(record) = conversation.offers.iter_mut().find(|o| o.attempt == offer.attempt) {
+                if &record.agent_id == agent_id {
+                    record.delivered = true;
+                }
+            }
+        }
+    }
+
+    /// Accepts an offer: the conversation is assigned to the agent. A repeat
+    /// returns the first result.
+    pub fn accept(&mut self, agent_id: &AgentId, offer: &OfferId, now: Timestamp) -> Result<Conversation, DomainError> {
+        let record = self.offer_for(agent_id, offer)?;
+        match record.outcome {
+            OfferOutcome::Accepted => return self.view(&offer.conversation_id, now),
+            OfferOutcome::Pending if record.deadline <= now => {
+                self.sweep(now);
+                return Err(DomainError::precondition(format!("offer `{offer}` has expired")));
+            }
+            OfferOutcome::Pending => {}
+            other => return Err(closed_offer_error(offer, other)),
+        }
+        self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Accepted, "", now);
+        let conversation = self.conversation_mut(&offer.conversation_id)?;
+        conversation.state = ConversationState::Assigned;
+        conversation.agent_id = Some(agent_id.clone());
+        conversation.assigned_at = Some(now);
+        conversation.reason.clear();
+        conversation.updated_at = now;
+        let record = self.agents.get_mut(agent_id);
+        if let Some(record) = record {
+            record.shift.accepted += 1;
+            if let Some(session) = record.session.as_mut() {
+                session.active.insert(offer.conversation_id.clone());
+                session.consecutive_misses = 0;
+            }
+        }
+        self.emit(&offer.conversation_id, Some(agent_id), now, |c| EventKind::Assigned { conversation: c });
+        self.reindex(agent_id);
+        self.dispatch_agent(agent_id, now);
+        self.view(&offer.conversation_id, now)
+    }
+
+    /// Declines an offer: requeued, and never offered to this agent again.
+    /// A repeat returns the first result.
+    pub fn decline(&mut self, agent_id: &AgentId, offer: &OfferId, reason: &str, now: Timestamp) -> Result<(), DomainError> {
+        let record = self.offer_for(agent_id, offer)?;
+        match record.outcome {
+            OfferOutcome::Declined => return Ok(()),
+            OfferOutcome::Pending => {}
+            other => return Err(closed_offer_error(offer, other)),
+        }
+        let why = if reason.is_empty() { "declined".to_owned() } else { format!("declined: {reason}") };
+        self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Declined, &why, now);
+        self.conversation_mut(&offer.conversation_id)?.excluded.insert(agent_id.clone());
+        if let Some(record) = self.agents.get_mut(agent_id) {
+            record.shift.declined += 1;
+        }
+        self.requeue(&offer.conversation_id, &why, now);
+        self.dispatch_conversation(&offer.conversation_id, now);
+        self.dispatch_agent(agent_id, now);
+        Ok(())
+    }
+
+    /// Completes a conversation the agent holds. A repeat returns the first
+    /// result.
+    pub fn complete(
+        &mut self,
+        agent_id: &AgentId,
+        conversation_id: &ConversationId,
+        disposition: &str,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
+        let holder = conversation.agent_id.as_ref();
+        match conversation.state {
+            ConversationState::Completed if holder == Some(agent_id) => return self.view(conversation_id, now),
+            ConversationState::Assigned if holder == Some(agent_id) => {}
+            _ => {
+                return Err(DomainError::precondition(format!(
+                    "conversation `{conversation_id}` is not assigned to agent `{agent_id}`"
+                )));
+            }
+        }
+        let assigned_at = conversation.assigned_at.unwrap_or(now);
+        let conversation = self.conversation_mut(conversation_id)?;
+        conversation.state = ConversationState::Completed;
+        conversation.disposition = disposition.to_owned();
+        conversation.reason = "completed by agent".to_owned();
+        conversation.updated_at = now;
+        if let Some(record) = self.agents.get_mut(agent_id) {
+            record.shift.completed += 1;
+            record.shift.handle_ms_total += now.millis_since(assigned_at);
+            if let Some(session) = record.session.as_mut() {
+                session.active.remove(conversation_id);
+                if session.active.is_empty() {
+                    session.idle_since = now;
+                }
+            }
+        }
+        self.finish(conversation_id, now);
+        self.emit(conversation_id, Some(agent_id), now, |c| EventKind::Ended { conversation: c });
+        self.reindex(agent_id);
+        self.dispatch_agent(agent_id, now);
+        self.view(conversation_id, now)
+    }
+
+    /// The customer left (or the gateway gave up): abandoned, wherever it
+    /// was. A conversation already finished is returned as it ended.
+    pub fn cancel(&mut self, conversation_id: &ConversationId, reason: &str, now: Timestamp) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
+        if conversation.state.is_terminal() {
+            return self.view(conversation_id, now);
+        }
+        let why = if reason.is_empty() {
+            "cancelled by gateway".to_owned()
+        } else {
+            format!("cancelled by gateway: {reason}")
+        };
+        let state = conversation.state;
+        let holder = conversation.agent_id.clone();
+        match state {
+            ConversationState::Queued => self.dequeue(conversation_id),
+            ConversationState::Offered => {
+                if let Some(offer) = conversation.pending_offer().map(|o| o.attempt) {
+                    self.close_offer(conversation_id, offer, OfferOutcome::Withdrawn, &why, now);
+                }
+            }
+            ConversationState::Assigned => {
+                if let Some(agent) = &holder {
+                    if let Some(session) = self.agents.get_mut(agent).and_then(|r| r.session.as_mut()) {
+                        session.active.remove(conversation_id);
+                        if session.active.is_empty() {
+                            session.idle_since = now;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let conversation = self.conversation_mut(conversation_id)?;
+        conversation.state = ConversationState::Abandoned;
+        conversation.reason = why;
+        conversation.updated_at = now;
+        let notify = if state == ConversationState::Assigned { holder.clone() } else { None };
+        self.finish(conversation_id, now);
+        self.emit(conversation_id, notify.as_ref(), now, |c| EventKind::Ended { conversation: c });
+        if let Some(agent) = holder {
+            self.reindex(&agent);
+            self.dispatch_agent(&agent, now);
+        }
+        self.view(conversation_id, now)
+    }
+
+    // ------------------------------------------------------------------ sweep
+
+    /// Acts on every deadline due at `now`: offer timeouts (a miss),
+    /// undelivered offers (withdrawn, not a miss), lapsed leases (offline,
+    /// work requeued), maximum wait (expired), retention (forgotten).
+    pub fn sweep(&mut self, now: Timestamp) {
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, deadline)) = self.deadlines.pop_first() else { break };
+            match deadline {
+                Deadline::OfferDelivery(id, attempt) => {
+                    let undelivered = self
+                        .conversations
+                        .get(&id)
+                        .and_then(|c| c.pending_offer())
+                        .is_some_and(|o| o.attempt == attempt && !o.delivered);
+                    if undelivered {
+                        self.withdraw_undelivered(&id, attempt, now);
+                    }
+                }
+                Deadline::StreamGrace(agent, id, attempt) => {
+                    let still_detached = self.session(&agent).is_some_and(|s| s.stream.is_none());
+                    let pending = self
+                        .conversations
+                        .get(&id)
+                        .and_then(|c| c.pending_offer())
+                        .is_some_and(|o| o.attempt == attempt && o.agent_id == agent);
+                    if still_detached && pending {
+                        self.withdraw_undelivered(&id, attempt, now);
+                    }
+                }
+                Deadline::OfferTimeout(id, attempt) => {
+                    let pending = self.conversations.get(&id).and_then(|c| c.pending_offer()).cloned();
+                    if let Some(offer) = pending.filter(|o| o.attempt == attempt) {
+                        self.offer_timed_out(&id, &offer, now);
+                    }
+                }
+                Deadline::Lease(agent) => {
+                    let lapsed = self.session(&agent).is_some_and(|s| s.lease_expires <= now);
+                    if lapsed {
+                        self.go_offline(&agent, "agent lost", now);
+                    }
+                }
+                Deadline::MaxWait(id) => self.expire(&id, now),
+                Deadline::Retention(id) => {
+                    if self.conversations.get(&id).is_some_and(|c| c.state.is_terminal()) {
+                        self.conversations.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- queries
+
+    /// A conversation as it stands, with queue position and expected wait.
+    pub fn view(&self, conversation_id: &ConversationId, now: Timestamp) -> Result<Conversation, DomainError> {
+        let mut conversation = self.conversation_ref(conversation_id)?.clone();
+        if conversation.state == ConversationState::Queued {
+            let position = self.queue_position(conversation_id);
+            conversation.queue_position = position;
+            conversation.expected_wait_ms = self.expected_wait_ms(position, now);
+        }
+        Ok(conversation)
+    }
+
+    /// What a (re)subscribing agent stream starts with.
+    pub fn agent_snapshot(&self, agent_id: &AgentId) -> Result<AgentSnapshot, DomainError> {
+        let session = self.session(agent_id).ok_or_else(|| offline_error(agent_id))?;
+        let mut offers = Vec::new();
+        if let Some(offer) = &session.pending_offer {
+            if let Some(conversation) = self.conversations.get(&offer.conversation_id) {
+                if let Some(record) = conversation.pending_offer() {
+                    offers.push((record.clone(), conversation.clone()));
+                }
+            }
+        }
+        let assignments = session.active.iter().filter_map(|id| self.conversations.get(id).cloned()).collect();
+        let away_reason = match &session.choice {
+            StatusChoice::Away { reason } => reason.clone(),
+            StatusChoice::Available => String::new(),
+        };
+        Ok(AgentSnapshot { status: session.status(), away_reason, offers, assignments })
+    }
+
+    pub fn presence(&self, agent_id: &AgentId) -> Option<Presence> {
+        let session = self.session(agent_id)?;
+        Some(Presence {
+            agent_id: agent_id.clone(),
+            status: session.status(),
+            away_reason: match &session.choice {
+                StatusChoice::Away { reason } => reason.clone(),
+                StatusChoice::Available => String::new(),
+            },
+            skills: session.skills.clone(),
+            languages: session.languages.clone(),
+            capacity: session.capacity,
+            active_conversations: session.active.len() as u32,
+            stream_attached: session.stream.is_some(),
+            online_since: session.online_since,
+            last_heartbeat: session.last_heartbeat,
+            lease_expires: session.lease_expires,
+            idle_since: session.idle_since,
+            pending_offer: session.pending_offer.clone(),
+        })
+    }
+
+    /// Every online agent, ordered by id.
+    pub fn agents(&self) -> Vec<Presence> {
+        let mut out: Vec<_> = self.agents.keys().filter_map(|id| self.presence(id)).collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    /// Depth and longest wait per required skill, from the groups (not from
+    /// the conversations one by one), and totals.
+    pub fn queue_stats(&self, now: Timestamp) -> QueueStats {
+        let mut by_skill: BTreeMap<String, (u32, i64)> = BTreeMap::new();
+        for (key, group) in &self.groups {
+            let depth = group.by_priority.len() as u32;
+            let longest = group.by_age.first().map(|(t, _)| now.millis_since(*t)).unwrap_or(0);
+            let names: Vec<&str> = if key.skills.is_empty() {
+                vec![ANY_SKILL]
+            } else {
+                key.skills.iter().map(|s| s.name.as_str()).collect()
+            };
+            for name in names {
+                let entry = by_skill.entry(name.to_owned()).or_default();
+                entry.0 += depth;
+                entry.1 = entry.1.max(longest);
+            }
+        }
+        let mut stats = QueueStats {
+            queues: by_skill
+                .into_iter()
+                .map(|(skill, (depth, longest_wait_ms))| QueueStat { skill, depth, longest_wait_ms })
+                .collect(),
+            total_queued: self.queued.len() as u32,
+            ..QueueStats::default()
+        };
+        for record in self.agents.values() {
+            if let Some(session) = &record.session {
+                stats.agents_online += 1;
+                if session.offerable() {
+                    stats.agents_available += 1;
+                }
+                stats.total_assigned += session.active.len() as u32;
+                stats.total_offered += u32::from(session.pending_offer.is_some());
+            }
+        }
+        stats
+    }
+
+    /// Shift statistics of every agent seen this process, ordered by id.
+    pub fn shift_stats(&self, now: Timestamp) -> Vec<ShiftView> {
+        let mut out: Vec<ShiftView> = self
+            .agents
+            .iter()
+            .map(|(id, record)| {
+                let end = record.shift.ended_at.filter(|_| record.session.is_none()).unwrap_or(now);
+                ShiftView {
+                    agent_id: id.clone(),
+                    online: record.session.is_some(),
+                    online_ms: end.millis_since(record.shift.started_at),
+                    shift: record.shift.clone(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    /// Checks every structural invariant; the property tests call it after
+    /// each step. Returns the first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut holders: HashMap<&ConversationId, &AgentId> = HashMap::new();
+        for (agent_id, record) in &self.agents {
+            let Some(session) = &record.session else { continue };
+            let load = session.active.len() as u32 + u32::from(session.pending_offer.is_some());
+            if load > session.capacity {
+                return Err(format!("agent {agent_id} holds {load} > capacity {}", session.capacity));
+            }
+            for id in &session.active {
+                let c = self.conversations.get(id).ok_or(format!("agent {agent_id} holds unknown {id}"))?;
+                if c.state != ConversationState::Assigned || c.agent_id.as_ref() != Some(agent_id) {
+                    return Err(format!("agent {agent_id} holds {id} which is {:?} for {:?}", c.state, c.agent_id));
+                }
+                if let Some(other) = holders.insert(id, agent_id) {
+                    return Err(format!("conversation {id} held by {other} and {agent_id}"));
+                }
+            }
+            if let Some(offer) = &session.pending_offer {
+                let c = self.conversations.get(&offer.conversation_id).ok_or("offer of unknown conversation")?;
+                let pending = c.pending_offer().ok_or(format!("agent {agent_id} has offer {offer} not pending"))?;
+                if pending.attempt != offer.attempt || &pending.agent_id != agent_id {
+                    return Err(format!("agent {agent_id} offer {offer} mismatches conversation"));
+                }
+            }
+            let indexed = session.indexed_score.is_some();
+            if indexed != session.offerable() {
+                return Err(format!("agent {agent_id} indexed={indexed} offerable={}", session.offerable()));
+            }
+        }
+        for (id, c) in &self.conversations {
+            let in_queue = self.queued.contains_key(id);
+            if in_queue != (c.state == ConversationState::Queued) {
+                return Err(format!("conversation {id} is {:?} but in_queue={in_queue}", c.state));
+            }
+            match c.state {
+                ConversationState::Assigned => {
+                    let agent = c.agent_id.as_ref().ok_or(format!("{id} assigned to nobody"))?;
+                    if holders.get(id) != Some(&agent) {
+                        return Err(format!("{id} assigned to {agent} who does not hold it"));
+                    }
+                }
+                ConversationState::Offered => {
+                    let offer = c.pending_offer().ok_or(format!("{id} offered without pending offer"))?;
+                    let session = self.session(&offer.agent_id).ok_or(format!("{id} offered to offline agent"))?;
+                    if session.pending_offer.as_ref().map(|o| (&o.conversation_id, o.attempt)) != Some((id, offer.attempt)) {
+                        return Err(format!("{id} offered to {} who does not know", offer.agent_id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let indexed_agents: HashSet<&AgentId> = self.available.values().flatten().map(|(_, a)| a).collect();
+        for agent in indexed_agents {
+            if self.session(agent).and_then(|s| s.indexed_score).is_none() {
+                return Err(format!("agent {agent} left in the index"));
+            }
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- internals
+
+    fn session(&self, agent_id: &AgentId) -> Option<&Session> {
+        self.agents.get(agent_id).and_then(|r| r.session.as_ref())
+    }
+
+    fn session_mut(&mut self, agent_id: &AgentId) -> Result<&mut Session, DomainError> {
+        self.agents
+            .get_mut(agent_id)
+            .and_then(|r| r.session.as_mut())
+            .ok_or_else(|| offline_error(agent_id))
+    }
+
+    fn conversation_ref(&self, id: &ConversationId) -> Result<&Conversation, DomainError> {
+        self.conversations
+            .get(id)
+            .ok_or_else(|| DomainError::NotFound { what: "conversation", id: id.to_string() })
+    }
+
+    fn conversation_mut(&mut self, id: &ConversationId) -> Result<&mut Conversation, DomainError> {
+        self.conversations
+            .get_mut(id)
+            .ok_or_else(|| DomainError::NotFound { what: "conversation", id: id.to_string() })
+    }
+
+    /// The offer record `offer` if it exists and is this agent's.
+    fn offer_for(&self, agent_id: &AgentId, offer: &OfferId) -> Result<OfferRecord, DomainError> {
+        let conversation = self.conversation_ref(&offer.conversation_id)?;
+        let record = conversation.offer_record(offer.attempt).ok_or_else(|| {
+            DomainError::precondition(format!(
+                "offer `{offer}` does not exist (the conversation is at attempt {})",
+                conversation.attempts
+            ))
+        })?;
+        if &record.agent_id != agent_id {
+            return Err(DomainError::PermissionDenied(format!("offer `{offer}` was made to another agent")));
+        }
+        Ok(record.clone())
+    }
+
+    /// Appends an event for a conversation, bumping its sequence number.
+    fn emit(
+        &mut self,
+        id: &ConversationId,
+        agent: Option<&AgentId>,
+        now: Timestamp,
+        kind: impl FnOnce(Box<Conversation>) -> EventKind,
+    ) {
+        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        conversation.seq += 1;
+        let seq = conversation.seq;
+        let snapshot = Box::new(conversation.clone());
+        self.events.push(Event { pool: self.pool.clone(), at: now, agent_id: agent.cloned(), seq, kind: kind(snapshot) });
+    }
+
+    fn notice(&mut self, agent_id: &AgentId, code: &str, message: &str, status: AgentStatus, now: Timestamp) {
+        self.events.push(Event {
+            pool: self.pool.clone(),
+            at: now,
+            agent_id: Some(agent_id.clone()),
+            seq: 0,
+            kind: EventKind::Notice { code: code.to_owned(), message: message.to_owned(), status },
+        });
+    }
+
+    /// Ends the pending offer `attempt` with `outcome`: the agent's
+    /// reservation is released, and, unless accepted, the agent is told the
+    /// offer is revoked. The conversation's state is the caller's to set.
+    fn close_offer(&mut self, id: &ConversationId, attempt: u32, outcome: OfferOutcome, reason: &str, now: Timestamp) {
+        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        let Some(record) = conversation.offers.iter_mut().find(|o| o.attempt == attempt) else { return };
+        record.outcome = outcome;
+        let agent = record.agent_id.clone();
+        if let Some(session) = self.agents.get_mut(&agent).and_then(|r| r.session.as_mut()) {
+            if session.pending_offer.as_ref().is_some_and(|o| &o.conversation_id == id && o.attempt == attempt) {
+                session.pending_offer = None;
+            }
+        }
+        if outcome != OfferOutcome::Accepted {
+            let offer = OfferId { conversation_id: id.clone(), attempt };
+            let reason = reason.to_owned();
+            self.emit(id, Some(&agent), now, |c| EventKind::OfferRevoked { offer, reason, conversation: c });
+        }
+        self.reindex(&agent);
+    }
+
+    fn withdraw_undelivered(&mut self, id: &ConversationId, attempt: u32, now: Timestamp) {
+        let agent = self.conversations.get(id).and_then(|c| c.offer_record(attempt)).map(|o| o.agent_id.clone());
+        self.close_offer(id, attempt, OfferOutcome::Withdrawn, "offer not delivered", now);
+        // The agent's stream is evidently not carrying events: offer it
+        // nothing more until it subscribes again.
+        if let Some(agent) = &agent {
+            if let Some(session) = self.agents.get_mut(agent).and_then(|r| r.session.as_mut()) {
+                session.stream = None;
+            }
+            self.reindex(agent);
+        }
+        self.requeue(id, "offer not delivered", now);
+        self.dispatch_conversation(id, now);
+    }
+
+    fn offer_timed_out(&mut self, id: &ConversationId, offer: &OfferRecord, now: Timestamp) {
+        let agent = offer.agent_id.clone();
+        self.close_offer(id, offer.attempt, OfferOutcome::TimedOut, "offer timed out", now);
+        if let Some(conversation) = self.conversations.get_mut(id) {
+            conversation.excluded.insert(agent.clone());
+        }
+        let threshold = self.settings.missed_offers_before_away;
+        let mut now_away = false;
+        if let Some(record) = self.agents.get_mut(&agent) {
+            record.shift.missed += 1;
+            if let Some(session) = record.session.as_mut() {
+                session.consecutive_misses += 1;
+                if threshold > 0 && session.consecutive_misses >= threshold {
+                    session.choice = StatusChoice::Away { reason: "missed_offers".to_owned() };
+                    now_away = true;
+                }
+            }
+        }
+        if now_away {
+            self.reindex(&agent);
+            let message = format!("{threshold} offers in a row were missed: set away");
+            self.notice(&agent, "missed_offers", &message, AgentStatus::Away, now);
+        }
+        self.requeue(id, "offer timed out", now);
+        self.dispatch_conversation(id, now);
+        self.dispatch_agent(&agent, now);
+    }
+
+    fn expire(&mut self, id: &ConversationId, now: Timestamp) {
+        let Some(conversation) = self.conversations.get(id) else { return };
+        let pending = conversation.pending_offer().map(|o| o.attempt);
+        match conversation.state {
+            ConversationState::Queued => self.dequeue(id),
+            ConversationState::Offered => {
+                if let Some(attempt) = pending {
+                    self.close_offer(id, attempt, OfferOutcome::Withdrawn, "maximum wait exceeded", now);
+                }
+            }
+            _ => return,
+        }
+        if let Some(conversation) = self.conversations.get_mut(id) {
+            conversation.state = ConversationState::Expired;
+            conversation.agent_id = None;
+            conversation.reason = "no agent within the maximum wait".to_owned();
+            conversation.updated_at = now;
+        }
+        self.finish(id, now);
+        self.emit(id, None, now, |c| EventKind::Ended { conversation: c });
+    }
+
+    /// Schedules a finished conversation to be forgotten after retention.
+    fn finish(&mut self, id: &ConversationId, now: Timestamp) {
+        self.deadlines.insert((now.plus_millis(self.settings.retention_ms), Deadline::Retention(id.clone())));
+    }
+
+    /// Back to the queue with a reason; it keeps its original waiting time,
+    /// so it goes ahead of everything that arrived after it.
+    fn requeue(&mut self, id: &ConversationId, reason: &str, now: Timestamp) {
+        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        if conversation.state.is_terminal() || conversation.state == ConversationState::Queued {
+            return;
+        }
+        conversation.state = ConversationState::Queued;
+        conversation.agent_id = None;
+        conversation.assigned_at = None;
+        conversation.reason = reason.to_owned();
+        conversation.updated_at = now;
+        self.enqueue(id);
+        self.emit(id, None, now, |c| EventKind::Requeued { conversation: c });
+    }
+
+    fn enqueue(&mut self, id: &ConversationId) {
+        let Some(conversation) = self.conversations.get(id) else { return };
+        let handoff = &conversation.handoff;
+        let group_key = GroupKey {
+            language: handoff.language.clone(),
+            skills: handoff.required_skills.clone(),
+            region: handoff.region.clone(),
+        };
+        self.arrivals += 1;
+        let queue_key = QueueKey {
+            priority: Reverse(handoff.priority),
+            queued_since: conversation.queued_since,
+            arrival: self.arrivals,
+            conversation_id: id.clone(),
+        };
+        let primary = primary_subtag(&group_key.language).to_owned();
+        self.groups_by_language.entry(primary).or_default().insert(group_key.clone());
+        let group = self.groups.entry(group_key.clone()).or_default();
+        group.by_priority.insert(queue_key.clone());
+        group.by_age.insert((queue_key.queued_since, queue_key.arrival));
+        self.queued.insert(id.clone(), (group_key, queue_key));
+    }
+
+    fn dequeue(&mut self, id: &ConversationId) {
+        let Some((group_key, queue_key)) = self.queued.remove(id) else { return };
+        let Some(group) = self.groups.get_mut(&group_key) else { return };
+        group.by_priority.remove(&queue_key);
+        group.by_age.remove(&(queue_key.queued_since, queue_key.arrival));
+        if group.by_priority.is_empty() {
+            self.groups.remove(&group_key);
+            let primary = primary_subtag(&group_key.language);
+            if let Some(keys) = self.groups_by_language.get_mut(primary) {
+                keys.remove(&group_key);
+                if keys.is_empty() {
+                    self.groups_by_language.remove(primary);
+                }
+            }
+        }
+    }
+
+    fn queue_position(&self, id: &ConversationId) -> u32 {
+        let Some((group_key, queue_key)) = self.queued.get(id) else { return 0 };
+        self.groups
+            .get(group_key)
+            .map(|g| g.by_priority.range(..queue_key.clone()).count() as u32)
+            .unwrap_or(0)
+    }
+
+    /// Expected wait for a conversation with `position` ahead of it: the
+    /// pool's recent rate of first offers, over the last [`RATE_WINDOW`].
+    fn expected_wait_ms(&self, position: u32, now: Timestamp) -> i64 {
+        let (Some(oldest), count) = (self.recent_first_offers.front(), self.recent_first_offers.len()) else {
+            return -1;
+        };
+        let span = now.millis_since(*oldest).max(1);
+        // Offers per millisecond over the window; ahead+1 conversations to go.
+        let per_ms = count as f64 / span as f64;
+        ((f64::from(position) + 1.0) / per_ms).round() as i64
+    }
+
+    /// Puts the agent in the offerable index or takes it out, as its session
+    /// now says.
+    fn reindex(&mut self, agent_id: &AgentId) {
+        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+            return;
+        };
+        let want = session.offerable().then_some(session.idle_since.as_millis());
+        if want == session.indexed_score {
+            return;
+        }
+        let keys = session.index_keys();
+        let old = session.indexed_score.take();
+        session.indexed_score = want;
+        for key in keys {
+            if let Some(score) = old {
+                if let Some(set) = self.available.get_mut(&key) {
+                    set.remove(&(score, agent_id.clone()));
+                    if set.is_empty() {
+                        self.available.remove(&key);
+                    }
+                }
+            }
+            if let Some(score) = want {
+                self.available.entry(key).or_default().insert((score, agent_id.clone()));
+            }
+        }
+    }
+
+    fn unindex(&mut self, agent_id: &AgentId) {
+        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+            return;
+        };
+        let Some(score) = session.indexed_score.take() else { return };
+        for key in session.index_keys() {
+            if let Some(set) = self.available.get_mut(&key) {
+                set.remove(&(score, agent_id.clone()));
+                if set.is_empty() {
+                    self.available.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// A queued conversation looks for the best offerable, eligible agent.
+    fn dispatch_conversation(&mut self, id: &ConversationId, now: Timestamp) {
+        let Some(conversation) = self.conversations.get(id) else { return };
+        if conversation.state != ConversationState::Queued {
+            return;
+        }
+        let mut best: Option<(i64, AgentId)> = None;
+        if let Some(preferred) = &conversation.handoff.preferred_agent {
+            if let Some(session) = self.session(preferred) {
+                if session.offerable() && self.agent_fits(preferred, session, conversation) {
+                    best = Some((i64::MIN, preferred.clone()));
+                }
+            }
+        }
+        if best.is_none() {
+            for language in language_lookup_keys(&conversation.handoff.language) {
+                let candidate_set = if conversation.handoff.required_skills.is_empty() {
+                    self.available.get(&(language.to_owned(), ANY_SKILL.to_owned()))
+                } else {
+                    // The smallest set among the required skills; a missing
+                    // set means nobody in this language has that skill.
+                    let mut smallest: Option<&BTreeSet<(i64, AgentId)>> = None;
+                    let mut missing = false;
+                    for skill in &conversation.handoff.required_skills {
+                        match self.available.get(&(language.to_owned(), skill.name.clone())) {
+                            Some(set) if smallest.is_none_or(|s| set.len() < s.len()) => smallest = Some(set),
+                            Some(_) => {}
+                            None => missing = true,
+                        }
+                    }
+                    if missing { None } else { smallest }
+                };
+                let Some(set) = candidate_set else { continue };
+                let found = set.iter().find(|(_, agent)| {
+                    self.session(agent).is_some_and(|s| self.agent_fits(agent, s, conversation))
+                });
+                if let Some((score, agent)) = found {
+                    if best.as_ref().is_none_or(|(b, _)| score < b) {
+                        best = Some((*score, agent.clone()));
+                    }
+                }
+            }
+        }
+        if let Some((_, agent)) = best {
+            self.make_offer(id, &agent, now);
+        }
+    }
+
+    /// An agent with spare capacity looks at the heads of the queue groups
+    /// it can serve and takes the best waiting conversation.
+    fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
+        let Some(session) = self.session(agent_id) else { return };
+        if !session.offerable() {
+            return;
+        }
+        let Some(roster) = self.roster.get(agent_id) else { return };
+        let mut best: Option<&QueueKey> = None;
+        let mut seen_primaries = HashSet::new();
+        for language in &session.languages {
+            let primary = primary_subtag(language);
+            if !seen_primaries.insert(primary) {
+                continue;
+            }
+            let Some(group_keys) = self.groups_by_language.get(primary) else { continue };
+            for group_key in group_keys {
+                let serves_language = session.languages.iter().any(|l| language_covers(l, &group_key.language));
+                let has_skills = group_key
+                    .skills
+                    .iter()
+                    .all(|req| session.skill_level(&req.name).is_some_and(|level| level >= req.level));
+                let region_ok = group_key.region.as_ref().is_none_or(|r| roster.allowed_regions.contains(r));
+                if !(serves_language && has_skills && region_ok) {
+                    continue;
+                }
+                let Some(group) = self.groups.get(group_key) else { continue };
+                // Skip the conversations this agent declined or missed.
+                let head = group.by_priority.iter().find(|key| {
+                    self.conversations.get(&key.conversation_id).is_some_and(|c| !c.excluded.contains(agent_id))
+                });
+                if let Some(head) = head {
+                    if best.is_none_or(|b| head < b) {
+                        best = Some(head);
+                    }
+                }
+            }
+        }
+        if let Some(key) = best.map(|k| k.conversation_id.clone()) {
+            self.make_offer(&key, agent_id, now);
+        }
+    }
+
+    fn agent_fits(&self, agent_id: &AgentId, session: &Session, conversation: &Conversation) -> bool {
+        self.roster
+            .get(agent_id)
+            .is_some_and(|roster| eligible(agent_id, &session.skills, &session.languages, roster, conversation))
+    }
+
+    fn make_offer(&mut self, id: &ConversationId, agent_id: &AgentId, now: Timestamp) {
+        self.dequeue(id);
+        let offer_timeout = self.settings.offer_timeout_ms;
+        let grace = self.settings.offer_delivery_grace_ms;
+        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        conversation.attempts += 1;
+        let attempt = conversation.attempts;
+        let deadline = now.plus_millis(offer_timeout);
+        conversation.offers.push(OfferRecord {
+            attempt,
+            agent_id: agent_id.clone(),
+            deadline,
+            delivered: false,
+            outcome: OfferOutcome::Pending,
+        });
+        conversation.state = ConversationState::Offered;
+        conversation.agent_id = Some(agent_id.clone());
+        conversation.updated_at = now;
+        if attempt == 1 {
+            if self.recent_first_offers.len() == RATE_WINDOW {
+                self.recent_first_offers.pop_front();
+            }
+            self.recent_first_offers.push_back(now);
+        }
+        let offer = OfferId { conversation_id: id.clone(), attempt };
+        if let Some(record) = self.agents.get_mut(agent_id) {
+            record.shift.offers += 1;
+            if let Some(session) = record.session.as_mut() {
+                session.pending_offer = Some(offer.clone());
+            }
+        }
+        self.reindex(agent_id);
+        self.deadlines.insert((now.plus_millis(grace), Deadline::OfferDelivery(id.clone(), attempt)));
+        self.deadlines.insert((deadline, Deadline::OfferTimeout(id.clone(), attempt)));
+        self.emit(id, Some(agent_id), now, |c| EventKind::Offered { offer, deadline, conversation: c });
+    }
+}
+
+fn primary_subtag(tag: &str) -> &str {
+    tag.split('-').next().unwrap_or(tag)
+}
+
+fn offline_error(agent_id: &AgentId) -> DomainError {
+    DomainError::precondition(format!("agent `{agent_id}` is offline: go online first"))
+}
+
+fn closed_offer_error(offer: &OfferId, outcome: OfferOutcome) -> DomainError {
+    let what = match outcome {
+        OfferOutcome::Accepted => "was already accepted",
+        OfferOutcome::Declined => "was declined",
+        OfferOutcome::TimedOut => "has expired",
+        OfferOutcome::Withdrawn => "was withdrawn",
+        OfferOutcome::Pending => "is pending",
+    };
+    DomainError::precondition(format!("offer `{offer}` {what}"))
+}
+
+/// The session's skills, languages and capacity: the roster entry narrowed
+/// by the request. Widening is refused naming the field.
+fn narrow(roster: &RosterEntry, request: &GoOnline) -> Result<(Vec<Skill>, Vec<String>, u32), DomainError> {
+    let skills = if request.skills.is_empty() {
+        roster.skills.clone()
+    } else {
+        for (i, skill) in request.skills.iter().enumerate() {
+            match roster.skill_level(&skill.name) {
+                None => {
+                    return Err(DomainError::PermissionDenied(format!(
+                        "`skills[{i}]`: skill `{}` is not in the roster entry",
+                        skill.name
+                    )));
+                }
+                Some(level) if skill.level > level => {
+                    return Err(DomainError::PermissionDenied(format!(
+                        "`skills[{i}].level`: {} is above the roster level {level} for `{}`",
+                        skill.level, skill.name
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        request.skills.clone()
+    };
+    let languages = if request.languages.is_empty() {
+        roster.languages.clone()
+    } else {
+        for (i, language) in request.languages.iter().enumerate() {
+            if !roster.languages.contains(language) {
+                return Err(DomainError::PermissionDenied(format!(
+                    "`languages[{i}]`: `{language}` is not in the roster entry"
+                )));
+            }
+        }
+        request.languages.clone()
+    };
+    let capacity = match request.capacity {
+        None => roster.max_capacity,
+        Some(c) if c > roster.max_capacity => {
+            return Err(DomainError::PermissionDenied(format!(
+                "`capacity`: {c} is above the roster maximum {}",
+                roster.max_capacity
+            )));
+        }
+        Some(c) => c,
+    };
+    Ok((skills, languages, capacity))
+}
+
+#[cfg(test)]
+mod tests;
