@@ -1,0 +1,157 @@
+//! Where dispatch state lives. One trait, [`Store`], of atomic domain
+//! commands; an in-memory implementation ([`MemoryStore`]) that is the
+//! default; a Redis one to come. Both must pass [`conformance`].
+//!
+//! # Design
+//!
+//! Every command decides inside the store and returns the events it caused
+//! ([`Applied`]); nothing hands agents or conversations to the caller to
+//! filter, so a Redis implementation can run each command as one script.
+//! Events also go to the store's feed ([`Store::subscribe`]), which is how a
+//! replica's streams learn of changes made anywhere.
+
+pub mod clock;
+pub mod conformance;
+pub mod memory;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+use switchboard_core::model::{
+    AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
+    RosterEntry, ShiftView, StatusChoice,
+};
+use switchboard_core::{AgentId, ConversationId, DomainError, Event, OfferId, PoolId, Timestamp};
+use thiserror::Error;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum StoreError {
+    /// The command was refused by the domain rules.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The backing service cannot be reached now; retrying later may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or corrupted state: logged in full, reported vaguely.
+    #[error("store internal error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A command's result and the events it caused, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied<T> {
+    pub value: T,
+    pub events: Vec<Event>,
+}
+
+/// A subscription to every event of every pool, in commit order.
+pub type EventFeed = broadcast::Receiver<Event>;
+
+/// The dispatch state of all pools. Every method is atomic: it either
+/// happens entirely or not at all. Every method takes the pool, and nothing
+/// one pool does is visible in another.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The store's clock (Redis's own in Redis mode).
+    async fn now(&self) -> StoreResult<Timestamp>;
+
+    /// Creates or replaces a roster entry; `true` if it was new. The token
+    /// epoch never goes down.
+    async fn upsert_roster(&self, pool: &PoolId, entry: RosterEntry) -> StoreResult<Applied<(RosterEntry, bool)>>;
+
+    /// The roster, ordered by agent id.
+    async fn roster(&self, pool: &PoolId) -> StoreResult<Vec<RosterEntry>>;
+
+    /// One roster entry; `None` if unknown.
+    async fn roster_entry(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Option<RosterEntry>>;
+
+    /// Goes online or updates the session. Narrowing only: widening the
+    /// roster entry is PermissionDenied naming the field. An agent not in the
+    /// roster is NotFound unless `self_register` (development mode).
+    async fn go_online(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        request: GoOnline,
+        self_register: bool,
+    ) -> StoreResult<Applied<Presence>>;
+
+    /// Attaches the agent's event stream (offers go only to agents with one)
+    /// and returns its id with the snapshot to send first. The agent must be
+    /// online (else FailedPrecondition).
+    async fn attach_stream(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<(u64, AgentSnapshot)>>;
+
+    /// Stream `stream_id` ended; a newer stream of the agent is unaffected.
+    /// Idempotent.
+    async fn detach_stream(&self, pool: &PoolId, agent: &AgentId, stream_id: u64) -> StoreResult<Applied<()>>;
+
+    /// Renews the presence lease. FailedPrecondition when offline.
+    async fn heartbeat(&self, pool: &PoolId, agent: &AgentId, location: Option<Location>) -> StoreResult<Applied<Presence>>;
+
+    /// Available or away. FailedPrecondition when offline.
+    async fn set_status(&self, pool: &PoolId, agent: &AgentId, choice: StatusChoice) -> StoreResult<Applied<AgentStatus>>;
+
+    /// Offline now: pending offer withdrawn, assigned conversations requeued
+    /// with `reason`. Idempotent. Returns the requeued ids.
+    async fn go_offline(&self, pool: &PoolId, agent: &AgentId, reason: &str) -> StoreResult<Applied<Vec<ConversationId>>>;
+
+    /// Hands over a conversation and tries to match it at once. Idempotent on
+    /// the conversation id (`false` when it existed); a different payload is
+    /// Conflict naming the field.
+    async fn request(&self, pool: &PoolId, handoff: Handoff) -> StoreResult<Applied<(Conversation, bool)>>;
+
+    /// The offer reached the agent's stream; it will not be withdrawn as
+    /// undelivered. Unknown offers are ignored.
+    async fn offer_delivered(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<()>;
+
+    /// Accepts; repeated accepts return the first result. Another agent's
+    /// offer is PermissionDenied; a stale, expired or closed one is
+    /// FailedPrecondition.
+    async fn accept(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<Applied<Conversation>>;
+
+    /// Declines; the agent is excluded for this conversation. Repeats return
+    /// the first result.
+    async fn decline(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId, reason: &str) -> StoreResult<Applied<()>>;
+
+    /// Completes a conversation the agent holds; repeats return the first
+    /// result; not held is FailedPrecondition.
+    async fn complete(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        conversation: &ConversationId,
+        disposition: &str,
+    ) -> StoreResult<Applied<Conversation>>;
+
+    /// Abandons a conversation wherever it is; finished ones are returned as
+    /// they ended.
+    async fn cancel(&self, pool: &PoolId, conversation: &ConversationId, reason: &str) -> StoreResult<Applied<Conversation>>;
+
+    /// Acts on every deadline due in every pool (offer timeouts, undelivered
+    /// offers, leases, maximum wait, retention). Safe to run from several
+    /// places at once: nothing is acted on twice. Returns the next deadline.
+    async fn sweep(&self) -> StoreResult<Applied<Option<Timestamp>>>;
+
+    /// A conversation with queue position and expected wait. NotFound if
+    /// unknown (or forgotten after retention).
+    async fn conversation(&self, pool: &PoolId, conversation: &ConversationId) -> StoreResult<Conversation>;
+
+    /// What an agent stream starts with. FailedPrecondition when offline.
+    async fn agent_snapshot(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<AgentSnapshot>;
+
+    /// The online agents, ordered by id.
+    async fn agents(&self, pool: &PoolId) -> StoreResult<Vec<Presence>>;
+
+    async fn queue_stats(&self, pool: &PoolId) -> StoreResult<QueueStats>;
+
+    async fn shift_stats(&self, pool: &PoolId) -> StoreResult<Vec<ShiftView>>;
+
+    /// Every event committed from now on, all pools, in commit order. A
+    /// subscriber that falls behind gets `Lagged` and must resynchronise
+    /// from snapshots.
+    fn subscribe(&self) -> EventFeed;
+}
