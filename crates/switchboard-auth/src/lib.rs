@@ -55,7 +55,9 @@ impl std::str::FromStr for Role {
             "agent" => Ok(Role::Agent),
             "gateway" => Ok(Role::Gateway),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role `{other}`: expected agent, gateway or admin")),
+            other => Err(format!(
+                "unknown role `{other}`: expected agent, gateway or admin"
+            )),
         }
     }
 }
@@ -117,7 +119,10 @@ impl Keyring {
         let key_id = key_id.into();
         let mut keys = HashMap::new();
         keys.insert(key_id.clone(), secret.as_ref().to_vec());
-        Keyring { keys, signing_key_id: key_id }
+        Keyring {
+            keys,
+            signing_key_id: key_id,
+        }
     }
 
     /// The development keyring (see the crate docs).
@@ -132,7 +137,9 @@ impl Keyring {
     }
 
     pub fn is_development(&self) -> bool {
-        self.keys.get(DEV_KEY_ID).is_some_and(|k| k == DEV_SECRET.as_bytes())
+        self.keys
+            .get(DEV_KEY_ID)
+            .is_some_and(|k| k == DEV_SECRET.as_bytes())
     }
 
     /// Signs claims with the signing key (the claims' `kid` is set to it).
@@ -142,9 +149,11 @@ impl Keyring {
             .get(&self.signing_key_id)
             .ok_or_else(|| TokenError::NoSigningKey(self.signing_key_id.clone()))?;
         claims.kid = self.signing_key_id.clone();
-        let json = serde_json::to_vec(&claims).map_err(|_| TokenError::Malformed("claims do not serialise"))?;
+        let json = serde_json::to_vec(&claims)
+            .map_err(|_| TokenError::Malformed("claims do not serialise"))?;
         let body = format!("{PREFIX}.{}", URL_SAFE_NO_PAD.encode(json));
-        let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| TokenError::Malformed("bad key"))?;
+        let mut mac =
+            HmacSha256::new_from_slice(secret).map_err(|_| TokenError::Malformed("bad key"))?;
         mac.update(body.as_bytes());
         let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         Ok(format!("{body}.{signature}"))
@@ -181,17 +190,26 @@ impl Keyring {
         if prefix != PREFIX {
             return Err(TokenError::Malformed("unknown token version"));
         }
-        let json = URL_SAFE_NO_PAD.decode(claims_b64).map_err(|_| TokenError::Malformed("claims are not base64url"))?;
-        let claims: Claims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed("claims are not valid"))?;
-        let secret = self.keys.get(&claims.kid).ok_or_else(|| TokenError::UnknownKey(claims.kid.clone()))?;
-        let signature =
-            URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
-        let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| TokenError::Malformed("bad key"))?;
+        let json = URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .map_err(|_| TokenError::Malformed("claims are not base64url"))?;
+        let claims: Claims = serde_json::from_slice(&json)
+            .map_err(|_| TokenError::Malformed("claims are not valid"))?;
+        let secret = self
+            .keys
+            .get(&claims.kid)
+            .ok_or_else(|| TokenError::UnknownKey(claims.kid.clone()))?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_b64)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let mut mac =
+            HmacSha256::new_from_slice(secret).map_err(|_| TokenError::Malformed("bad key"))?;
         mac.update(prefix.as_bytes());
         mac.update(b".");
         mac.update(claims_b64.as_bytes());
         // Constant-time comparison.
-        mac.verify_slice(&signature).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&signature)
+            .map_err(|_| TokenError::BadSignature)?;
         if claims.exp <= now_secs {
             return Err(TokenError::Expired);
         }
@@ -209,11 +227,16 @@ mod tests {
     #[test]
     fn sign_and_verify_round_trip() {
         let ring = Keyring::single("k1", "secret-one");
-        let token = ring.mint(Role::Agent, "eu", Some("alice"), 1_000, 60, 2).unwrap();
+        let token = ring
+            .mint(Role::Agent, "eu", Some("alice"), 1_000, 60, 2)
+            .unwrap();
         let claims = ring.verify(&token, 1_010).unwrap();
         assert_eq!(claims.role, Role::Agent);
         assert_eq!(claims.agent.as_deref(), Some("alice"));
-        assert_eq!((claims.pool.as_str(), claims.kid.as_str(), claims.epoch), ("eu", "k1", 2));
+        assert_eq!(
+            (claims.pool.as_str(), claims.kid.as_str(), claims.epoch),
+            ("eu", "k1", 2)
+        );
     }
 
     #[test]
@@ -224,15 +247,25 @@ mod tests {
         let other = Keyring::single("k1", "another-secret");
         assert_eq!(other.verify(&token, 1_000), Err(TokenError::BadSignature));
         let rotated = Keyring::single("k2", "x");
-        assert_eq!(rotated.verify(&token, 1_000), Err(TokenError::UnknownKey("k1".into())));
+        assert_eq!(
+            rotated.verify(&token, 1_000),
+            Err(TokenError::UnknownKey("k1".into()))
+        );
         // Swap in claims for admin, keep the signature.
-        let forged_claims = URL_SAFE_NO_PAD.encode(br#"{"role":"admin","pool":"eu","exp":9999,"kid":"k1"}"#);
+        let forged_claims =
+            URL_SAFE_NO_PAD.encode(br#"{"role":"admin","pool":"eu","exp":9999,"kid":"k1"}"#);
         let signature = token.rsplit('.').next().unwrap();
         let forged = format!("sb1.{forged_claims}.{signature}");
         assert_eq!(ring.verify(&forged, 1_000), Err(TokenError::BadSignature));
-        assert!(matches!(ring.verify("garbage", 0), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            ring.verify("garbage", 0),
+            Err(TokenError::Malformed(_))
+        ));
         let agentless = ring.mint(Role::Agent, "eu", None, 1_000, 60, 0).unwrap();
-        assert_eq!(ring.verify(&agentless, 1_000), Err(TokenError::MissingAgent));
+        assert_eq!(
+            ring.verify(&agentless, 1_000),
+            Err(TokenError::MissingAgent)
+        );
     }
 
     #[test]

@@ -106,7 +106,11 @@ impl Session {
             StatusChoice::Away { .. } => AgentStatus::Away,
             StatusChoice::Available => {
                 let load = self.active.len() as u32 + u32::from(self.pending_offer.is_some());
-                if load >= self.capacity { AgentStatus::Busy } else { AgentStatus::Available }
+                if load >= self.capacity {
+                    AgentStatus::Busy
+                } else {
+                    AgentStatus::Available
+                }
             }
         }
     }
@@ -146,11 +150,16 @@ pub fn eligible(
     if conversation.excluded.contains(agent_id) {
         return false;
     }
-    if !languages.iter().any(|l| language_covers(l, &handoff.language)) {
+    if !languages
+        .iter()
+        .any(|l| language_covers(l, &handoff.language))
+    {
         return false;
     }
     let skills_ok = handoff.required_skills.iter().all(|required| {
-        skills.iter().any(|s| s.name == required.name && s.level >= required.level)
+        skills
+            .iter()
+            .any(|s| s.name == required.name && s.level >= required.level)
     });
     if !skills_ok {
         return false;
@@ -262,10 +271,16 @@ impl PoolState {
     ) -> Result<Presence, DomainError> {
         if !self.roster.contains_key(agent_id) {
             if !self_register {
-                return Err(DomainError::NotFound { what: "roster entry for agent", id: agent_id.to_string() });
+                return Err(DomainError::NotFound {
+                    what: "roster entry for agent",
+                    id: agent_id.to_string(),
+                });
             }
-            let languages =
-                if request.languages.is_empty() { vec!["en".to_owned()] } else { request.languages.clone() };
+            let languages = if request.languages.is_empty() {
+                vec!["en".to_owned()]
+            } else {
+                request.languages.clone()
+            };
             let entry = RosterEntry {
                 agent_id: agent_id.clone(),
                 display_name: agent_id.to_string(),
@@ -278,10 +293,13 @@ impl PoolState {
             };
             self.roster.insert(agent_id.clone(), entry);
         }
-        let roster = self.roster.get(agent_id).ok_or_else(|| DomainError::NotFound {
-            what: "roster entry for agent",
-            id: agent_id.to_string(),
-        })?;
+        let roster = self
+            .roster
+            .get(agent_id)
+            .ok_or_else(|| DomainError::NotFound {
+                what: "roster entry for agent",
+                id: agent_id.to_string(),
+            })?;
         let (skills, languages, capacity) = narrow(roster, &request)?;
 
         self.unindex(agent_id);
@@ -299,8 +317,10 @@ impl PoolState {
                 session.last_heartbeat = now;
                 session.lease_expires = now.plus_millis(lease_ms);
                 let new = session.lease_expires;
-                self.deadlines.remove(&(old, Deadline::Lease(agent_id.clone())));
-                self.deadlines.insert((new, Deadline::Lease(agent_id.clone())));
+                self.deadlines
+                    .remove(&(old, Deadline::Lease(agent_id.clone())));
+                self.deadlines
+                    .insert((new, Deadline::Lease(agent_id.clone())));
             }
             None => {
                 record.session = Some(Session {
@@ -319,20 +339,35 @@ impl PoolState {
                     consecutive_misses: 0,
                     indexed_score: None,
                 });
-                record.shift = Shift { started_at: now, ..Shift::default() };
-                self.deadlines.insert((now.plus_millis(lease_ms), Deadline::Lease(agent_id.clone())));
-                self.notice(agent_id, "online", "agent is online", AgentStatus::Available, now);
+                record.shift = Shift {
+                    started_at: now,
+                    ..Shift::default()
+                };
+                self.deadlines
+                    .insert((now.plus_millis(lease_ms), Deadline::Lease(agent_id.clone())));
+                self.notice(
+                    agent_id,
+                    "online",
+                    "agent is online",
+                    AgentStatus::Available,
+                    now,
+                );
             }
         }
         self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
-        self.presence(agent_id).ok_or_else(|| DomainError::precondition("agent session vanished"))
+        self.presence(agent_id)
+            .ok_or_else(|| DomainError::precondition("agent session vanished"))
     }
 
     /// Attaches the agent's event stream: from now on it may get offers.
     /// Returns the stream id (for [`PoolState::detach_stream`]) and the
     /// snapshot the stream starts with.
-    pub fn attach_stream(&mut self, agent_id: &AgentId, now: Timestamp) -> Result<(u64, AgentSnapshot), DomainError> {
+    pub fn attach_stream(
+        &mut self,
+        agent_id: &AgentId,
+        now: Timestamp,
+    ) -> Result<(u64, AgentSnapshot), DomainError> {
         let stream_id = self.next_stream_id;
         let session = self.session_mut(agent_id)?;
         session.stream = Some(stream_id);
@@ -349,7 +384,11 @@ impl PoolState {
     /// miss).
     pub fn detach_stream(&mut self, agent_id: &AgentId, stream_id: u64, now: Timestamp) {
         let grace = self.settings.offer_delivery_grace_ms;
-        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+        let Some(session) = self
+            .agents
+            .get_mut(agent_id)
+            .and_then(|r| r.session.as_mut())
+        else {
             return;
         };
         if session.stream != Some(stream_id) {
@@ -381,9 +420,12 @@ impl PoolState {
             session.location = location;
         }
         let new = session.lease_expires;
-        self.deadlines.remove(&(old, Deadline::Lease(agent_id.clone())));
-        self.deadlines.insert((new, Deadline::Lease(agent_id.clone())));
-        self.presence(agent_id).ok_or_else(|| DomainError::precondition("agent session vanished"))
+        self.deadlines
+            .remove(&(old, Deadline::Lease(agent_id.clone())));
+        self.deadlines
+            .insert((new, Deadline::Lease(agent_id.clone())));
+        self.presence(agent_id)
+            .ok_or_else(|| DomainError::precondition("agent session vanished"))
     }
 
     /// Available, or away with a reason code.
@@ -402,13 +444,21 @@ impl PoolState {
         self.reindex(agent_id);
         self.notice(agent_id, "status_changed", "status changed", status, now);
         self.dispatch_agent(agent_id, now);
-        Ok(self.session(agent_id).map(Session::status).unwrap_or(status))
+        Ok(self
+            .session(agent_id)
+            .map(Session::status)
+            .unwrap_or(status))
     }
 
     /// Goes offline at once: a pending offer is withdrawn and requeued,
     /// assigned conversations are requeued at the front with `reason`.
     /// Going offline twice is not an error. Returns the requeued ids.
-    pub fn go_offline(&mut self, agent_id: &AgentId, reason: &str, now: Timestamp) -> Vec<ConversationId> {
+    pub fn go_offline(
+        &mut self,
+        agent_id: &AgentId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Vec<ConversationId> {
         self.unindex(agent_id);
         let Some(record) = self.agents.get_mut(agent_id) else {
             return Vec::new();
@@ -417,10 +467,17 @@ impl PoolState {
             return Vec::new();
         };
         record.shift.ended_at = Some(now);
-        self.deadlines.remove(&(session.lease_expires, Deadline::Lease(agent_id.clone())));
+        self.deadlines
+            .remove(&(session.lease_expires, Deadline::Lease(agent_id.clone())));
         let mut requeued = Vec::new();
         if let Some(offer) = &session.pending_offer {
-            self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Withdrawn, reason, now);
+            self.close_offer(
+                &offer.conversation_id,
+                offer.attempt,
+                OfferOutcome::Withdrawn,
+                reason,
+                now,
+            );
             self.requeue(&offer.conversation_id, reason, now);
             requeued.push(offer.conversation_id.clone());
         }
@@ -440,7 +497,11 @@ impl PoolState {
     /// Hands a conversation over. The same id with the same payload returns
     /// the conversation as it stands (`created == false`); with another
     /// payload it is refused naming the first differing field.
-    pub fn request(&mut self, handoff: Handoff, now: Timestamp) -> Result<(Conversation, bool), DomainError> {
+    pub fn request(
+        &mut self,
+        handoff: Handoff,
+        now: Timestamp,
+    ) -> Result<(Conversation, bool), DomainError> {
         if let Some(existing) = self.conversations.get(&handoff.conversation_id) {
             if let Some(field) = existing.handoff.first_difference(&handoff) {
                 return Err(DomainError::Conflict {
@@ -470,7 +531,10 @@ impl PoolState {
             expected_wait_ms: 0,
         };
         self.conversations.insert(id.clone(), conversation);
-        self.deadlines.insert((now.plus_millis(self.settings.max_wait_ms), Deadline::MaxWait(id.clone())));
+        self.deadlines.insert((
+            now.plus_millis(self.settings.max_wait_ms),
+            Deadline::MaxWait(id.clone()),
+        ));
         self.enqueue(&id);
         self.emit(&id, None, now, |c| EventKind::Queued { conversation: c });
         self.dispatch_conversation(&id, now);
@@ -480,7 +544,11 @@ impl PoolState {
     /// The app saw the offer: it will not be withdrawn as undelivered.
     pub fn offer_delivered(&mut self, agent_id: &AgentId, offer: &OfferId) {
         if let Some(conversation) = self.conversations.get_mut(&offer.conversation_id) {
-            if let Some(record) = conversation.offers.iter_mut().find(|o| o.attempt == offer.attempt) {
+            if let Some(record) = conversation
+                .offers
+                .iter_mut()
+                .find(|o| o.attempt == offer.attempt)
+            {
                 if &record.agent_id == agent_id {
                     record.delivered = true;
                 }
@@ -490,18 +558,31 @@ impl PoolState {
 
     /// Accepts an offer: the conversation is assigned to the agent. A repeat
     /// returns the first result.
-    pub fn accept(&mut self, agent_id: &AgentId, offer: &OfferId, now: Timestamp) -> Result<Conversation, DomainError> {
+    pub fn accept(
+        &mut self,
+        agent_id: &AgentId,
+        offer: &OfferId,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
         let record = self.offer_for(agent_id, offer)?;
         match record.outcome {
             OfferOutcome::Accepted => return self.view(&offer.conversation_id, now),
             OfferOutcome::Pending if record.deadline <= now => {
                 self.sweep(now);
-                return Err(DomainError::precondition(format!("offer `{offer}` has expired")));
+                return Err(DomainError::precondition(format!(
+                    "offer `{offer}` has expired"
+                )));
             }
             OfferOutcome::Pending => {}
             other => return Err(closed_offer_error(offer, other)),
         }
-        self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Accepted, "", now);
+        self.close_offer(
+            &offer.conversation_id,
+            offer.attempt,
+            OfferOutcome::Accepted,
+            "",
+            now,
+        );
         let conversation = self.conversation_mut(&offer.conversation_id)?;
         conversation.state = ConversationState::Assigned;
         conversation.agent_id = Some(agent_id.clone());
@@ -516,7 +597,9 @@ impl PoolState {
                 session.consecutive_misses = 0;
             }
         }
-        self.emit(&offer.conversation_id, Some(agent_id), now, |c| EventKind::Assigned { conversation: c });
+        self.emit(&offer.conversation_id, Some(agent_id), now, |c| {
+            EventKind::Assigned { conversation: c }
+        });
         self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(&offer.conversation_id, now)
@@ -524,16 +607,34 @@ impl PoolState {
 
     /// Declines an offer: requeued, and never offered to this agent again.
     /// A repeat returns the first result.
-    pub fn decline(&mut self, agent_id: &AgentId, offer: &OfferId, reason: &str, now: Timestamp) -> Result<(), DomainError> {
+    pub fn decline(
+        &mut self,
+        agent_id: &AgentId,
+        offer: &OfferId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
         let record = self.offer_for(agent_id, offer)?;
         match record.outcome {
             OfferOutcome::Declined => return Ok(()),
             OfferOutcome::Pending => {}
             other => return Err(closed_offer_error(offer, other)),
         }
-        let why = if reason.is_empty() { "declined".to_owned() } else { format!("declined: {reason}") };
-        self.close_offer(&offer.conversation_id, offer.attempt, OfferOutcome::Declined, &why, now);
-        self.conversation_mut(&offer.conversation_id)?.excluded.insert(agent_id.clone());
+        let why = if reason.is_empty() {
+            "declined".to_owned()
+        } else {
+            format!("declined: {reason}")
+        };
+        self.close_offer(
+            &offer.conversation_id,
+            offer.attempt,
+            OfferOutcome::Declined,
+            &why,
+            now,
+        );
+        self.conversation_mut(&offer.conversation_id)?
+            .excluded
+            .insert(agent_id.clone());
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.declined += 1;
         }
@@ -555,7 +656,9 @@ impl PoolState {
         let conversation = self.conversation_ref(conversation_id)?;
         let holder = conversation.agent_id.as_ref();
         match conversation.state {
-            ConversationState::Completed if holder == Some(agent_id) => return self.view(conversation_id, now),
+            ConversationState::Completed if holder == Some(agent_id) => {
+                return self.view(conversation_id, now);
+            }
             ConversationState::Assigned if holder == Some(agent_id) => {}
             _ => {
                 return Err(DomainError::precondition(format!(
@@ -580,7 +683,9 @@ impl PoolState {
             }
         }
         self.finish(conversation_id, now);
-        self.emit(conversation_id, Some(agent_id), now, |c| EventKind::Ended { conversation: c });
+        self.emit(conversation_id, Some(agent_id), now, |c| EventKind::Ended {
+            conversation: c,
+        });
         self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(conversation_id, now)
@@ -588,7 +693,12 @@ impl PoolState {
 
     /// The customer left (or the gateway gave up): abandoned, wherever it
     /// was. A conversation already finished is returned as it ended.
-    pub fn cancel(&mut self, conversation_id: &ConversationId, reason: &str, now: Timestamp) -> Result<Conversation, DomainError> {
+    pub fn cancel(
+        &mut self,
+        conversation_id: &ConversationId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
         let conversation = self.conversation_ref(conversation_id)?;
         if conversation.state.is_terminal() {
             return self.view(conversation_id, now);
@@ -609,7 +719,9 @@ impl PoolState {
             }
             ConversationState::Assigned => {
                 if let Some(agent) = &holder {
-                    if let Some(session) = self.agents.get_mut(agent).and_then(|r| r.session.as_mut()) {
+                    if let Some(session) =
+                        self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
+                    {
                         session.active.remove(conversation_id);
                         if session.active.is_empty() {
                             session.idle_since = now;
@@ -623,9 +735,15 @@ impl PoolState {
         conversation.state = ConversationState::Abandoned;
         conversation.reason = why;
         conversation.updated_at = now;
-        let notify = if state == ConversationState::Assigned { holder.clone() } else { None };
+        let notify = if state == ConversationState::Assigned {
+            holder.clone()
+        } else {
+            None
+        };
         self.finish(conversation_id, now);
-        self.emit(conversation_id, notify.as_ref(), now, |c| EventKind::Ended { conversation: c });
+        self.emit(conversation_id, notify.as_ref(), now, |c| {
+            EventKind::Ended { conversation: c }
+        });
         if let Some(agent) = holder {
             self.reindex(&agent);
             self.dispatch_agent(&agent, now);
@@ -643,7 +761,9 @@ impl PoolState {
             if *at > now {
                 break;
             }
-            let Some((_, deadline)) = self.deadlines.pop_first() else { break };
+            let Some((_, deadline)) = self.deadlines.pop_first() else {
+                break;
+            };
             match deadline {
                 Deadline::OfferDelivery(id, attempt) => {
                     let undelivered = self
@@ -667,7 +787,11 @@ impl PoolState {
                     }
                 }
                 Deadline::OfferTimeout(id, attempt) => {
-                    let pending = self.conversations.get(&id).and_then(|c| c.pending_offer()).cloned();
+                    let pending = self
+                        .conversations
+                        .get(&id)
+                        .and_then(|c| c.pending_offer())
+                        .cloned();
                     if let Some(offer) = pending.filter(|o| o.attempt == attempt) {
                         self.offer_timed_out(&id, &offer, now);
                     }
@@ -680,7 +804,11 @@ impl PoolState {
                 }
                 Deadline::MaxWait(id) => self.expire(&id, now),
                 Deadline::Retention(id) => {
-                    if self.conversations.get(&id).is_some_and(|c| c.state.is_terminal()) {
+                    if self
+                        .conversations
+                        .get(&id)
+                        .is_some_and(|c| c.state.is_terminal())
+                    {
                         self.conversations.remove(&id);
                     }
                 }
@@ -691,7 +819,11 @@ impl PoolState {
     // ---------------------------------------------------------------- queries
 
     /// A conversation as it stands, with queue position and expected wait.
-    pub fn view(&self, conversation_id: &ConversationId, now: Timestamp) -> Result<Conversation, DomainError> {
+    pub fn view(
+        &self,
+        conversation_id: &ConversationId,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
         let mut conversation = self.conversation_ref(conversation_id)?.clone();
         if conversation.state == ConversationState::Queued {
             let position = self.queue_position(conversation_id);
@@ -703,7 +835,9 @@ impl PoolState {
 
     /// What a (re)subscribing agent stream starts with.
     pub fn agent_snapshot(&self, agent_id: &AgentId) -> Result<AgentSnapshot, DomainError> {
-        let session = self.session(agent_id).ok_or_else(|| offline_error(agent_id))?;
+        let session = self
+            .session(agent_id)
+            .ok_or_else(|| offline_error(agent_id))?;
         let mut offers = Vec::new();
         if let Some(offer) = &session.pending_offer {
             if let Some(conversation) = self.conversations.get(&offer.conversation_id) {
@@ -712,12 +846,21 @@ impl PoolState {
                 }
             }
         }
-        let assignments = session.active.iter().filter_map(|id| self.conversations.get(id).cloned()).collect();
+        let assignments = session
+            .active
+            .iter()
+            .filter_map(|id| self.conversations.get(id).cloned())
+            .collect();
         let away_reason = match &session.choice {
             StatusChoice::Away { reason } => reason.clone(),
             StatusChoice::Available => String::new(),
         };
-        Ok(AgentSnapshot { status: session.status(), away_reason, offers, assignments })
+        Ok(AgentSnapshot {
+            status: session.status(),
+            away_reason,
+            offers,
+            assignments,
+        })
     }
 
     pub fn presence(&self, agent_id: &AgentId) -> Option<Presence> {
@@ -744,7 +887,11 @@ impl PoolState {
 
     /// Every online agent, ordered by id.
     pub fn agents(&self) -> Vec<Presence> {
-        let mut out: Vec<_> = self.agents.keys().filter_map(|id| self.presence(id)).collect();
+        let mut out: Vec<_> = self
+            .agents
+            .keys()
+            .filter_map(|id| self.presence(id))
+            .collect();
         out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         out
     }
@@ -755,7 +902,11 @@ impl PoolState {
         let mut by_skill: BTreeMap<String, (u32, i64)> = BTreeMap::new();
         for (key, group) in &self.groups {
             let depth = group.by_priority.len() as u32;
-            let longest = group.by_age.first().map(|(t, _)| now.millis_since(*t)).unwrap_or(0);
+            let longest = group
+                .by_age
+                .first()
+                .map(|(t, _)| now.millis_since(*t))
+                .unwrap_or(0);
             let names: Vec<&str> = if key.skills.is_empty() {
                 vec![ANY_SKILL]
             } else {
@@ -770,7 +921,11 @@ impl PoolState {
         let mut stats = QueueStats {
             queues: by_skill
                 .into_iter()
-                .map(|(skill, (depth, longest_wait_ms))| QueueStat { skill, depth, longest_wait_ms })
+                .map(|(skill, (depth, longest_wait_ms))| QueueStat {
+                    skill,
+                    depth,
+                    longest_wait_ms,
+                })
                 .collect(),
             total_queued: self.queued.len() as u32,
             ..QueueStats::default()
@@ -794,7 +949,11 @@ impl PoolState {
             .agents
             .iter()
             .map(|(id, record)| {
-                let end = record.shift.ended_at.filter(|_| record.session.is_none()).unwrap_or(now);
+                let end = record
+                    .shift
+                    .ended_at
+                    .filter(|_| record.session.is_none())
+                    .unwrap_or(now);
                 ShiftView {
                     agent_id: id.clone(),
                     online: record.session.is_some(),
@@ -812,55 +971,95 @@ impl PoolState {
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut holders: HashMap<&ConversationId, &AgentId> = HashMap::new();
         for (agent_id, record) in &self.agents {
-            let Some(session) = &record.session else { continue };
+            let Some(session) = &record.session else {
+                continue;
+            };
             let load = session.active.len() as u32 + u32::from(session.pending_offer.is_some());
             if load > session.capacity {
-                return Err(format!("agent {agent_id} holds {load} > capacity {}", session.capacity));
+                return Err(format!(
+                    "agent {agent_id} holds {load} > capacity {}",
+                    session.capacity
+                ));
             }
             for id in &session.active {
-                let c = self.conversations.get(id).ok_or(format!("agent {agent_id} holds unknown {id}"))?;
+                let c = self
+                    .conversations
+                    .get(id)
+                    .ok_or(format!("agent {agent_id} holds unknown {id}"))?;
                 if c.state != ConversationState::Assigned || c.agent_id.as_ref() != Some(agent_id) {
-                    return Err(format!("agent {agent_id} holds {id} which is {:?} for {:?}", c.state, c.agent_id));
+                    return Err(format!(
+                        "agent {agent_id} holds {id} which is {:?} for {:?}",
+                        c.state, c.agent_id
+                    ));
                 }
                 if let Some(other) = holders.insert(id, agent_id) {
                     return Err(format!("conversation {id} held by {other} and {agent_id}"));
                 }
             }
             if let Some(offer) = &session.pending_offer {
-                let c = self.conversations.get(&offer.conversation_id).ok_or("offer of unknown conversation")?;
-                let pending = c.pending_offer().ok_or(format!("agent {agent_id} has offer {offer} not pending"))?;
+                let c = self
+                    .conversations
+                    .get(&offer.conversation_id)
+                    .ok_or("offer of unknown conversation")?;
+                let pending = c
+                    .pending_offer()
+                    .ok_or(format!("agent {agent_id} has offer {offer} not pending"))?;
                 if pending.attempt != offer.attempt || &pending.agent_id != agent_id {
-                    return Err(format!("agent {agent_id} offer {offer} mismatches conversation"));
+                    return Err(format!(
+                        "agent {agent_id} offer {offer} mismatches conversation"
+                    ));
                 }
             }
             let indexed = session.indexed_score.is_some();
             if indexed != session.offerable() {
-                return Err(format!("agent {agent_id} indexed={indexed} offerable={}", session.offerable()));
+                return Err(format!(
+                    "agent {agent_id} indexed={indexed} offerable={}",
+                    session.offerable()
+                ));
             }
         }
         for (id, c) in &self.conversations {
             let in_queue = self.queued.contains_key(id);
             if in_queue != (c.state == ConversationState::Queued) {
-                return Err(format!("conversation {id} is {:?} but in_queue={in_queue}", c.state));
+                return Err(format!(
+                    "conversation {id} is {:?} but in_queue={in_queue}",
+                    c.state
+                ));
             }
             match c.state {
                 ConversationState::Assigned => {
-                    let agent = c.agent_id.as_ref().ok_or(format!("{id} assigned to nobody"))?;
+                    let agent = c
+                        .agent_id
+                        .as_ref()
+                        .ok_or(format!("{id} assigned to nobody"))?;
                     if holders.get(id) != Some(&agent) {
                         return Err(format!("{id} assigned to {agent} who does not hold it"));
                     }
                 }
                 ConversationState::Offered => {
-                    let offer = c.pending_offer().ok_or(format!("{id} offered without pending offer"))?;
-                    let session = self.session(&offer.agent_id).ok_or(format!("{id} offered to offline agent"))?;
-                    if session.pending_offer.as_ref().map(|o| (&o.conversation_id, o.attempt)) != Some((id, offer.attempt)) {
-                        return Err(format!("{id} offered to {} who does not know", offer.agent_id));
+                    let offer = c
+                        .pending_offer()
+                        .ok_or(format!("{id} offered without pending offer"))?;
+                    let session = self
+                        .session(&offer.agent_id)
+                        .ok_or(format!("{id} offered to offline agent"))?;
+                    if session
+                        .pending_offer
+                        .as_ref()
+                        .map(|o| (&o.conversation_id, o.attempt))
+                        != Some((id, offer.attempt))
+                    {
+                        return Err(format!(
+                            "{id} offered to {} who does not know",
+                            offer.agent_id
+                        ));
                     }
                 }
                 _ => {}
             }
         }
-        let indexed_agents: HashSet<&AgentId> = self.available.values().flatten().map(|(_, a)| a).collect();
+        let indexed_agents: HashSet<&AgentId> =
+            self.available.values().flatten().map(|(_, a)| a).collect();
         for agent in indexed_agents {
             if self.session(agent).and_then(|s| s.indexed_score).is_none() {
                 return Err(format!("agent {agent} left in the index"));
@@ -885,13 +1084,19 @@ impl PoolState {
     fn conversation_ref(&self, id: &ConversationId) -> Result<&Conversation, DomainError> {
         self.conversations
             .get(id)
-            .ok_or_else(|| DomainError::NotFound { what: "conversation", id: id.to_string() })
+            .ok_or_else(|| DomainError::NotFound {
+                what: "conversation",
+                id: id.to_string(),
+            })
     }
 
     fn conversation_mut(&mut self, id: &ConversationId) -> Result<&mut Conversation, DomainError> {
         self.conversations
             .get_mut(id)
-            .ok_or_else(|| DomainError::NotFound { what: "conversation", id: id.to_string() })
+            .ok_or_else(|| DomainError::NotFound {
+                what: "conversation",
+                id: id.to_string(),
+            })
     }
 
     /// The offer record `offer` if it exists and is this agent's.
@@ -904,7 +1109,9 @@ impl PoolState {
             ))
         })?;
         if &record.agent_id != agent_id {
-            return Err(DomainError::PermissionDenied(format!("offer `{offer}` was made to another agent")));
+            return Err(DomainError::PermissionDenied(format!(
+                "offer `{offer}` was made to another agent"
+            )));
         }
         Ok(record.clone())
     }
@@ -917,47 +1124,102 @@ impl PoolState {
         now: Timestamp,
         kind: impl FnOnce(Box<Conversation>) -> EventKind,
     ) {
-        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        let Some(conversation) = self.conversations.get_mut(id) else {
+            return;
+        };
         conversation.seq += 1;
         let seq = conversation.seq;
         let snapshot = Box::new(conversation.clone());
-        self.events.push(Event { pool: self.pool.clone(), at: now, agent_id: agent.cloned(), seq, kind: kind(snapshot) });
+        self.events.push(Event {
+            pool: self.pool.clone(),
+            at: now,
+            agent_id: agent.cloned(),
+            seq,
+            kind: kind(snapshot),
+        });
     }
 
-    fn notice(&mut self, agent_id: &AgentId, code: &str, message: &str, status: AgentStatus, now: Timestamp) {
+    fn notice(
+        &mut self,
+        agent_id: &AgentId,
+        code: &str,
+        message: &str,
+        status: AgentStatus,
+        now: Timestamp,
+    ) {
         self.events.push(Event {
             pool: self.pool.clone(),
             at: now,
             agent_id: Some(agent_id.clone()),
             seq: 0,
-            kind: EventKind::Notice { code: code.to_owned(), message: message.to_owned(), status },
+            kind: EventKind::Notice {
+                code: code.to_owned(),
+                message: message.to_owned(),
+                status,
+            },
         });
     }
 
     /// Ends the pending offer `attempt` with `outcome`: the agent's
     /// reservation is released, and, unless accepted, the agent is told the
     /// offer is revoked. The conversation's state is the caller's to set.
-    fn close_offer(&mut self, id: &ConversationId, attempt: u32, outcome: OfferOutcome, reason: &str, now: Timestamp) {
-        let Some(conversation) = self.conversations.get_mut(id) else { return };
-        let Some(record) = conversation.offers.iter_mut().find(|o| o.attempt == attempt) else { return };
+    fn close_offer(
+        &mut self,
+        id: &ConversationId,
+        attempt: u32,
+        outcome: OfferOutcome,
+        reason: &str,
+        now: Timestamp,
+    ) {
+        let Some(conversation) = self.conversations.get_mut(id) else {
+            return;
+        };
+        let Some(record) = conversation
+            .offers
+            .iter_mut()
+            .find(|o| o.attempt == attempt)
+        else {
+            return;
+        };
         record.outcome = outcome;
         let agent = record.agent_id.clone();
         if let Some(session) = self.agents.get_mut(&agent).and_then(|r| r.session.as_mut()) {
-            if session.pending_offer.as_ref().is_some_and(|o| &o.conversation_id == id && o.attempt == attempt) {
+            if session
+                .pending_offer
+                .as_ref()
+                .is_some_and(|o| &o.conversation_id == id && o.attempt == attempt)
+            {
                 session.pending_offer = None;
             }
         }
         if outcome != OfferOutcome::Accepted {
-            let offer = OfferId { conversation_id: id.clone(), attempt };
+            let offer = OfferId {
+                conversation_id: id.clone(),
+                attempt,
+            };
             let reason = reason.to_owned();
-            self.emit(id, Some(&agent), now, |c| EventKind::OfferRevoked { offer, reason, conversation: c });
+            self.emit(id, Some(&agent), now, |c| EventKind::OfferRevoked {
+                offer,
+                reason,
+                conversation: c,
+            });
         }
         self.reindex(&agent);
     }
 
     fn withdraw_undelivered(&mut self, id: &ConversationId, attempt: u32, now: Timestamp) {
-        let agent = self.conversations.get(id).and_then(|c| c.offer_record(attempt)).map(|o| o.agent_id.clone());
-        self.close_offer(id, attempt, OfferOutcome::Withdrawn, "offer not delivered", now);
+        let agent = self
+            .conversations
+            .get(id)
+            .and_then(|c| c.offer_record(attempt))
+            .map(|o| o.agent_id.clone());
+        self.close_offer(
+            id,
+            attempt,
+            OfferOutcome::Withdrawn,
+            "offer not delivered",
+            now,
+        );
         // The agent's stream is evidently not carrying events: offer it
         // nothing more until it subscribes again.
         if let Some(agent) = &agent {
@@ -972,7 +1234,13 @@ impl PoolState {
 
     fn offer_timed_out(&mut self, id: &ConversationId, offer: &OfferRecord, now: Timestamp) {
         let agent = offer.agent_id.clone();
-        self.close_offer(id, offer.attempt, OfferOutcome::TimedOut, "offer timed out", now);
+        self.close_offer(
+            id,
+            offer.attempt,
+            OfferOutcome::TimedOut,
+            "offer timed out",
+            now,
+        );
         if let Some(conversation) = self.conversations.get_mut(id) {
             conversation.excluded.insert(agent.clone());
         }
@@ -983,7 +1251,9 @@ impl PoolState {
             if let Some(session) = record.session.as_mut() {
                 session.consecutive_misses += 1;
                 if threshold > 0 && session.consecutive_misses >= threshold {
-                    session.choice = StatusChoice::Away { reason: "missed_offers".to_owned() };
+                    session.choice = StatusChoice::Away {
+                        reason: "missed_offers".to_owned(),
+                    };
                     now_away = true;
                 }
             }
@@ -999,13 +1269,21 @@ impl PoolState {
     }
 
     fn expire(&mut self, id: &ConversationId, now: Timestamp) {
-        let Some(conversation) = self.conversations.get(id) else { return };
+        let Some(conversation) = self.conversations.get(id) else {
+            return;
+        };
         let pending = conversation.pending_offer().map(|o| o.attempt);
         match conversation.state {
             ConversationState::Queued => self.dequeue(id),
             ConversationState::Offered => {
                 if let Some(attempt) = pending {
-                    self.close_offer(id, attempt, OfferOutcome::Withdrawn, "maximum wait exceeded", now);
+                    self.close_offer(
+                        id,
+                        attempt,
+                        OfferOutcome::Withdrawn,
+                        "maximum wait exceeded",
+                        now,
+                    );
                 }
             }
             _ => return,
@@ -1022,13 +1300,18 @@ impl PoolState {
 
     /// Schedules a finished conversation to be forgotten after retention.
     fn finish(&mut self, id: &ConversationId, now: Timestamp) {
-        self.deadlines.insert((now.plus_millis(self.settings.retention_ms), Deadline::Retention(id.clone())));
+        self.deadlines.insert((
+            now.plus_millis(self.settings.retention_ms),
+            Deadline::Retention(id.clone()),
+        ));
     }
 
     /// Back to the queue with a reason; it keeps its original waiting time,
     /// so it goes ahead of everything that arrived after it.
     fn requeue(&mut self, id: &ConversationId, reason: &str, now: Timestamp) {
-        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        let Some(conversation) = self.conversations.get_mut(id) else {
+            return;
+        };
         if conversation.state.is_terminal() || conversation.state == ConversationState::Queued {
             return;
         }
@@ -1042,7 +1325,9 @@ impl PoolState {
     }
 
     fn enqueue(&mut self, id: &ConversationId) {
-        let Some(conversation) = self.conversations.get(id) else { return };
+        let Some(conversation) = self.conversations.get(id) else {
+            return;
+        };
         let handoff = &conversation.handoff;
         let group_key = GroupKey {
             language: handoff.language.clone(),
@@ -1057,18 +1342,29 @@ impl PoolState {
             conversation_id: id.clone(),
         };
         let primary = primary_subtag(&group_key.language).to_owned();
-        self.groups_by_language.entry(primary).or_default().insert(group_key.clone());
+        self.groups_by_language
+            .entry(primary)
+            .or_default()
+            .insert(group_key.clone());
         let group = self.groups.entry(group_key.clone()).or_default();
         group.by_priority.insert(queue_key.clone());
-        group.by_age.insert((queue_key.queued_since, queue_key.arrival));
+        group
+            .by_age
+            .insert((queue_key.queued_since, queue_key.arrival));
         self.queued.insert(id.clone(), (group_key, queue_key));
     }
 
     fn dequeue(&mut self, id: &ConversationId) {
-        let Some((group_key, queue_key)) = self.queued.remove(id) else { return };
-        let Some(group) = self.groups.get_mut(&group_key) else { return };
+        let Some((group_key, queue_key)) = self.queued.remove(id) else {
+            return;
+        };
+        let Some(group) = self.groups.get_mut(&group_key) else {
+            return;
+        };
         group.by_priority.remove(&queue_key);
-        group.by_age.remove(&(queue_key.queued_since, queue_key.arrival));
+        group
+            .by_age
+            .remove(&(queue_key.queued_since, queue_key.arrival));
         if group.by_priority.is_empty() {
             self.groups.remove(&group_key);
             let primary = primary_subtag(&group_key.language);
@@ -1082,7 +1378,9 @@ impl PoolState {
     }
 
     fn queue_position(&self, id: &ConversationId) -> u32 {
-        let Some((group_key, queue_key)) = self.queued.get(id) else { return 0 };
+        let Some((group_key, queue_key)) = self.queued.get(id) else {
+            return 0;
+        };
         self.groups
             .get(group_key)
             .map(|g| g.by_priority.range(..queue_key.clone()).count() as u32)
@@ -1092,7 +1390,10 @@ impl PoolState {
     /// Expected wait for a conversation with `position` ahead of it: the
     /// pool's recent rate of first offers, over the last [`RATE_WINDOW`].
     fn expected_wait_ms(&self, position: u32, now: Timestamp) -> i64 {
-        let (Some(oldest), count) = (self.recent_first_offers.front(), self.recent_first_offers.len()) else {
+        let (Some(oldest), count) = (
+            self.recent_first_offers.front(),
+            self.recent_first_offers.len(),
+        ) else {
             return -1;
         };
         let span = now.millis_since(*oldest).max(1);
@@ -1104,10 +1405,16 @@ impl PoolState {
     /// Puts the agent in the offerable index or takes it out, as its session
     /// now says.
     fn reindex(&mut self, agent_id: &AgentId) {
-        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+        let Some(session) = self
+            .agents
+            .get_mut(agent_id)
+            .and_then(|r| r.session.as_mut())
+        else {
             return;
         };
-        let want = session.offerable().then_some(session.idle_since.as_millis());
+        let want = session
+            .offerable()
+            .then_some(session.idle_since.as_millis());
         if want == session.indexed_score {
             return;
         }
@@ -1124,16 +1431,25 @@ impl PoolState {
                 }
             }
             if let Some(score) = want {
-                self.available.entry(key).or_default().insert((score, agent_id.clone()));
+                self.available
+                    .entry(key)
+                    .or_default()
+                    .insert((score, agent_id.clone()));
             }
         }
     }
 
     fn unindex(&mut self, agent_id: &AgentId) {
-        let Some(session) = self.agents.get_mut(agent_id).and_then(|r| r.session.as_mut()) else {
+        let Some(session) = self
+            .agents
+            .get_mut(agent_id)
+            .and_then(|r| r.session.as_mut())
+        else {
             return;
         };
-        let Some(score) = session.indexed_score.take() else { return };
+        let Some(score) = session.indexed_score.take() else {
+            return;
+        };
         for key in session.index_keys() {
             if let Some(set) = self.available.get_mut(&key) {
                 set.remove(&(score, agent_id.clone()));
@@ -1146,7 +1462,9 @@ impl PoolState {
 
     /// A queued conversation looks for the best offerable, eligible agent.
     fn dispatch_conversation(&mut self, id: &ConversationId, now: Timestamp) {
-        let Some(conversation) = self.conversations.get(id) else { return };
+        let Some(conversation) = self.conversations.get(id) else {
+            return;
+        };
         if conversation.state != ConversationState::Queued {
             return;
         }
@@ -1161,15 +1479,21 @@ impl PoolState {
         if best.is_none() {
             for language in language_lookup_keys(&conversation.handoff.language) {
                 let candidate_set = if conversation.handoff.required_skills.is_empty() {
-                    self.available.get(&(language.to_owned(), ANY_SKILL.to_owned()))
+                    self.available
+                        .get(&(language.to_owned(), ANY_SKILL.to_owned()))
                 } else {
                     // The smallest set among the required skills; a missing
                     // set means nobody in this language has that skill.
                     let mut smallest: Option<&BTreeSet<(i64, AgentId)>> = None;
                     let mut missing = false;
                     for skill in &conversation.handoff.required_skills {
-                        match self.available.get(&(language.to_owned(), skill.name.clone())) {
-                            Some(set) if smallest.is_none_or(|s| set.len() < s.len()) => smallest = Some(set),
+                        match self
+                            .available
+                            .get(&(language.to_owned(), skill.name.clone()))
+                        {
+                            Some(set) if smallest.is_none_or(|s| set.len() < s.len()) => {
+                                smallest = Some(set)
+                            }
                             Some(_) => {}
                             None => missing = true,
                         }
@@ -1178,7 +1502,8 @@ impl PoolState {
                 };
                 let Some(set) = candidate_set else { continue };
                 let found = set.iter().find(|(_, agent)| {
-                    self.session(agent).is_some_and(|s| self.agent_fits(agent, s, conversation))
+                    self.session(agent)
+                        .is_some_and(|s| self.agent_fits(agent, s, conversation))
                 });
                 if let Some((score, agent)) = found {
                     if best.as_ref().is_none_or(|(b, _)| score < b) {
@@ -1195,11 +1520,15 @@ impl PoolState {
     /// An agent with spare capacity looks at the heads of the queue groups
     /// it can serve and takes the best waiting conversation.
     fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
-        let Some(session) = self.session(agent_id) else { return };
+        let Some(session) = self.session(agent_id) else {
+            return;
+        };
         if !session.offerable() {
             return;
         }
-        let Some(roster) = self.roster.get(agent_id) else { return };
+        let Some(roster) = self.roster.get(agent_id) else {
+            return;
+        };
         let mut best: Option<&QueueKey> = None;
         let mut seen_primaries = HashSet::new();
         for language in &session.languages {
@@ -1207,21 +1536,34 @@ impl PoolState {
             if !seen_primaries.insert(primary) {
                 continue;
             }
-            let Some(group_keys) = self.groups_by_language.get(primary) else { continue };
+            let Some(group_keys) = self.groups_by_language.get(primary) else {
+                continue;
+            };
             for group_key in group_keys {
-                let serves_language = session.languages.iter().any(|l| language_covers(l, &group_key.language));
-                let has_skills = group_key
-                    .skills
+                let serves_language = session
+                    .languages
                     .iter()
-                    .all(|req| session.skill_level(&req.name).is_some_and(|level| level >= req.level));
-                let region_ok = group_key.region.as_ref().is_none_or(|r| roster.allowed_regions.contains(r));
+                    .any(|l| language_covers(l, &group_key.language));
+                let has_skills = group_key.skills.iter().all(|req| {
+                    session
+                        .skill_level(&req.name)
+                        .is_some_and(|level| level >= req.level)
+                });
+                let region_ok = group_key
+                    .region
+                    .as_ref()
+                    .is_none_or(|r| roster.allowed_regions.contains(r));
                 if !(serves_language && has_skills && region_ok) {
                     continue;
                 }
-                let Some(group) = self.groups.get(group_key) else { continue };
+                let Some(group) = self.groups.get(group_key) else {
+                    continue;
+                };
                 // Skip the conversations this agent declined or missed.
                 let head = group.by_priority.iter().find(|key| {
-                    self.conversations.get(&key.conversation_id).is_some_and(|c| !c.excluded.contains(agent_id))
+                    self.conversations
+                        .get(&key.conversation_id)
+                        .is_some_and(|c| !c.excluded.contains(agent_id))
                 });
                 if let Some(head) = head {
                     if best.is_none_or(|b| head < b) {
@@ -1235,17 +1577,30 @@ impl PoolState {
         }
     }
 
-    fn agent_fits(&self, agent_id: &AgentId, session: &Session, conversation: &Conversation) -> bool {
-        self.roster
-            .get(agent_id)
-            .is_some_and(|roster| eligible(agent_id, &session.skills, &session.languages, roster, conversation))
+    fn agent_fits(
+        &self,
+        agent_id: &AgentId,
+        session: &Session,
+        conversation: &Conversation,
+    ) -> bool {
+        self.roster.get(agent_id).is_some_and(|roster| {
+            eligible(
+                agent_id,
+                &session.skills,
+                &session.languages,
+                roster,
+                conversation,
+            )
+        })
     }
 
     fn make_offer(&mut self, id: &ConversationId, agent_id: &AgentId, now: Timestamp) {
         self.dequeue(id);
         let offer_timeout = self.settings.offer_timeout_ms;
         let grace = self.settings.offer_delivery_grace_ms;
-        let Some(conversation) = self.conversations.get_mut(id) else { return };
+        let Some(conversation) = self.conversations.get_mut(id) else {
+            return;
+        };
         conversation.attempts += 1;
         let attempt = conversation.attempts;
         let deadline = now.plus_millis(offer_timeout);
@@ -1265,7 +1620,10 @@ impl PoolState {
             }
             self.recent_first_offers.push_back(now);
         }
-        let offer = OfferId { conversation_id: id.clone(), attempt };
+        let offer = OfferId {
+            conversation_id: id.clone(),
+            attempt,
+        };
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.offers += 1;
             if let Some(session) = record.session.as_mut() {
@@ -1273,9 +1631,17 @@ impl PoolState {
             }
         }
         self.reindex(agent_id);
-        self.deadlines.insert((now.plus_millis(grace), Deadline::OfferDelivery(id.clone(), attempt)));
-        self.deadlines.insert((deadline, Deadline::OfferTimeout(id.clone(), attempt)));
-        self.emit(id, Some(agent_id), now, |c| EventKind::Offered { offer, deadline, conversation: c });
+        self.deadlines.insert((
+            now.plus_millis(grace),
+            Deadline::OfferDelivery(id.clone(), attempt),
+        ));
+        self.deadlines
+            .insert((deadline, Deadline::OfferTimeout(id.clone(), attempt)));
+        self.emit(id, Some(agent_id), now, |c| EventKind::Offered {
+            offer,
+            deadline,
+            conversation: c,
+        });
     }
 }
 
@@ -1300,7 +1666,10 @@ fn closed_offer_error(offer: &OfferId, outcome: OfferOutcome) -> DomainError {
 
 /// The session's skills, languages and capacity: the roster entry narrowed
 /// by the request. Widening is refused naming the field.
-fn narrow(roster: &RosterEntry, request: &GoOnline) -> Result<(Vec<Skill>, Vec<String>, u32), DomainError> {
+fn narrow(
+    roster: &RosterEntry,
+    request: &GoOnline,
+) -> Result<(Vec<Skill>, Vec<String>, u32), DomainError> {
     let skills = if request.skills.is_empty() {
         roster.skills.clone()
     } else {

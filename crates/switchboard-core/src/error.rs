@@ -21,7 +21,10 @@ pub enum DomainError {
     /// A repeated conversation id with a different payload (maps to
     /// ALREADY_EXISTS).
     #[error("conversation `{conversation_id}` already exists with a different `{field}`")]
-    Conflict { conversation_id: String, field: String },
+    Conflict {
+        conversation_id: String,
+        field: String,
+    },
 
     /// The caller may not do this (maps to PERMISSION_DENIED).
     #[error("{0}")]
@@ -30,7 +33,10 @@ pub enum DomainError {
 
 impl DomainError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        DomainError::Invalid { field: field.into(), reason: reason.into() }
+        DomainError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn precondition(message: impl Into<String>) -> Self {

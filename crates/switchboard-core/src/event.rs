@@ -28,9 +28,17 @@ pub enum EventKind {
     /// A new conversation entered the queue.
     Queued { conversation: Box<Conversation> },
     /// Offered to `agent_id` until the deadline.
-    Offered { offer: OfferId, deadline: Timestamp, conversation: Box<Conversation> },
+    Offered {
+        offer: OfferId,
+        deadline: Timestamp,
+        conversation: Box<Conversation>,
+    },
     /// An offer was taken back from `agent_id` (never re-sent).
-    OfferRevoked { offer: OfferId, reason: String, conversation: Box<Conversation> },
+    OfferRevoked {
+        offer: OfferId,
+        reason: String,
+        conversation: Box<Conversation>,
+    },
     /// Back in the queue (declined, timed out, agent lost, withdrawn).
     Requeued { conversation: Box<Conversation> },
     /// Assigned to `agent_id`.
@@ -38,7 +46,11 @@ pub enum EventKind {
     /// Finished: completed, abandoned or expired.
     Ended { conversation: Box<Conversation> },
     /// Agent-level notice: status changes, missed offers, forced offline.
-    Notice { code: String, message: String, status: AgentStatus },
+    Notice {
+        code: String,
+        message: String,
+        status: AgentStatus,
+    },
 }
 
 impl EventKind {

@@ -14,7 +14,10 @@ pub struct Skill {
 
 impl Skill {
     pub fn new(name: impl Into<String>, level: u8) -> Self {
-        Skill { name: name.into(), level }
+        Skill {
+            name: name.into(),
+            level,
+        }
     }
 }
 
@@ -45,7 +48,10 @@ pub struct RosterEntry {
 impl RosterEntry {
     /// The roster level of `skill`, if the agent is verified for it.
     pub fn skill_level(&self, skill: &str) -> Option<u8> {
-        self.skills.iter().find(|s| s.name == skill).map(|s| s.level)
+        self.skills
+            .iter()
+            .find(|s| s.name == skill)
+            .map(|s| s.level)
     }
 }
 
@@ -111,7 +117,9 @@ impl ConversationState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            ConversationState::Completed | ConversationState::Abandoned | ConversationState::Expired
+            ConversationState::Completed
+                | ConversationState::Abandoned
+                | ConversationState::Expired
         )
     }
 
@@ -156,17 +164,35 @@ impl Handoff {
             ("customer_id", self.customer_id == other.customer_id),
             ("language", self.language == other.language),
             ("category", self.category == other.category),
-            ("required_skills", self.required_skills == other.required_skills),
+            (
+                "required_skills",
+                self.required_skills == other.required_skills,
+            ),
             ("priority", self.priority == other.priority),
             ("context.summary", self.summary == other.summary),
             ("context.attributes", self.attributes == other.attributes),
-            ("customer_asked_for_human", self.customer_asked_for_human == other.customer_asked_for_human),
-            ("chat_reference", self.chat_reference == other.chat_reference),
-            ("preferred_agent_id", self.preferred_agent == other.preferred_agent),
+            (
+                "customer_asked_for_human",
+                self.customer_asked_for_human == other.customer_asked_for_human,
+            ),
+            (
+                "chat_reference",
+                self.chat_reference == other.chat_reference,
+            ),
+            (
+                "preferred_agent_id",
+                self.preferred_agent == other.preferred_agent,
+            ),
             ("region", self.region == other.region),
-            ("customer_location", self.customer_location == other.customer_location),
+            (
+                "customer_location",
+                self.customer_location == other.customer_location,
+            ),
         ];
-        checks.into_iter().find(|(_, same)| !same).map(|(field, _)| field)
+        checks
+            .into_iter()
+            .find(|(_, same)| !same)
+            .map(|(field, _)| field)
     }
 }
 
@@ -228,7 +254,9 @@ impl Conversation {
         if self.state != ConversationState::Offered {
             return None;
         }
-        self.offers.last().filter(|o| o.outcome == OfferOutcome::Pending)
+        self.offers
+            .last()
+            .filter(|o| o.outcome == OfferOutcome::Pending)
     }
 
     pub fn offer_record(&self, attempt: u32) -> Option<&OfferRecord> {

@@ -33,7 +33,10 @@ pub fn skill_name(field: &str, name: &str) -> Result<String, DomainError> {
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
     {
-        return Err(DomainError::invalid(field, format!("`{name}` may use only a-z 0-9 _ . -")));
+        return Err(DomainError::invalid(
+            field,
+            format!("`{name}` may use only a-z 0-9 _ . -"),
+        ));
     }
     Ok(name.to_owned())
 }
@@ -42,7 +45,10 @@ pub fn skill_name(field: &str, name: &str) -> Result<String, DomainError> {
 pub fn skill_level(field: &str, level: u32) -> Result<u8, DomainError> {
     match u8::try_from(level) {
         Ok(l @ 1..=5) => Ok(l),
-        _ => Err(DomainError::invalid(field, format!("is {level}, must be 1 to 5"))),
+        _ => Err(DomainError::invalid(
+            field,
+            format!("is {level}, must be 1 to 5"),
+        )),
     }
 }
 
@@ -62,7 +68,10 @@ pub fn skills(field: &str, raw: &[(String, u32)]) -> Result<Vec<Skill>, DomainEr
     }
     out.sort();
     if let Some(pair) = out.windows(2).find(|w| w[0].name == w[1].name) {
-        return Err(DomainError::invalid(field, format!("names skill `{}` twice", pair[0].name)));
+        return Err(DomainError::invalid(
+            field,
+            format!("names skill `{}` twice", pair[0].name),
+        ));
     }
     Ok(out)
 }
@@ -75,13 +84,18 @@ pub fn language(field: &str, tag: &str) -> Result<String, DomainError> {
     if tag.len() > MAX_LANGUAGE_TAG_LEN {
         return Err(DomainError::invalid(
             field,
-            format!("is {} bytes, the limit is {MAX_LANGUAGE_TAG_LEN}", tag.len()),
+            format!(
+                "is {} bytes, the limit is {MAX_LANGUAGE_TAG_LEN}",
+                tag.len()
+            ),
         ));
     }
     let mut parts = tag.split('-');
     let primary = parts.next().unwrap_or_default();
-    let primary_ok = (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
-    let rest_ok = parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
+    let primary_ok =
+        (2..=3).contains(&primary.len()) && primary.chars().all(|c| c.is_ascii_alphabetic());
+    let rest_ok =
+        parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
     if !primary_ok || !rest_ok {
         return Err(DomainError::invalid(
             field,
@@ -151,7 +165,10 @@ pub fn required_text(field: &str, value: &str, limit: usize) -> Result<String, D
 
 pub fn priority(field: &str, value: u32) -> Result<u8, DomainError> {
     if value > MAX_PRIORITY {
-        return Err(DomainError::invalid(field, format!("is {value}, must be 0 to {MAX_PRIORITY}")));
+        return Err(DomainError::invalid(
+            field,
+            format!("is {value}, must be 0 to {MAX_PRIORITY}"),
+        ));
     }
     Ok(value as u8)
 }
@@ -169,12 +186,18 @@ pub fn location(field: &str, latitude: f64, longitude: f64) -> Result<Location, 
             format!("is {longitude}, must be -180 to 180"),
         ));
     }
-    Ok(Location { latitude, longitude })
+    Ok(Location {
+        latitude,
+        longitude,
+    })
 }
 
 pub fn capacity(field: &str, value: u32) -> Result<u32, DomainError> {
     if !(1..=MAX_CAPACITY).contains(&value) {
-        return Err(DomainError::invalid(field, format!("is {value}, must be 1 to {MAX_CAPACITY}")));
+        return Err(DomainError::invalid(
+            field,
+            format!("is {value}, must be 1 to {MAX_CAPACITY}"),
+        ));
     }
     Ok(value)
 }
@@ -188,7 +211,10 @@ pub fn context_attributes(
     if map.len() > MAX_CONTEXT_ENTRIES {
         return Err(DomainError::invalid(
             field,
-            format!("has {} entries, the limit is {MAX_CONTEXT_ENTRIES}", map.len()),
+            format!(
+                "has {} entries, the limit is {MAX_CONTEXT_ENTRIES}",
+                map.len()
+            ),
         ));
     }
     for (key, value) in &map {
@@ -211,9 +237,20 @@ mod tests {
     fn language_tags() {
         assert_eq!(language("language", "de-AT").unwrap(), "de-at");
         assert_eq!(language("language", "zh-Hant-TW").unwrap(), "zh-hant-tw");
-        for bad in ["", "e", "english", "en_US", "en-", "de-AT-toolongsubtag", "1a"] {
+        for bad in [
+            "",
+            "e",
+            "english",
+            "en_US",
+            "en-",
+            "de-AT-toolongsubtag",
+            "1a",
+        ] {
             let err = language("language", bad).unwrap_err();
-            assert!(err.to_string().starts_with("invalid `language`"), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("invalid `language`"),
+                "{bad}: {err}"
+            );
         }
     }
 
@@ -224,15 +261,25 @@ mod tests {
         assert!(!language_covers("de-at", "de"));
         assert!(!language_covers("d", "de"));
         assert!(!language_covers("en", "eng"));
-        assert_eq!(language_lookup_keys("zh-hant-tw"), vec!["zh-hant-tw", "zh-hant", "zh"]);
+        assert_eq!(
+            language_lookup_keys("zh-hant-tw"),
+            vec!["zh-hant-tw", "zh-hant", "zh"]
+        );
     }
 
     #[test]
     fn skills_are_sorted_unique_and_bounded() {
-        let ok = skills("required_skills", &[("billing".into(), 3), ("b2b".into(), 1)]).unwrap();
+        let ok = skills(
+            "required_skills",
+            &[("billing".into(), 3), ("b2b".into(), 1)],
+        )
+        .unwrap();
         assert_eq!(ok[0].name, "b2b");
         let err = skills("required_skills", &[("billing".into(), 6)]).unwrap_err();
-        assert_eq!(err.to_string(), "invalid `required_skills[0].level`: is 6, must be 1 to 5");
+        assert_eq!(
+            err.to_string(),
+            "invalid `required_skills[0].level`: is 6, must be 1 to 5"
+        );
         let err = skills("required_skills", &[("a".into(), 1), ("a".into(), 2)]).unwrap_err();
         assert!(err.to_string().contains("twice"));
         let err = skills("skills", &[("Billing".into(), 1)]).unwrap_err();
@@ -241,8 +288,18 @@ mod tests {
 
     #[test]
     fn locations_and_limits() {
-        assert!(location("customer_location", 91.0, 0.0).unwrap_err().to_string().contains("latitude"));
-        assert!(location("location", 0.0, -180.5).unwrap_err().to_string().contains("longitude"));
+        assert!(
+            location("customer_location", 91.0, 0.0)
+                .unwrap_err()
+                .to_string()
+                .contains("latitude")
+        );
+        assert!(
+            location("location", 0.0, -180.5)
+                .unwrap_err()
+                .to_string()
+                .contains("longitude")
+        );
         assert!(capacity("capacity", 0).is_err());
         assert!(priority("priority", 10).is_err());
         assert!(text("context.summary", &"x".repeat(4097), MAX_SUMMARY_BYTES).is_err());

@@ -1,1 +1,218 @@
-fn main() {}
+//! `switchboard`: the server binary.
+//!
+//! `switchboard serve` starts the server (embedded in-memory store, or
+//! Redis when configured); `switchboard token` mints a bearer token with the
+//! configured signing key. Bad configuration exits with code 64.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_auth::Role;
+use switchboard_server::config::{Config, Overrides};
+use switchboard_server::{ServerOptions, serve};
+use switchboard_store::{MemoryStore, SystemClock};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for bad configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Dispatch of customer conversations to online gig support agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the server.
+    Serve {
+        /// TOML configuration file (see deploy/switchboard.example.toml).
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the file and SWITCHBOARD_LISTEN).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Mint a bearer token with the configured signing key.
+    Token {
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// agent, gateway or admin.
+        #[arg(long)]
+        role: Role,
+        #[arg(long, default_value = "default")]
+        pool: String,
+        /// The agent id (agent tokens only).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: i64,
+        /// The agent's current token epoch (see `sbctl roster list`).
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
+    },
+}
+
+fn load_config(
+    path: Option<&PathBuf>,
+    overrides: &Overrides,
+) -> Result<(Config, switchboard_auth::Keyring), String> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let text = match path {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let name = path.map(|p| p.display().to_string()).unwrap_or_default();
+    Config::load(text.as_deref().map(|t| (name.as_str(), t)), &env, overrides)
+        .map_err(|e| e.to_string())
+}
+
+fn init_logging(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyhow::Result<()> {
+    let dev_mode = config.is_development();
+    if dev_mode {
+        tracing::warn!(
+            listen = %config.listen,
+            "DEVELOPMENT MODE: tokens signed with the public development secret are accepted and unknown agents \
+             self-register; serving loopback only. Set auth.mode = \"keys\" for anything else."
+        );
+    }
+    let store = Arc::new(MemoryStore::new(
+        config.dispatch.clone(),
+        Arc::new(SystemClock::default()),
+    ));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, store = "memory", "switchboard serving");
+    serve(
+        listener,
+        ServerOptions {
+            store,
+            keyring,
+            settings: config.dispatch.clone(),
+            dev_mode,
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        },
+        shutdown_signal(),
+    )
+    .await
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let (config, keyring) = match load_config(config.as_ref(), &Overrides { listen }) {
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    eprintln!("switchboard: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_logging(&config.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchboard: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run_server(config, keyring)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "switchboard failed");
+                    eprintln!("switchboard: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token {
+            config,
+            role,
+            pool,
+            agent,
+            ttl_secs,
+            epoch,
+        } => {
+            let (_, keyring) = match load_config(config.as_ref(), &Overrides::default()) {
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    eprintln!("switchboard: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            if role == Role::Agent && agent.is_none() {
+                eprintln!("switchboard: --agent is required for an agent token");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let now = chrono::Utc::now().timestamp();
+            match keyring.mint(role, &pool, agent.as_deref(), now, ttl_secs, epoch) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard: cannot mint token: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

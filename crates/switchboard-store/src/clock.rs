@@ -28,7 +28,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> Self {
-        ManualClock { now_ms: Arc::new(AtomicI64::new(start_ms)) }
+        ManualClock {
+            now_ms: Arc::new(AtomicI64::new(start_ms)),
+        }
     }
 
     pub fn advance(&self, ms: i64) {

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use switchboard_core::model::{
     AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, Skill,
 };
-use switchboard_core::{AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId};
+use switchboard_core::{
+    AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId,
+};
 
 /// What the suite needs of a store under test.
 #[async_trait]
@@ -88,7 +90,10 @@ fn cid(id: &str) -> ConversationId {
 }
 
 fn offer(id: &str, attempt: u32) -> OfferId {
-    OfferId { conversation_id: cid(id), attempt }
+    OfferId {
+        conversation_id: cid(id),
+        attempt,
+    }
 }
 
 fn handoff(id: &str) -> Handoff {
@@ -127,13 +132,28 @@ fn entry(id: &str) -> RosterEntry {
 async fn ready(h: &dyn Harness, p: &PoolId, id: &str) -> u64 {
     let store = h.store();
     store.upsert_roster(p, entry(id)).await.unwrap();
-    store.go_online(p, &agent(id), GoOnline { capacity: Some(1), ..Default::default() }, false).await.unwrap();
+    store
+        .go_online(
+            p,
+            &agent(id),
+            GoOnline {
+                capacity: Some(1),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
     let (stream, _) = store.attach_stream(p, &agent(id)).await.unwrap().value;
     h.advance(5).await;
     stream
 }
 
-async fn state_of(h: &dyn Harness, p: &PoolId, id: &str) -> (ConversationState, Option<AgentId>, String) {
+async fn state_of(
+    h: &dyn Harness,
+    p: &PoolId,
+    id: &str,
+) -> (ConversationState, Option<AgentId>, String) {
     let c = h.store().conversation(p, &cid(id)).await.unwrap();
     (c.state, c.agent_id, c.reason)
 }
@@ -157,20 +177,53 @@ pub async fn happy_path_offer_accept_complete(h: &dyn Harness) {
     let (conversation, created) = applied.value;
     assert!(created);
     assert_eq!(conversation.state, ConversationState::Offered);
-    assert!(applied.events.iter().any(|e| matches!(e.kind, EventKind::Queued { .. })));
-    let offered = applied.events.iter().find(|e| matches!(e.kind, EventKind::Offered { .. })).expect("offered event");
+    assert!(
+        applied
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Queued { .. }))
+    );
+    let offered = applied
+        .events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Offered { .. }))
+        .expect("offered event");
     assert_eq!(offered.agent_id, Some(agent("alice")));
-    store.offer_delivered(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
-    let assigned = store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
+    store
+        .offer_delivered(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let assigned = store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
     assert_eq!(assigned.value.state, ConversationState::Assigned);
     assert_eq!(assigned.value.handoff.chat_reference, "chat://c1");
-    assert!(assigned.events.iter().any(|e| matches!(e.kind, EventKind::Assigned { .. })));
-    let again = store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
-    assert_eq!(again.value.state, ConversationState::Assigned, "repeat accept returns the first result");
+    assert!(
+        assigned
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Assigned { .. }))
+    );
+    let again = store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.value.state,
+        ConversationState::Assigned,
+        "repeat accept returns the first result"
+    );
     assert!(again.events.is_empty(), "a repeat changes nothing");
-    let done = store.complete(&p, &agent("alice"), &cid("c1"), "resolved").await.unwrap();
+    let done = store
+        .complete(&p, &agent("alice"), &cid("c1"), "resolved")
+        .await
+        .unwrap();
     assert_eq!(done.value.state, ConversationState::Completed);
-    let again = store.complete(&p, &agent("alice"), &cid("c1"), "resolved").await.unwrap();
+    let again = store
+        .complete(&p, &agent("alice"), &cid("c1"), "resolved")
+        .await
+        .unwrap();
     assert_eq!(again.value.state, ConversationState::Completed);
     let presence = store.agents(&p).await.unwrap();
     assert_eq!(presence[0].status, AgentStatus::Available);
@@ -182,14 +235,35 @@ pub async fn decline_goes_to_next_agent(h: &dyn Harness) {
     ready(h, &p, "first").await;
     ready(h, &p, "second").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    assert_eq!(state_of(h, &p, "c1").await.1, Some(agent("first")), "longest idle first");
-    store.decline(&p, &agent("first"), &offer("c1", 1), "not now").await.unwrap();
+    assert_eq!(
+        state_of(h, &p, "c1").await.1,
+        Some(agent("first")),
+        "longest idle first"
+    );
+    store
+        .decline(&p, &agent("first"), &offer("c1", 1), "not now")
+        .await
+        .unwrap();
     let (state, holder, _) = state_of(h, &p, "c1").await;
-    assert_eq!((state, holder), (ConversationState::Offered, Some(agent("second"))));
-    store.decline(&p, &agent("first"), &offer("c1", 1), "not now").await.expect("repeat decline is fine");
-    let err = domain(store.accept(&p, &agent("first"), &offer("c1", 1)).await.unwrap_err());
+    assert_eq!(
+        (state, holder),
+        (ConversationState::Offered, Some(agent("second")))
+    );
+    store
+        .decline(&p, &agent("first"), &offer("c1", 1), "not now")
+        .await
+        .expect("repeat decline is fine");
+    let err = domain(
+        store
+            .accept(&p, &agent("first"), &offer("c1", 1))
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
-    store.decline(&p, &agent("second"), &offer("c1", 2), "").await.unwrap();
+    store
+        .decline(&p, &agent("second"), &offer("c1", 2), "")
+        .await
+        .unwrap();
     let (state, _, reason) = state_of(h, &p, "c1").await;
     assert_eq!(state, ConversationState::Queued, "both excluded: it waits");
     assert!(reason.starts_with("declined"), "{reason}");
@@ -200,11 +274,22 @@ pub async fn timeout_goes_to_next_agent_and_counts_a_miss(h: &dyn Harness) {
     ready(h, &p, "slow").await;
     ready(h, &p, "quick").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    store.offer_delivered(&p, &agent("slow"), &offer("c1", 1)).await.unwrap();
+    store
+        .offer_delivered(&p, &agent("slow"), &offer("c1", 1))
+        .await
+        .unwrap();
     sweep_after(h, 600).await;
     let (state, holder, _) = state_of(h, &p, "c1").await;
-    assert_eq!((state, holder), (ConversationState::Offered, Some(agent("quick"))));
-    let err = domain(store.accept(&p, &agent("slow"), &offer("c1", 1)).await.unwrap_err());
+    assert_eq!(
+        (state, holder),
+        (ConversationState::Offered, Some(agent("quick")))
+    );
+    let err = domain(
+        store
+            .accept(&p, &agent("slow"), &offer("c1", 1))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.to_string(), "offer `c1#1` has expired");
     let shifts = store.shift_stats(&p).await.unwrap();
     let slow = shifts.iter().find(|s| s.agent_id == agent("slow")).unwrap();
@@ -217,22 +302,37 @@ pub async fn undelivered_offer_is_withdrawn_not_missed(h: &dyn Harness) {
     store.request(&p, handoff("c1")).await.unwrap();
     sweep_after(h, 300).await;
     let (state, _, reason) = state_of(h, &p, "c1").await;
-    assert_eq!((state, reason.as_str()), (ConversationState::Queued, "offer not delivered"));
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "offer not delivered")
+    );
     let shifts = store.shift_stats(&p).await.unwrap();
     assert_eq!(shifts[0].shift.missed, 0, "not the agent's miss");
     let presence = &store.agents(&p).await.unwrap()[0];
-    assert!(!presence.stream_attached, "a stream that carries nothing gets no more offers");
+    assert!(
+        !presence.stream_attached,
+        "a stream that carries nothing gets no more offers"
+    );
 }
 
 pub async fn lease_lapse_requeues_with_reason(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     ready(h, &p, "alice").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
     sweep_after(h, 1_100).await;
-    assert!(store.agents(&p).await.unwrap().is_empty(), "lease lapsed: offline");
+    assert!(
+        store.agents(&p).await.unwrap().is_empty(),
+        "lease lapsed: offline"
+    );
     let (state, holder, reason) = state_of(h, &p, "c1").await;
-    assert_eq!((state, holder, reason.as_str()), (ConversationState::Queued, None, "agent lost"));
+    assert_eq!(
+        (state, holder, reason.as_str()),
+        (ConversationState::Queued, None, "agent lost")
+    );
 }
 
 pub async fn heartbeat_keeps_the_lease(h: &dyn Harness) {
@@ -244,24 +344,41 @@ pub async fn heartbeat_keeps_the_lease(h: &dyn Harness) {
         store.sweep().await.unwrap();
     }
     assert_eq!(store.agents(&p).await.unwrap().len(), 1);
-    let err = domain(store.heartbeat(&p, &agent("nobody"), None).await.unwrap_err());
+    let err = domain(
+        store
+            .heartbeat(&p, &agent("nobody"), None)
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
 }
 
 pub async fn cancel_while_queued_and_offered(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     store.request(&p, handoff("queued")).await.unwrap();
-    let c = store.cancel(&p, &cid("queued"), "customer left").await.unwrap().value;
+    let c = store
+        .cancel(&p, &cid("queued"), "customer left")
+        .await
+        .unwrap()
+        .value;
     assert_eq!(c.state, ConversationState::Abandoned);
     assert_eq!(c.reason, "cancelled by gateway: customer left");
     ready(h, &p, "alice").await;
     store.request(&p, handoff("offered")).await.unwrap();
     let applied = store.cancel(&p, &cid("offered"), "").await.unwrap();
     assert_eq!(applied.value.state, ConversationState::Abandoned);
-    assert!(applied.events.iter().any(|e| matches!(e.kind, EventKind::OfferRevoked { .. })));
+    assert!(
+        applied
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::OfferRevoked { .. }))
+    );
     assert!(store.agents(&p).await.unwrap()[0].pending_offer.is_none());
     let again = store.cancel(&p, &cid("offered"), "twice").await.unwrap();
-    assert_eq!(again.value.reason, "cancelled by gateway", "the first result");
+    assert_eq!(
+        again.value.reason, "cancelled by gateway",
+        "the first result"
+    );
     let err = domain(store.cancel(&p, &cid("never"), "").await.unwrap_err());
     assert!(matches!(err, DomainError::NotFound { .. }));
 }
@@ -276,18 +393,32 @@ pub async fn request_is_idempotent_and_conflicts_name_the_field(h: &dyn Harness)
     let mut different = handoff("c1");
     different.language = "de".into();
     let err = domain(store.request(&p, different).await.unwrap_err());
-    assert_eq!(err, DomainError::Conflict { conversation_id: "c1".into(), field: "language".into() });
+    assert_eq!(
+        err,
+        DomainError::Conflict {
+            conversation_id: "c1".into(),
+            field: "language".into()
+        }
+    );
 }
 
 pub async fn pools_are_isolated(h: &dyn Harness) {
     let store = h.store();
     ready(h, &pool("eu"), "alice").await;
     store.request(&pool("us"), handoff("c1")).await.unwrap();
-    assert_eq!(state_of(h, &pool("us"), "c1").await.0, ConversationState::Queued, "no agent in us");
+    assert_eq!(
+        state_of(h, &pool("us"), "c1").await.0,
+        ConversationState::Queued,
+        "no agent in us"
+    );
     assert!(store.conversation(&pool("eu"), &cid("c1")).await.is_err());
     assert!(store.agents(&pool("us")).await.unwrap().is_empty());
     // The same id in another pool is another conversation.
-    let (c, created) = store.request(&pool("eu"), handoff("c1")).await.unwrap().value;
+    let (c, created) = store
+        .request(&pool("eu"), handoff("c1"))
+        .await
+        .unwrap()
+        .value;
     assert!(created);
     assert_eq!(c.agent_id, Some(agent("alice")));
 }
@@ -297,7 +428,13 @@ pub async fn max_wait_expires_with_reason(h: &dyn Harness) {
     store.request(&p, handoff("c1")).await.unwrap();
     sweep_after(h, 3_100).await;
     let (state, _, reason) = state_of(h, &p, "c1").await;
-    assert_eq!((state, reason.as_str()), (ConversationState::Expired, "no agent within the maximum wait"));
+    assert_eq!(
+        (state, reason.as_str()),
+        (
+            ConversationState::Expired,
+            "no agent within the maximum wait"
+        )
+    );
     assert_eq!(store.queue_stats(&p).await.unwrap().total_queued, 0);
 }
 
@@ -305,27 +442,57 @@ pub async fn go_offline_requeues_at_once(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     ready(h, &p, "alice").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
-    let requeued = store.go_offline(&p, &agent("alice"), "agent went offline").await.unwrap().value;
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let requeued = store
+        .go_offline(&p, &agent("alice"), "agent went offline")
+        .await
+        .unwrap()
+        .value;
     assert_eq!(requeued, vec![cid("c1")]);
     let (state, _, reason) = state_of(h, &p, "c1").await;
-    assert_eq!((state, reason.as_str()), (ConversationState::Queued, "agent went offline"));
-    assert!(store.go_offline(&p, &agent("alice"), "again").await.unwrap().value.is_empty());
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "agent went offline")
+    );
+    assert!(
+        store
+            .go_offline(&p, &agent("alice"), "again")
+            .await
+            .unwrap()
+            .value
+            .is_empty()
+    );
 }
 
 pub async fn resubscribe_gets_snapshot_with_pending_offer(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     let first_stream = ready(h, &p, "alice").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    store.offer_delivered(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
-    let (second_stream, snapshot) = store.attach_stream(&p, &agent("alice")).await.unwrap().value;
+    store
+        .offer_delivered(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let (second_stream, snapshot) = store
+        .attach_stream(&p, &agent("alice"))
+        .await
+        .unwrap()
+        .value;
     assert_ne!(first_stream, second_stream);
     assert_eq!(snapshot.offers.len(), 1);
     assert_eq!(snapshot.offers[0].0.attempt, 1);
     // The old stream ending does not detach the new one.
-    store.detach_stream(&p, &agent("alice"), first_stream).await.unwrap();
+    store
+        .detach_stream(&p, &agent("alice"), first_stream)
+        .await
+        .unwrap();
     assert!(store.agents(&p).await.unwrap()[0].stream_attached);
-    store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
     let snapshot = store.agent_snapshot(&p, &agent("alice")).await.unwrap();
     assert_eq!(snapshot.assignments.len(), 1);
     assert!(snapshot.offers.is_empty());
@@ -336,11 +503,26 @@ pub async fn offers_belong_to_their_agent(h: &dyn Harness) {
     ready(h, &p, "alice").await;
     ready(h, &p, "mallory").await;
     store.request(&p, handoff("c1")).await.unwrap();
-    let err = domain(store.accept(&p, &agent("mallory"), &offer("c1", 1)).await.unwrap_err());
+    let err = domain(
+        store
+            .accept(&p, &agent("mallory"), &offer("c1", 1))
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::PermissionDenied(_)), "{err}");
-    let err = domain(store.complete(&p, &agent("mallory"), &cid("c1"), "x").await.unwrap_err());
+    let err = domain(
+        store
+            .complete(&p, &agent("mallory"), &cid("c1"), "x")
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
-    let err = domain(store.accept(&p, &agent("alice"), &offer("c1", 9)).await.unwrap_err());
+    let err = domain(
+        store
+            .accept(&p, &agent("alice"), &offer("c1", 9))
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
 }
 
@@ -348,17 +530,50 @@ pub async fn roster_narrowing_and_widening(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     let (_, created) = store.upsert_roster(&p, entry("alice")).await.unwrap().value;
     assert!(created);
-    let widen = GoOnline { skills: vec![Skill::new("billing", 5)], ..Default::default() };
-    let err = domain(store.go_online(&p, &agent("alice"), widen, false).await.unwrap_err());
-    assert!(matches!(&err, DomainError::PermissionDenied(m) if m.contains("skills[0].level")), "{err}");
-    let narrow = GoOnline { skills: vec![Skill::new("billing", 2)], capacity: Some(1), ..Default::default() };
-    let presence = store.go_online(&p, &agent("alice"), narrow, false).await.unwrap().value;
+    let widen = GoOnline {
+        skills: vec![Skill::new("billing", 5)],
+        ..Default::default()
+    };
+    let err = domain(
+        store
+            .go_online(&p, &agent("alice"), widen, false)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        matches!(&err, DomainError::PermissionDenied(m) if m.contains("skills[0].level")),
+        "{err}"
+    );
+    let narrow = GoOnline {
+        skills: vec![Skill::new("billing", 2)],
+        capacity: Some(1),
+        ..Default::default()
+    };
+    let presence = store
+        .go_online(&p, &agent("alice"), narrow, false)
+        .await
+        .unwrap()
+        .value;
     assert_eq!((presence.capacity, presence.skills[0].level), (1, 2));
-    let err = domain(store.go_online(&p, &agent("stranger"), GoOnline::default(), false).await.unwrap_err());
+    let err = domain(
+        store
+            .go_online(&p, &agent("stranger"), GoOnline::default(), false)
+            .await
+            .unwrap_err(),
+    );
     assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
-    store.go_online(&p, &agent("stranger"), GoOnline::default(), true).await.expect("self-registration");
+    store
+        .go_online(&p, &agent("stranger"), GoOnline::default(), true)
+        .await
+        .expect("self-registration");
     assert_eq!(store.roster(&p).await.unwrap().len(), 2);
-    assert!(store.roster_entry(&p, &agent("stranger")).await.unwrap().is_some());
+    assert!(
+        store
+            .roster_entry(&p, &agent("stranger"))
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 pub async fn sequence_numbers_increase_per_conversation(h: &dyn Harness) {
@@ -366,13 +581,41 @@ pub async fn sequence_numbers_increase_per_conversation(h: &dyn Harness) {
     ready(h, &p, "a").await;
     ready(h, &p, "b").await;
     let mut events = store.request(&p, handoff("c1")).await.unwrap().events;
-    events.extend(store.decline(&p, &agent("a"), &offer("c1", 1), "").await.unwrap().events);
-    events.extend(store.accept(&p, &agent("b"), &offer("c1", 2)).await.unwrap().events);
-    events.extend(store.complete(&p, &agent("b"), &cid("c1"), "ok").await.unwrap().events);
-    let seqs: Vec<u64> = events.iter().filter(|e| e.conversation_id() == Some(&cid("c1"))).map(|e| e.seq).collect();
+    events.extend(
+        store
+            .decline(&p, &agent("a"), &offer("c1", 1), "")
+            .await
+            .unwrap()
+            .events,
+    );
+    events.extend(
+        store
+            .accept(&p, &agent("b"), &offer("c1", 2))
+            .await
+            .unwrap()
+            .events,
+    );
+    events.extend(
+        store
+            .complete(&p, &agent("b"), &cid("c1"), "ok")
+            .await
+            .unwrap()
+            .events,
+    );
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e.conversation_id() == Some(&cid("c1")))
+        .map(|e| e.seq)
+        .collect();
     assert!(seqs.len() >= 6, "{seqs:?}");
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gapless and increasing: {seqs:?}");
-    assert_eq!(store.conversation(&p, &cid("c1")).await.unwrap().seq, *seqs.last().unwrap());
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gapless and increasing: {seqs:?}"
+    );
+    assert_eq!(
+        store.conversation(&p, &cid("c1")).await.unwrap().seq,
+        *seqs.last().unwrap()
+    );
 }
 
 pub async fn events_reach_the_feed(h: &dyn Harness) {
@@ -401,13 +644,29 @@ pub async fn stats_report_what_happened(h: &dyn Harness) {
     store.request(&p, handoff("c2")).await.unwrap();
     h.advance(50).await;
     let stats = store.queue_stats(&p).await.unwrap();
-    assert_eq!((stats.total_queued, stats.total_offered, stats.agents_online), (1, 1, 1));
+    assert_eq!(
+        (stats.total_queued, stats.total_offered, stats.agents_online),
+        (1, 1, 1)
+    );
     let billing = stats.queues.iter().find(|q| q.skill == "billing").unwrap();
     assert_eq!(billing.depth, 1);
     assert!(billing.longest_wait_ms >= 50, "{}", billing.longest_wait_ms);
-    store.accept(&p, &agent("alice"), &offer("c1", 1)).await.unwrap();
-    store.complete(&p, &agent("alice"), &cid("c1"), "ok").await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c1"), "ok")
+        .await
+        .unwrap();
     let shifts = store.shift_stats(&p).await.unwrap();
-    assert_eq!((shifts[0].shift.offers, shifts[0].shift.accepted, shifts[0].shift.completed), (2, 1, 1));
+    assert_eq!(
+        (
+            shifts[0].shift.offers,
+            shifts[0].shift.accepted,
+            shifts[0].shift.completed
+        ),
+        (2, 1, 1)
+    );
     assert!(shifts[0].online);
 }

@@ -61,13 +61,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or replaces a roster entry; `true` if it was new. The token
     /// epoch never goes down.
-    async fn upsert_roster(&self, pool: &PoolId, entry: RosterEntry) -> StoreResult<Applied<(RosterEntry, bool)>>;
+    async fn upsert_roster(
+        &self,
+        pool: &PoolId,
+        entry: RosterEntry,
+    ) -> StoreResult<Applied<(RosterEntry, bool)>>;
 
     /// The roster, ordered by agent id.
     async fn roster(&self, pool: &PoolId) -> StoreResult<Vec<RosterEntry>>;
 
     /// One roster entry; `None` if unknown.
-    async fn roster_entry(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Option<RosterEntry>>;
+    async fn roster_entry(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Option<RosterEntry>>;
 
     /// Goes online or updates the session. Narrowing only: widening the
     /// roster entry is PermissionDenied naming the field. An agent not in the
@@ -83,39 +91,83 @@ pub trait Store: Send + Sync + 'static {
     /// Attaches the agent's event stream (offers go only to agents with one)
     /// and returns its id with the snapshot to send first. The agent must be
     /// online (else FailedPrecondition).
-    async fn attach_stream(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<(u64, AgentSnapshot)>>;
+    async fn attach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Applied<(u64, AgentSnapshot)>>;
 
     /// Stream `stream_id` ended; a newer stream of the agent is unaffected.
     /// Idempotent.
-    async fn detach_stream(&self, pool: &PoolId, agent: &AgentId, stream_id: u64) -> StoreResult<Applied<()>>;
+    async fn detach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        stream_id: u64,
+    ) -> StoreResult<Applied<()>>;
 
     /// Renews the presence lease. FailedPrecondition when offline.
-    async fn heartbeat(&self, pool: &PoolId, agent: &AgentId, location: Option<Location>) -> StoreResult<Applied<Presence>>;
+    async fn heartbeat(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        location: Option<Location>,
+    ) -> StoreResult<Applied<Presence>>;
 
     /// Available or away. FailedPrecondition when offline.
-    async fn set_status(&self, pool: &PoolId, agent: &AgentId, choice: StatusChoice) -> StoreResult<Applied<AgentStatus>>;
+    async fn set_status(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        choice: StatusChoice,
+    ) -> StoreResult<Applied<AgentStatus>>;
 
     /// Offline now: pending offer withdrawn, assigned conversations requeued
     /// with `reason`. Idempotent. Returns the requeued ids.
-    async fn go_offline(&self, pool: &PoolId, agent: &AgentId, reason: &str) -> StoreResult<Applied<Vec<ConversationId>>>;
+    async fn go_offline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        reason: &str,
+    ) -> StoreResult<Applied<Vec<ConversationId>>>;
 
     /// Hands over a conversation and tries to match it at once. Idempotent on
     /// the conversation id (`false` when it existed); a different payload is
     /// Conflict naming the field.
-    async fn request(&self, pool: &PoolId, handoff: Handoff) -> StoreResult<Applied<(Conversation, bool)>>;
+    async fn request(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+    ) -> StoreResult<Applied<(Conversation, bool)>>;
 
     /// The offer reached the agent's stream; it will not be withdrawn as
     /// undelivered. Unknown offers are ignored.
-    async fn offer_delivered(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<()>;
+    async fn offer_delivered(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<()>;
 
     /// Accepts; repeated accepts return the first result. Another agent's
     /// offer is PermissionDenied; a stale, expired or closed one is
     /// FailedPrecondition.
-    async fn accept(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<Applied<Conversation>>;
+    async fn accept(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<Applied<Conversation>>;
 
     /// Declines; the agent is excluded for this conversation. Repeats return
     /// the first result.
-    async fn decline(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId, reason: &str) -> StoreResult<Applied<()>>;
+    async fn decline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+        reason: &str,
+    ) -> StoreResult<Applied<()>>;
 
     /// Completes a conversation the agent holds; repeats return the first
     /// result; not held is FailedPrecondition.
@@ -129,7 +181,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Abandons a conversation wherever it is; finished ones are returned as
     /// they ended.
-    async fn cancel(&self, pool: &PoolId, conversation: &ConversationId, reason: &str) -> StoreResult<Applied<Conversation>>;
+    async fn cancel(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>>;
 
     /// Acts on every deadline due in every pool (offer timeouts, undelivered
     /// offers, leases, maximum wait, retention). Safe to run from several
@@ -138,7 +195,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A conversation with queue position and expected wait. NotFound if
     /// unknown (or forgotten after retention).
-    async fn conversation(&self, pool: &PoolId, conversation: &ConversationId) -> StoreResult<Conversation>;
+    async fn conversation(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+    ) -> StoreResult<Conversation>;
 
     /// What an agent stream starts with. FailedPrecondition when offline.
     async fn agent_snapshot(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<AgentSnapshot>;

@@ -30,7 +30,12 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new(settings: DispatchSettings, clock: Arc<dyn Clock>) -> Self {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        MemoryStore { pools: RwLock::new(HashMap::new()), settings, clock, feed }
+        MemoryStore {
+            pools: RwLock::new(HashMap::new()),
+            settings,
+            clock,
+            feed,
+        }
     }
 
     fn pool(&self, pool: &PoolId) -> StoreResult<Arc<Mutex<PoolState>>> {
@@ -40,7 +45,12 @@ impl MemoryStore {
         let mut pools = self.pools.write().map_err(poisoned)?;
         Ok(pools
             .entry(pool.clone())
-            .or_insert_with(|| Arc::new(Mutex::new(PoolState::new(pool.clone(), self.settings.clone()))))
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(PoolState::new(
+                    pool.clone(),
+                    self.settings.clone(),
+                )))
+            })
             .clone())
     }
 
@@ -66,7 +76,11 @@ impl MemoryStore {
         Ok(Applied { value, events })
     }
 
-    fn query<T>(&self, pool: &PoolId, f: impl FnOnce(&PoolState, Timestamp) -> Result<T, switchboard_core::DomainError>) -> StoreResult<T> {
+    fn query<T>(
+        &self,
+        pool: &PoolId,
+        f: impl FnOnce(&PoolState, Timestamp) -> Result<T, switchboard_core::DomainError>,
+    ) -> StoreResult<T> {
         let state = self.pool(pool)?;
         let state = state.lock().map_err(poisoned)?;
         Ok(f(&state, self.clock.now())?)
@@ -90,7 +104,11 @@ impl Store for MemoryStore {
         Ok(self.clock.now())
     }
 
-    async fn upsert_roster(&self, pool: &PoolId, entry: RosterEntry) -> StoreResult<Applied<(RosterEntry, bool)>> {
+    async fn upsert_roster(
+        &self,
+        pool: &PoolId,
+        entry: RosterEntry,
+    ) -> StoreResult<Applied<(RosterEntry, bool)>> {
         self.command(pool, |s, _| Ok(s.upsert_roster(entry)))
     }
 
@@ -98,42 +116,87 @@ impl Store for MemoryStore {
         self.query(pool, |s, _| Ok(s.roster()))
     }
 
-    async fn roster_entry(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Option<RosterEntry>> {
+    async fn roster_entry(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Option<RosterEntry>> {
         self.query(pool, |s, _| Ok(s.roster_entry(agent).cloned()))
     }
 
-    async fn go_online(&self, pool: &PoolId, agent: &AgentId, request: GoOnline, self_register: bool) -> StoreResult<Applied<Presence>> {
-        self.command(pool, |s, now| s.go_online(agent, request, self_register, now))
+    async fn go_online(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        request: GoOnline,
+        self_register: bool,
+    ) -> StoreResult<Applied<Presence>> {
+        self.command(pool, |s, now| {
+            s.go_online(agent, request, self_register, now)
+        })
     }
 
-    async fn attach_stream(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<(u64, AgentSnapshot)>> {
+    async fn attach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Applied<(u64, AgentSnapshot)>> {
         self.command(pool, |s, now| s.attach_stream(agent, now))
     }
 
-    async fn detach_stream(&self, pool: &PoolId, agent: &AgentId, stream_id: u64) -> StoreResult<Applied<()>> {
+    async fn detach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        stream_id: u64,
+    ) -> StoreResult<Applied<()>> {
         self.command(pool, |s, now| {
             s.detach_stream(agent, stream_id, now);
             Ok(())
         })
     }
 
-    async fn heartbeat(&self, pool: &PoolId, agent: &AgentId, location: Option<Location>) -> StoreResult<Applied<Presence>> {
+    async fn heartbeat(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        location: Option<Location>,
+    ) -> StoreResult<Applied<Presence>> {
         self.command(pool, |s, now| s.heartbeat(agent, location, now))
     }
 
-    async fn set_status(&self, pool: &PoolId, agent: &AgentId, choice: StatusChoice) -> StoreResult<Applied<AgentStatus>> {
+    async fn set_status(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        choice: StatusChoice,
+    ) -> StoreResult<Applied<AgentStatus>> {
         self.command(pool, |s, now| s.set_status(agent, choice, now))
     }
 
-    async fn go_offline(&self, pool: &PoolId, agent: &AgentId, reason: &str) -> StoreResult<Applied<Vec<ConversationId>>> {
+    async fn go_offline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        reason: &str,
+    ) -> StoreResult<Applied<Vec<ConversationId>>> {
         self.command(pool, |s, now| Ok(s.go_offline(agent, reason, now)))
     }
 
-    async fn request(&self, pool: &PoolId, handoff: Handoff) -> StoreResult<Applied<(Conversation, bool)>> {
+    async fn request(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
         self.command(pool, |s, now| s.request(handoff, now))
     }
 
-    async fn offer_delivered(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<()> {
+    async fn offer_delivered(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<()> {
         self.command(pool, |s, _| {
             s.offer_delivered(agent, offer);
             Ok(())
@@ -141,11 +204,22 @@ impl Store for MemoryStore {
         .map(|_| ())
     }
 
-    async fn accept(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId) -> StoreResult<Applied<Conversation>> {
+    async fn accept(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<Applied<Conversation>> {
         self.command(pool, |s, now| s.accept(agent, offer, now))
     }
 
-    async fn decline(&self, pool: &PoolId, agent: &AgentId, offer: &OfferId, reason: &str) -> StoreResult<Applied<()>> {
+    async fn decline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+        reason: &str,
+    ) -> StoreResult<Applied<()>> {
         self.command(pool, |s, now| s.decline(agent, offer, reason, now))
     }
 
@@ -156,15 +230,28 @@ impl Store for MemoryStore {
         conversation: &ConversationId,
         disposition: &str,
     ) -> StoreResult<Applied<Conversation>> {
-        self.command(pool, |s, now| s.complete(agent, conversation, disposition, now))
+        self.command(pool, |s, now| {
+            s.complete(agent, conversation, disposition, now)
+        })
     }
 
-    async fn cancel(&self, pool: &PoolId, conversation: &ConversationId, reason: &str) -> StoreResult<Applied<Conversation>> {
+    async fn cancel(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>> {
         self.command(pool, |s, now| s.cancel(conversation, reason, now))
     }
 
     async fn sweep(&self) -> StoreResult<Applied<Option<Timestamp>>> {
-        let pools: Vec<PoolId> = self.pools.read().map_err(poisoned)?.keys().cloned().collect();
+        let pools: Vec<PoolId> = self
+            .pools
+            .read()
+            .map_err(poisoned)?
+            .keys()
+            .cloned()
+            .collect();
         let mut events = Vec::new();
         let mut next: Option<Timestamp> = None;
         for pool in pools {
@@ -174,10 +261,17 @@ impl Store for MemoryStore {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
-        Ok(Applied { value: next, events })
+        Ok(Applied {
+            value: next,
+            events,
+        })
     }
 
-    async fn conversation(&self, pool: &PoolId, conversation: &ConversationId) -> StoreResult<Conversation> {
+    async fn conversation(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+    ) -> StoreResult<Conversation> {
         self.query(pool, |s, now| s.view(conversation, now))
     }
 

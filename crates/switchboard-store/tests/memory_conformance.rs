@@ -24,7 +24,10 @@ impl Harness for MemoryHarness {
 
 async fn memory_harness(settings: DispatchSettings) -> MemoryHarness {
     let clock = ManualClock::new(1_700_000_000_000);
-    MemoryHarness { store: Arc::new(MemoryStore::new(settings, Arc::new(clock.clone()))), clock }
+    MemoryHarness {
+        store: Arc::new(MemoryStore::new(settings, Arc::new(clock.clone()))),
+        clock,
+    }
 }
 
 switchboard_store::conformance_suite!(memory_harness);

@@ -6,7 +6,10 @@ use crate::model::{GoOnline, Handoff};
 use proptest::prelude::*;
 
 fn pool() -> PoolState {
-    PoolState::new(PoolId::parse("pool", "test").unwrap(), DispatchSettings::default())
+    PoolState::new(
+        PoolId::parse("pool", "test").unwrap(),
+        DispatchSettings::default(),
+    )
 }
 
 fn agent(id: &str) -> AgentId {
@@ -17,7 +20,13 @@ fn cid(id: &str) -> ConversationId {
     ConversationId::parse("conversation_id", id).unwrap()
 }
 
-fn roster(state: &mut PoolState, id: &str, skills: &[(&str, u8)], languages: &[&str], capacity: u32) {
+fn roster(
+    state: &mut PoolState,
+    id: &str,
+    skills: &[(&str, u8)],
+    languages: &[&str],
+    capacity: u32,
+) {
     state.upsert_roster(RosterEntry {
         agent_id: agent(id),
         display_name: id.to_owned(),
@@ -31,9 +40,18 @@ fn roster(state: &mut PoolState, id: &str, skills: &[(&str, u8)], languages: &[&
 }
 
 /// Roster, online and stream attached: ready for offers.
-fn online(state: &mut PoolState, id: &str, skills: &[(&str, u8)], languages: &[&str], capacity: u32, now: i64) {
+fn online(
+    state: &mut PoolState,
+    id: &str,
+    skills: &[(&str, u8)],
+    languages: &[&str],
+    capacity: u32,
+    now: i64,
+) {
     roster(state, id, skills, languages, capacity);
-    state.go_online(&agent(id), GoOnline::default(), false, Timestamp(now)).unwrap();
+    state
+        .go_online(&agent(id), GoOnline::default(), false, Timestamp(now))
+        .unwrap();
     state.attach_stream(&agent(id), Timestamp(now)).unwrap();
 }
 
@@ -63,7 +81,10 @@ fn offered_to(state: &PoolState, id: &str) -> Option<AgentId> {
 }
 
 fn offer(id: &str, attempt: u32) -> OfferId {
-    OfferId { conversation_id: cid(id), attempt }
+    OfferId {
+        conversation_id: cid(id),
+        attempt,
+    }
 }
 
 #[test]
@@ -72,7 +93,8 @@ fn request_goes_to_longest_idle_eligible_agent() {
     online(&mut s, "late", &[("billing", 5)], &["en"], 1, 200);
     online(&mut s, "early", &[("billing", 5)], &["en"], 1, 100);
     online(&mut s, "novice", &[("billing", 2)], &["en"], 1, 50);
-    s.request(handoff("c1", "en", &[("billing", 3)], 0), Timestamp(300)).unwrap();
+    s.request(handoff("c1", "en", &[("billing", 3)], 0), Timestamp(300))
+        .unwrap();
     assert_eq!(offered_to(&s, "c1"), Some(agent("early")));
     s.check_invariants().unwrap();
 }
@@ -82,9 +104,11 @@ fn language_skill_and_region_rules() {
     let mut s = pool();
     online(&mut s, "de", &[("billing", 3)], &["de"], 1, 0);
     // A de-AT customer is served by a `de` speaker; an `en` one is not.
-    s.request(handoff("c-en", "en", &[], 0), Timestamp(1)).unwrap();
+    s.request(handoff("c-en", "en", &[], 0), Timestamp(1))
+        .unwrap();
     assert_eq!(offered_to(&s, "c-en"), None);
-    s.request(handoff("c-de", "de-at", &[], 0), Timestamp(2)).unwrap();
+    s.request(handoff("c-de", "de-at", &[], 0), Timestamp(2))
+        .unwrap();
     assert_eq!(offered_to(&s, "c-de"), Some(agent("de")));
 
     let mut s = pool();
@@ -103,11 +127,17 @@ fn language_skill_and_region_rules() {
 fn no_offer_without_attached_stream() {
     let mut s = pool();
     roster(&mut s, "a", &[], &["en"], 1);
-    s.go_online(&agent("a"), GoOnline::default(), false, Timestamp(0)).unwrap();
-    s.request(handoff("c1", "en", &[], 0), Timestamp(1)).unwrap();
+    s.go_online(&agent("a"), GoOnline::default(), false, Timestamp(0))
+        .unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
     assert_eq!(offered_to(&s, "c1"), None);
     let (_, snapshot) = s.attach_stream(&agent("a"), Timestamp(2)).unwrap();
-    assert_eq!(snapshot.offers.len(), 1, "attaching the stream dispatches the waiting conversation");
+    assert_eq!(
+        snapshot.offers.len(),
+        1,
+        "attaching the stream dispatches the waiting conversation"
+    );
     s.check_invariants().unwrap();
 }
 
@@ -115,21 +145,48 @@ fn no_offer_without_attached_stream() {
 fn accept_assigns_and_complete_frees_for_next_best_waiting() {
     let mut s = pool();
     online(&mut s, "a", &[("billing", 3)], &["en"], 1, 0);
-    s.request(handoff("c1", "en", &[], 0), Timestamp(1)).unwrap();
-    s.request(handoff("low", "en", &[], 0), Timestamp(2)).unwrap();
-    s.request(handoff("high", "en", &[("billing", 1)], 5), Timestamp(3)).unwrap();
-    let c = s.accept(&agent("a"), &offer("c1", 1), Timestamp(4)).unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
+    s.request(handoff("low", "en", &[], 0), Timestamp(2))
+        .unwrap();
+    s.request(handoff("high", "en", &[("billing", 1)], 5), Timestamp(3))
+        .unwrap();
+    let c = s
+        .accept(&agent("a"), &offer("c1", 1), Timestamp(4))
+        .unwrap();
     assert_eq!(c.state, ConversationState::Assigned);
     // Repeated accept: the first result.
-    assert_eq!(s.accept(&agent("a"), &offer("c1", 1), Timestamp(5)).unwrap().state, ConversationState::Assigned);
+    assert_eq!(
+        s.accept(&agent("a"), &offer("c1", 1), Timestamp(5))
+            .unwrap()
+            .state,
+        ConversationState::Assigned
+    );
     assert_eq!(s.view(&cid("low"), Timestamp(5)).unwrap().queue_position, 0);
-    let done = s.complete(&agent("a"), &cid("c1"), "resolved", Timestamp(10)).unwrap();
+    let done = s
+        .complete(&agent("a"), &cid("c1"), "resolved", Timestamp(10))
+        .unwrap();
     assert_eq!(done.state, ConversationState::Completed);
-    assert_eq!(offered_to(&s, "high"), Some(agent("a")), "higher priority first");
-    assert!(s.complete(&agent("a"), &cid("c1"), "resolved", Timestamp(11)).is_ok(), "repeat");
+    assert_eq!(
+        offered_to(&s, "high"),
+        Some(agent("a")),
+        "higher priority first"
+    );
+    assert!(
+        s.complete(&agent("a"), &cid("c1"), "resolved", Timestamp(11))
+            .is_ok(),
+        "repeat"
+    );
     s.check_invariants().unwrap();
     let shift = &s.shift_stats(Timestamp(12))[0];
-    assert_eq!((shift.shift.offers, shift.shift.accepted, shift.shift.completed), (2, 1, 1));
+    assert_eq!(
+        (
+            shift.shift.offers,
+            shift.shift.accepted,
+            shift.shift.completed
+        ),
+        (2, 1, 1)
+    );
     assert_eq!(shift.shift.handle_ms_total, 6);
 }
 
@@ -138,14 +195,22 @@ fn decline_goes_to_next_agent_and_excludes() {
     let mut s = pool();
     online(&mut s, "a", &[], &["en"], 1, 0);
     online(&mut s, "b", &[], &["en"], 1, 10);
-    s.request(handoff("c1", "en", &[], 0), Timestamp(20)).unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(20))
+        .unwrap();
     assert_eq!(offered_to(&s, "c1"), Some(agent("a")));
-    s.decline(&agent("a"), &offer("c1", 1), "busy", Timestamp(21)).unwrap();
+    s.decline(&agent("a"), &offer("c1", 1), "busy", Timestamp(21))
+        .unwrap();
     assert_eq!(offered_to(&s, "c1"), Some(agent("b")));
-    s.decline(&agent("a"), &offer("c1", 1), "busy", Timestamp(22)).unwrap();
-    s.decline(&agent("b"), &offer("c1", 2), "", Timestamp(23)).unwrap();
+    s.decline(&agent("a"), &offer("c1", 1), "busy", Timestamp(22))
+        .unwrap();
+    s.decline(&agent("b"), &offer("c1", 2), "", Timestamp(23))
+        .unwrap();
     let c = s.view(&cid("c1"), Timestamp(24)).unwrap();
-    assert_eq!(c.state, ConversationState::Queued, "nobody left who has not declined");
+    assert_eq!(
+        c.state,
+        ConversationState::Queued,
+        "nobody left who has not declined"
+    );
     assert!(c.reason.starts_with("declined"));
     s.check_invariants().unwrap();
 }
@@ -155,10 +220,15 @@ fn offers_are_personal_and_stale_ids_refused() {
     let mut s = pool();
     online(&mut s, "a", &[], &["en"], 1, 0);
     online(&mut s, "b", &[], &["en"], 1, 10);
-    s.request(handoff("c1", "en", &[], 0), Timestamp(20)).unwrap();
-    let err = s.accept(&agent("b"), &offer("c1", 1), Timestamp(21)).unwrap_err();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(20))
+        .unwrap();
+    let err = s
+        .accept(&agent("b"), &offer("c1", 1), Timestamp(21))
+        .unwrap_err();
     assert!(matches!(err, DomainError::PermissionDenied(_)), "{err}");
-    let err = s.accept(&agent("a"), &offer("c1", 7), Timestamp(21)).unwrap_err();
+    let err = s
+        .accept(&agent("a"), &offer("c1", 7), Timestamp(21))
+        .unwrap_err();
     assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
 }
 
@@ -168,20 +238,28 @@ fn timeout_requeues_and_three_misses_put_agent_away() {
     online(&mut s, "a", &[], &["en"], 1, 0);
     for (i, id) in ["c1", "c2", "c3"].into_iter().enumerate() {
         let t = (i as i64) * 100_000;
-        s.request(handoff(id, "en", &[], 0), Timestamp(t + 1)).unwrap();
+        s.request(handoff(id, "en", &[], 0), Timestamp(t + 1))
+            .unwrap();
         s.offer_delivered(&agent("a"), &offer(id, 1));
-        s.heartbeat(&agent("a"), None, Timestamp(t + 15_000)).unwrap();
+        s.heartbeat(&agent("a"), None, Timestamp(t + 15_000))
+            .unwrap();
         s.sweep(Timestamp(t + 25_000));
         let c = s.view(&cid(id), Timestamp(t + 25_000)).unwrap();
         assert_eq!(c.reason, "offer timed out");
-        s.heartbeat(&agent("a"), None, Timestamp(t + 40_000)).unwrap();
-        s.heartbeat(&agent("a"), None, Timestamp(t + 70_000)).unwrap();
+        s.heartbeat(&agent("a"), None, Timestamp(t + 40_000))
+            .unwrap();
+        s.heartbeat(&agent("a"), None, Timestamp(t + 70_000))
+            .unwrap();
     }
     let presence = s.presence(&agent("a")).unwrap();
     assert_eq!(presence.status, AgentStatus::Away);
     assert_eq!(presence.away_reason, "missed_offers");
     let events = s.take_events();
-    assert!(events.iter().any(|e| matches!(&e.kind, EventKind::Notice { code, .. } if code == "missed_offers")));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::Notice { code, .. } if code == "missed_offers"))
+    );
     assert_eq!(s.shift_stats(Timestamp(0))[0].shift.missed, 3);
     s.check_invariants().unwrap();
 }
@@ -190,7 +268,8 @@ fn timeout_requeues_and_three_misses_put_agent_away() {
 fn undelivered_offer_is_withdrawn_without_a_miss() {
     let mut s = pool();
     online(&mut s, "a", &[], &["en"], 1, 0);
-    s.request(handoff("c1", "en", &[], 0), Timestamp(1)).unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
     s.sweep(Timestamp(1_001));
     let c = s.view(&cid("c1"), Timestamp(1_001)).unwrap();
     assert_eq!(c.state, ConversationState::Queued);
@@ -208,15 +287,20 @@ fn undelivered_offer_is_withdrawn_without_a_miss() {
 fn lease_lapse_requeues_assigned_work_with_reason() {
     let mut s = pool();
     online(&mut s, "a", &[], &["en"], 1, 0);
-    s.request(handoff("c1", "en", &[], 0), Timestamp(1)).unwrap();
-    s.accept(&agent("a"), &offer("c1", 1), Timestamp(2)).unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(2))
+        .unwrap();
     s.heartbeat(&agent("a"), None, Timestamp(20_000)).unwrap();
     s.sweep(Timestamp(40_000));
     assert!(s.presence(&agent("a")).is_some(), "lease renewed at 20 s");
     s.sweep(Timestamp(50_000));
     assert!(s.presence(&agent("a")).is_none());
     let c = s.view(&cid("c1"), Timestamp(50_000)).unwrap();
-    assert_eq!((c.state, c.reason.as_str()), (ConversationState::Queued, "agent lost"));
+    assert_eq!(
+        (c.state, c.reason.as_str()),
+        (ConversationState::Queued, "agent lost")
+    );
     s.check_invariants().unwrap();
 }
 
@@ -224,7 +308,10 @@ fn lease_lapse_requeues_assigned_work_with_reason() {
 fn cancel_while_queued_offered_and_after_end() {
     let mut s = pool();
     s.request(handoff("q", "en", &[], 0), Timestamp(1)).unwrap();
-    assert_eq!(s.cancel(&cid("q"), "left", Timestamp(2)).unwrap().state, ConversationState::Abandoned);
+    assert_eq!(
+        s.cancel(&cid("q"), "left", Timestamp(2)).unwrap().state,
+        ConversationState::Abandoned
+    );
     online(&mut s, "a", &[], &["en"], 1, 0);
     s.request(handoff("o", "en", &[], 0), Timestamp(3)).unwrap();
     assert_eq!(offered_to(&s, "o"), Some(agent("a")));
@@ -232,29 +319,47 @@ fn cancel_while_queued_offered_and_after_end() {
     let c = s.cancel(&cid("o"), "", Timestamp(4)).unwrap();
     assert_eq!(c.state, ConversationState::Abandoned);
     let events = s.take_events();
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::OfferRevoked { .. }) && e.agent_id == Some(agent("a"))));
+    assert!(events.iter().any(
+        |e| matches!(e.kind, EventKind::OfferRevoked { .. }) && e.agent_id == Some(agent("a"))
+    ));
     assert!(s.presence(&agent("a")).unwrap().pending_offer.is_none());
     // After a terminal state, cancel returns the outcome, not an error.
-    assert_eq!(s.cancel(&cid("o"), "again", Timestamp(5)).unwrap().reason, "cancelled by gateway");
+    assert_eq!(
+        s.cancel(&cid("o"), "again", Timestamp(5)).unwrap().reason,
+        "cancelled by gateway"
+    );
     s.check_invariants().unwrap();
 }
 
 #[test]
 fn idempotent_request_and_conflict_names_the_field() {
     let mut s = pool();
-    let (_, created) = s.request(handoff("c1", "en", &[], 0), Timestamp(1)).unwrap();
+    let (_, created) = s
+        .request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
     assert!(created);
-    let (again, created) = s.request(handoff("c1", "en", &[], 0), Timestamp(2)).unwrap();
+    let (again, created) = s
+        .request(handoff("c1", "en", &[], 0), Timestamp(2))
+        .unwrap();
     assert!(!created);
     assert_eq!(again.created_at, Timestamp(1));
-    let err = s.request(handoff("c1", "en", &[], 3), Timestamp(3)).unwrap_err();
-    assert_eq!(err, DomainError::Conflict { conversation_id: "c1".into(), field: "priority".into() });
+    let err = s
+        .request(handoff("c1", "en", &[], 3), Timestamp(3))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        DomainError::Conflict {
+            conversation_id: "c1".into(),
+            field: "priority".into()
+        }
+    );
 }
 
 #[test]
 fn max_wait_expires_with_reason() {
     let mut s = pool();
-    s.request(handoff("c1", "en", &[], 0), Timestamp(0)).unwrap();
+    s.request(handoff("c1", "en", &[], 0), Timestamp(0))
+        .unwrap();
     s.sweep(Timestamp(600_000));
     let c = s.view(&cid("c1"), Timestamp(600_000)).unwrap();
     assert_eq!(c.state, ConversationState::Expired);
@@ -266,32 +371,85 @@ fn max_wait_expires_with_reason() {
 fn narrowing_is_allowed_widening_refused() {
     let mut s = pool();
     roster(&mut s, "a", &[("billing", 3)], &["en", "de"], 2);
-    let narrow = GoOnline { skills: vec![Skill::new("billing", 2)], languages: vec!["de".into()], capacity: Some(1), location: None };
-    let p = s.go_online(&agent("a"), narrow, false, Timestamp(0)).unwrap();
-    assert_eq!((p.capacity, p.languages.clone()), (1, vec!["de".to_owned()]));
+    let narrow = GoOnline {
+        skills: vec![Skill::new("billing", 2)],
+        languages: vec!["de".into()],
+        capacity: Some(1),
+        location: None,
+    };
+    let p = s
+        .go_online(&agent("a"), narrow, false, Timestamp(0))
+        .unwrap();
+    assert_eq!(
+        (p.capacity, p.languages.clone()),
+        (1, vec!["de".to_owned()])
+    );
     for (request, field) in [
-        (GoOnline { skills: vec![Skill::new("billing", 4)], ..Default::default() }, "skills[0].level"),
-        (GoOnline { skills: vec![Skill::new("fraud", 1)], ..Default::default() }, "skills[0]"),
-        (GoOnline { languages: vec!["fr".into()], ..Default::default() }, "languages[0]"),
-        (GoOnline { capacity: Some(3), ..Default::default() }, "capacity"),
+        (
+            GoOnline {
+                skills: vec![Skill::new("billing", 4)],
+                ..Default::default()
+            },
+            "skills[0].level",
+        ),
+        (
+            GoOnline {
+                skills: vec![Skill::new("fraud", 1)],
+                ..Default::default()
+            },
+            "skills[0]",
+        ),
+        (
+            GoOnline {
+                languages: vec!["fr".into()],
+                ..Default::default()
+            },
+            "languages[0]",
+        ),
+        (
+            GoOnline {
+                capacity: Some(3),
+                ..Default::default()
+            },
+            "capacity",
+        ),
     ] {
-        let err = s.go_online(&agent("a"), request, false, Timestamp(1)).unwrap_err();
-        assert!(matches!(&err, DomainError::PermissionDenied(m) if m.contains(field)), "{field}: {err}");
+        let err = s
+            .go_online(&agent("a"), request, false, Timestamp(1))
+            .unwrap_err();
+        assert!(
+            matches!(&err, DomainError::PermissionDenied(m) if m.contains(field)),
+            "{field}: {err}"
+        );
     }
-    let err = s.go_online(&agent("ghost"), GoOnline::default(), false, Timestamp(1)).unwrap_err();
+    let err = s
+        .go_online(&agent("ghost"), GoOnline::default(), false, Timestamp(1))
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound { .. }));
-    s.go_online(&agent("ghost"), GoOnline::default(), true, Timestamp(1)).unwrap();
+    s.go_online(&agent("ghost"), GoOnline::default(), true, Timestamp(1))
+        .unwrap();
 }
 
 #[test]
 fn free_agent_looks_only_at_groups_it_serves_and_skips_excluded() {
     let mut s = pool();
     online(&mut s, "a", &[("billing", 2)], &["en"], 1, 0);
-    s.set_status(&agent("a"), StatusChoice::Away { reason: "break".into() }, Timestamp(1)).unwrap();
-    s.request(handoff("expert", "en", &[("billing", 5)], 9), Timestamp(2)).unwrap();
-    s.request(handoff("french", "fr", &[], 9), Timestamp(3)).unwrap();
-    s.request(handoff("ok", "en", &[("billing", 1)], 0), Timestamp(4)).unwrap();
-    s.set_status(&agent("a"), StatusChoice::Available, Timestamp(5)).unwrap();
+    s.set_status(
+        &agent("a"),
+        StatusChoice::Away {
+            reason: "break".into(),
+        },
+        Timestamp(1),
+    )
+    .unwrap();
+    s.request(handoff("expert", "en", &[("billing", 5)], 9), Timestamp(2))
+        .unwrap();
+    s.request(handoff("french", "fr", &[], 9), Timestamp(3))
+        .unwrap();
+    s.request(handoff("ok", "en", &[("billing", 1)], 0), Timestamp(4))
+        .unwrap();
+    s.set_status(&agent("a"), StatusChoice::Available, Timestamp(5))
+        .unwrap();
     assert_eq!(offered_to(&s, "ok"), Some(agent("a")));
     s.check_invariants().unwrap();
 }

@@ -1,0 +1,355 @@
+//! Server configuration: a TOML file, overridden by `SWITCHBOARD_*`
+//! environment variables, overridden by flags. Parsed and validated before
+//! any port is bound; every problem is reported at once, naming the key.
+//!
+//! Environment keys: `SWITCHBOARD_<KEY>` for top-level keys and
+//! `SWITCHBOARD_<SECTION>__<KEY>` inside a section (double underscore),
+//! e.g. `SWITCHBOARD_DISPATCH__OFFER_TIMEOUT_MS=15000`. The environment is
+//! passed in as a map so tests need not touch the process environment.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use switchboard_auth::Keyring;
+use switchboard_core::DispatchSettings;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    pub listen: SocketAddr,
+    /// `pretty` (local) or `json` (deployment).
+    pub log_format: String,
+    /// How long a graceful shutdown may take before streams are cut.
+    pub shutdown_grace_ms: u64,
+    pub auth: AuthConfig,
+    pub dispatch: DispatchSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_format: "pretty".into(),
+            shutdown_grace_ms: 10_000,
+            auth: AuthConfig::default(),
+            dispatch: DispatchSettings::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `development` (the default: a fixed public secret, loopback only) or
+    /// `keys` (the keys below).
+    pub mode: String,
+    /// The key id that signs tokens minted by `switchboard token`.
+    pub signing_key_id: String,
+    pub keys: Vec<KeyConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    pub id: String,
+    /// Name of the environment variable that holds the secret (preferred:
+    /// keeps secrets out of files).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// The secret itself.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Everything wrong with a configuration, one line per problem.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Flags that override the file and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Builds the configuration from an optional TOML text (with its file
+    /// name for messages), the environment, and flags; then validates it.
+    pub fn load(
+        file: Option<(&str, &str)>,
+        env: &HashMap<String, String>,
+        overrides: &Overrides,
+    ) -> Result<(Config, Keyring), ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut value = match file {
+            Some((name, text)) => match text.parse::<toml::Table>() {
+                Ok(table) => table,
+                Err(e) => return Err(ConfigErrors(vec![format!("{name}: {e}")])),
+            },
+            None => toml::Table::new(),
+        };
+        apply_env(&mut value, env, &mut problems);
+        let source = file.map_or("configuration", |(name, _)| name);
+        let mut config: Config = match toml::Value::Table(value).try_into() {
+            Ok(config) => config,
+            Err(e) => {
+                problems.push(format!("{source}: {}", e.to_string().trim()));
+                return Err(ConfigErrors(problems));
+            }
+        };
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        let keyring = config.validate(env, &mut problems);
+        match keyring {
+            Some(keyring) if problems.is_empty() => Ok((config, keyring)),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
+    pub fn is_development(&self) -> bool {
+        self.auth.mode.is_empty() || self.auth.mode == "development"
+    }
+
+    fn validate(
+        &self,
+        env: &HashMap<String, String>,
+        problems: &mut Vec<String>,
+    ) -> Option<Keyring> {
+        if !matches!(self.log_format.as_str(), "pretty" | "json") {
+            problems.push(format!(
+                "log_format: `{}` is not `pretty` or `json`",
+                self.log_format
+            ));
+        }
+        let d = &self.dispatch;
+        for (key, value, min) in [
+            ("dispatch.offer_timeout_ms", d.offer_timeout_ms, 100),
+            (
+                "dispatch.offer_delivery_grace_ms",
+                d.offer_delivery_grace_ms,
+                10,
+            ),
+            ("dispatch.lease_ms", d.lease_ms, 100),
+            (
+                "dispatch.heartbeat_interval_ms",
+                d.heartbeat_interval_ms,
+                10,
+            ),
+            ("dispatch.max_wait_ms", d.max_wait_ms, 100),
+            ("dispatch.retention_ms", d.retention_ms, 1_000),
+        ] {
+            if value < min {
+                problems.push(format!("{key}: {value} is below the minimum {min}"));
+            }
+        }
+        if d.heartbeat_interval_ms >= d.lease_ms {
+            problems.push(format!(
+                "dispatch.heartbeat_interval_ms: {} must be below dispatch.lease_ms ({})",
+                d.heartbeat_interval_ms, d.lease_ms
+            ));
+        }
+        if self.is_development() {
+            if !self.listen.ip().is_loopback() {
+                problems.push(format!(
+                    "listen: development mode serves loopback only, not {}; configure auth.mode = \"keys\"",
+                    self.listen
+                ));
+            }
+            return Some(Keyring::development());
+        }
+        if self.auth.mode != "keys" {
+            problems.push(format!(
+                "auth.mode: `{}` is not `development` or `keys`",
+                self.auth.mode
+            ));
+            return None;
+        }
+        if self.auth.keys.is_empty() {
+            problems
+                .push("auth.keys: at least one key is required with auth.mode = \"keys\"".into());
+            return None;
+        }
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            let secret = match (&key.secret, &key.secret_env) {
+                (Some(s), None) => s.clone(),
+                (None, Some(var)) => match env.get(var) {
+                    Some(s) => s.clone(),
+                    None => {
+                        problems.push(format!(
+                            "auth.keys[{i}].secret_env: environment variable `{var}` is not set"
+                        ));
+                        continue;
+                    }
+                },
+                _ => {
+                    problems.push(format!(
+                        "auth.keys[{i}]: give exactly one of `secret` or `secret_env`"
+                    ));
+                    continue;
+                }
+            };
+            if secret.len() < 32 {
+                problems.push(format!(
+                    "auth.keys[{i}]: the secret is {} bytes; at least 32 are required",
+                    secret.len()
+                ));
+                continue;
+            }
+            secrets.push((key.id.clone(), secret));
+        }
+        let signing = if self.auth.signing_key_id.is_empty() {
+            &self.auth.keys[0].id
+        } else {
+            &self.auth.signing_key_id
+        };
+        let Some((_, signing_secret)) = secrets.iter().find(|(id, _)| id == signing) else {
+            problems.push(format!(
+                "auth.signing_key_id: `{signing}` is not one of the usable auth.keys"
+            ));
+            return None;
+        };
+        let ring = Keyring::single(signing.clone(), signing_secret);
+        Some(
+            secrets
+                .iter()
+                .fold(ring, |ring, (id, secret)| ring.with_key(id.clone(), secret)),
+        )
+    }
+}
+
+/// Applies `SWITCHBOARD_*` variables onto the parsed table. Values are read
+/// as TOML scalars (numbers, booleans) and fall back to strings.
+fn apply_env(table: &mut toml::Table, env: &HashMap<String, String>, problems: &mut Vec<String>) {
+    let mut keys: Vec<&String> = env
+        .keys()
+        .filter(|k| k.starts_with("SWITCHBOARD_"))
+        .collect();
+    keys.sort();
+    for key in keys {
+        let path: Vec<String> = key["SWITCHBOARD_".len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) || path.len() > 2 {
+            problems.push(format!(
+                "{key}: expected SWITCHBOARD_<KEY> or SWITCHBOARD_<SECTION>__<KEY>"
+            ));
+            continue;
+        }
+        let raw = &env[key];
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        let target = if path.len() == 2 {
+            let section = table
+                .entry(path[0].clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section.as_table_mut() {
+                Some(section) => section,
+                None => {
+                    problems.push(format!("{key}: `{}` is not a section", path[0]));
+                    continue;
+                }
+            }
+        } else {
+            &mut *table
+        };
+        target.insert(path[path.len() - 1].clone(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_development_on_loopback() {
+        let (config, keyring) = Config::load(None, &HashMap::new(), &Overrides::default()).unwrap();
+        assert!(config.is_development());
+        assert!(keyring.is_development());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn env_overrides_file_and_flags_override_env() {
+        let file = "listen = \"127.0.0.1:7000\"\n[dispatch]\noffer_timeout_ms = 5000\n";
+        let vars = env(&[
+            ("SWITCHBOARD_DISPATCH__OFFER_TIMEOUT_MS", "7000"),
+            ("SWITCHBOARD_LOG_FORMAT", "json"),
+        ]);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:7001".parse().unwrap()),
+        };
+        let (config, _) = Config::load(Some(("a.toml", file)), &vars, &flags).unwrap();
+        assert_eq!(config.dispatch.offer_timeout_ms, 7000);
+        assert_eq!(config.log_format, "json");
+        assert_eq!(config.listen.port(), 7001);
+    }
+
+    #[test]
+    fn every_problem_is_reported_naming_the_key() {
+        let file = "log_format = \"xml\"\nlisten = \"0.0.0.0:1\"\n[dispatch]\noffer_timeout_ms = 1\nlease_ms = 100\nheartbeat_interval_ms = 200\n";
+        let err = Config::load(
+            Some(("bad.toml", file)),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "log_format",
+            "dispatch.offer_timeout_ms",
+            "dispatch.heartbeat_interval_ms",
+            "listen: development mode",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in {text}");
+        }
+        let err = Config::load(
+            Some(("bad.toml", "nonsense_key = 1\n")),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("nonsense_key"), "{err}");
+    }
+
+    #[test]
+    fn keys_mode_reads_secrets_from_env() {
+        let file = "listen = \"0.0.0.0:50051\"\n[auth]\nmode = \"keys\"\n[[auth.keys]]\nid = \"k1\"\nsecret_env = \"SB_KEY\"\n";
+        let err = Config::load(
+            Some(("c.toml", file)),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`SB_KEY` is not set"), "{err}");
+        let vars = env(&[("SB_KEY", "0123456789abcdef0123456789abcdef")]);
+        let (config, keyring) =
+            Config::load(Some(("c.toml", file)), &vars, &Overrides::default()).unwrap();
+        assert!(!config.is_development());
+        assert!(!keyring.is_development());
+    }
+}

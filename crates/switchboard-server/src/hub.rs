@@ -1,0 +1,164 @@
+//! Routes events from the store's feed to the streams attached to this
+//! process: agent streams by (pool, agent), gateway watches by
+//! (pool, conversation). One task reads the feed; routing is a map lookup,
+//! never a scan of every stream.
+//!
+//! A stream whose buffer is full is dropped rather than allowed to block
+//! everyone: the client resubscribes and resynchronises from a snapshot
+//! (delivery is at-least-once by design). If the hub itself lags behind the
+//! feed, every stream is dropped for the same reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use switchboard_core::{AgentId, ConversationId, Event, PoolId};
+use switchboard_store::EventFeed;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Events buffered per stream before it is dropped as too slow.
+const STREAM_BUFFER: usize = 256;
+
+type Subscribers<K> = HashMap<K, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
+
+#[derive(Default)]
+pub struct Hub {
+    // std Mutex: held only for map updates, never across an await.
+    agents: Mutex<Subscribers<(PoolId, AgentId)>>,
+    watches: Mutex<Subscribers<(PoolId, ConversationId)>>,
+    next_id: AtomicU64,
+}
+
+/// A registration; dropping it unregisters.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    key: SubscriptionKey,
+    pub events: mpsc::Receiver<Arc<Event>>,
+}
+
+enum SubscriptionKey {
+    Agent(PoolId, AgentId),
+    Watch(PoolId, ConversationId),
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        match &self.key {
+            SubscriptionKey::Agent(pool, agent) => {
+                remove(&self.hub.agents, &(pool.clone(), agent.clone()), self.id);
+            }
+            SubscriptionKey::Watch(pool, conversation) => {
+                remove(
+                    &self.hub.watches,
+                    &(pool.clone(), conversation.clone()),
+                    self.id,
+                );
+            }
+        }
+    }
+}
+
+fn remove<K: std::hash::Hash + Eq>(map: &Mutex<Subscribers<K>>, key: &K, id: u64) {
+    if let Ok(mut map) = map.lock() {
+        if let Some(list) = map.get_mut(key) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+fn deliver<K: std::hash::Hash + Eq>(map: &Mutex<Subscribers<K>>, key: &K, event: &Arc<Event>) {
+    let Ok(mut map) = map.lock() else { return };
+    let Some(list) = map.get_mut(key) else { return };
+    // A full or closed stream is dropped: it resubscribes and gets a snapshot.
+    list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+    if list.is_empty() {
+        map.remove(key);
+    }
+}
+
+impl Hub {
+    pub fn subscribe_agent(self: &Arc<Self>, pool: &PoolId, agent: &AgentId) -> Subscription {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.agents.lock() {
+            map.entry((pool.clone(), agent.clone()))
+                .or_default()
+                .push((id, tx));
+        }
+        Subscription {
+            hub: self.clone(),
+            id,
+            key: SubscriptionKey::Agent(pool.clone(), agent.clone()),
+            events: rx,
+        }
+    }
+
+    pub fn subscribe_conversation(
+        self: &Arc<Self>,
+        pool: &PoolId,
+        conversation: &ConversationId,
+    ) -> Subscription {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut map) = self.watches.lock() {
+            map.entry((pool.clone(), conversation.clone()))
+                .or_default()
+                .push((id, tx));
+        }
+        Subscription {
+            hub: self.clone(),
+            id,
+            key: SubscriptionKey::Watch(pool.clone(), conversation.clone()),
+            events: rx,
+        }
+    }
+
+    /// Routes one event to its agent and its watchers.
+    pub fn route(&self, event: Event) {
+        let event = Arc::new(event);
+        if let Some(agent) = &event.agent_id {
+            deliver(&self.agents, &(event.pool.clone(), agent.clone()), &event);
+        }
+        if let Some(conversation) = event.conversation_id() {
+            deliver(
+                &self.watches,
+                &(event.pool.clone(), conversation.clone()),
+                &event,
+            );
+        }
+    }
+
+    /// Drops every stream (they resubscribe and get snapshots).
+    fn drop_all(&self) {
+        if let Ok(mut map) = self.agents.lock() {
+            map.clear();
+        }
+        if let Ok(mut map) = self.watches.lock() {
+            map.clear();
+        }
+    }
+
+    /// Reads the feed until cancelled.
+    pub async fn run(self: Arc<Self>, mut feed: EventFeed, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                received = feed.recv() => match received {
+                    Ok(event) => self.route(event),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "event hub lagged behind the store feed; dropping streams to resync");
+                        self.drop_all();
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tracing::error!("store event feed closed");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}

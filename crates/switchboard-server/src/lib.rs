@@ -1,0 +1,168 @@
+//! The Switchboard server: the gRPC edge (three services, health,
+//! reflection), authentication, the event hub and the sweeper, around a
+//! [`switchboard_store::Store`].
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so tests bind
+//! `127.0.0.1:0` and drive a real server in-process.
+
+pub mod auth;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod hub;
+pub mod services;
+pub mod sweeper;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::services::AppState;
+use crate::services::admin::AdminApi;
+use crate::services::agent::AgentApi;
+use crate::services::gateway::GatewayApi;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use switchboard_auth::{Keyring, Role};
+use switchboard_core::DispatchSettings;
+use switchboard_proto::v1::admin_service_server::AdminServiceServer;
+use switchboard_proto::v1::agent_service_server::AgentServiceServer;
+use switchboard_proto::v1::gateway_service_server::GatewayServiceServer;
+use switchboard_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What [`serve`] needs besides the listener.
+pub struct ServerOptions {
+    pub store: Arc<dyn Store>,
+    pub keyring: Keyring,
+    pub settings: DispatchSettings,
+    pub dev_mode: bool,
+    pub shutdown_grace: Duration,
+}
+
+/// Serves until `shutdown` resolves, then drains: health goes NOT_SERVING,
+/// agent streams are told to reconnect elsewhere, in-flight calls finish,
+/// background tasks stop, all within the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let hub = Arc::new(Hub::default());
+    tracker.spawn(
+        hub.clone()
+            .run(options.store.subscribe(), cancel.child_token()),
+    );
+    tracker.spawn(sweeper::run(options.store.clone(), cancel.child_token()));
+
+    let state = AppState {
+        store: options.store.clone(),
+        hub,
+        settings: options.settings.clone(),
+        dev_mode: options.dev_mode,
+        shutdown: cancel.clone(),
+        tracker: tracker.clone(),
+    };
+    let keyring = Arc::new(options.keyring);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServiceServer<AgentApi>>()
+        .await;
+    health_reporter
+        .set_serving::<GatewayServiceServer<GatewayApi>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let agent = AgentServiceServer::with_interceptor(
+        AgentApi::new(state.clone()),
+        Authenticator::new(keyring.clone(), Role::Agent),
+    );
+    let gateway = GatewayServiceServer::with_interceptor(
+        GatewayApi::new(state.clone()),
+        Authenticator::new(keyring.clone(), Role::Gateway),
+    );
+    let admin = AdminServiceServer::with_interceptor(
+        AdminApi::new(state.clone()),
+        Authenticator::new(keyring, Role::Admin),
+    );
+
+    // Nagle's algorithm would hold small replies for a delayed ACK.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
+
+    let drain_signal = cancel.clone();
+    let reporter = health_reporter.clone();
+    let on_shutdown = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health NOT_SERVING, telling streams to reconnect");
+        reporter
+            .set_not_serving::<AgentServiceServer<AgentApi>>()
+            .await;
+        reporter
+            .set_not_serving::<GatewayServiceServer<GatewayApi>>()
+            .await;
+        reporter
+            .set_not_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        // Streams end (with a reconnect notice), so the server can drain.
+        drain_signal.cancel();
+    };
+
+    let server = tonic::transport::Server::builder()
+        // Dead agent connections are noticed through HTTP/2 keepalive.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_keepalive(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agent)
+        .add_service(gateway)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(incoming, on_shutdown);
+
+    let grace = options.shutdown_grace;
+    let draining = cancel.clone();
+    // In-flight calls get the grace period once shutdown starts; no longer.
+    let served = tokio::select! {
+        served = server => served,
+        _ = async move { draining.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "connections still open after the grace period; closing");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "background tasks did not stop within the grace period"
+        );
+    }
+    served?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! AdminService: operations staff through `sbctl`.
+
+use super::AppState;
+use crate::auth::caller;
+use crate::convert;
+use crate::error::status;
+use switchboard_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+pub struct AdminApi {
+    state: AppState,
+}
+
+impl AdminApi {
+    pub fn new(state: AppState) -> Self {
+        AdminApi { state }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_service_server::AdminService for AdminApi {
+    #[tracing::instrument(skip_all, fields(rpc = "upsert_roster_entry"))]
+    async fn upsert_roster_entry(
+        &self,
+        request: Request<pb::UpsertRosterEntryRequest>,
+    ) -> Result<Response<pb::UpsertRosterEntryResponse>, Status> {
+        let caller = caller(&request)?;
+        let entry = convert::roster_entry(request.into_inner().entry)?;
+        let (entry, created) = self
+            .state
+            .store
+            .upsert_roster(&caller.pool, entry)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::UpsertRosterEntryResponse {
+            entry: Some(convert::pb_roster_entry(&entry)),
+            created,
+        }))
+    }
+
+    async fn list_roster(
+        &self,
+        request: Request<pb::ListRosterRequest>,
+    ) -> Result<Response<pb::ListRosterResponse>, Status> {
+        let caller = caller(&request)?;
+        let entries = self
+            .state
+            .store
+            .roster(&caller.pool)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListRosterResponse {
+            entries: entries.iter().map(convert::pb_roster_entry).collect(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let caller = caller(&request)?;
+        let agents = self
+            .state
+            .store
+            .agents(&caller.pool)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(convert::pb_presence).collect(),
+        }))
+    }
+
+    async fn queue_stats(
+        &self,
+        request: Request<pb::QueueStatsRequest>,
+    ) -> Result<Response<pb::QueueStatsResponse>, Status> {
+        let caller = caller(&request)?;
+        let stats = self
+            .state
+            .store
+            .queue_stats(&caller.pool)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::pb_queue_stats(&stats)))
+    }
+
+    async fn shift_stats(
+        &self,
+        request: Request<pb::ShiftStatsRequest>,
+    ) -> Result<Response<pb::ShiftStatsResponse>, Status> {
+        let caller = caller(&request)?;
+        let shifts = self
+            .state
+            .store
+            .shift_stats(&caller.pool)
+            .await
+            .map_err(status)?;
+        let agents: Vec<pb::AgentShift> = shifts.iter().map(convert::pb_shift).collect();
+        let total = convert::pb_shift_total(&agents);
+        Ok(Response::new(pb::ShiftStatsResponse {
+            agents,
+            total: Some(total),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "force_offline"))]
+    async fn force_offline(
+        &self,
+        request: Request<pb::ForceOfflineRequest>,
+    ) -> Result<Response<pb::ForceOfflineResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let agent = convert::agent_id("agent_id", &body.agent_id)?;
+        let reason = switchboard_core::validate::text(
+            "reason",
+            &body.reason,
+            switchboard_core::validate::MAX_TEXT_BYTES,
+        )
+        .map_err(crate::error::domain_status)?;
+        let store = &self.state.store;
+        let mut entry = store
+            .roster_entry(&caller.pool, &agent)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| {
+                Status::not_found(format!("roster entry for agent `{agent}` not found"))
+            })?;
+        let why = if reason.is_empty() {
+            "forced offline by operations".to_owned()
+        } else {
+            format!("forced offline by operations: {reason}")
+        };
+        let requeued = store
+            .go_offline(&caller.pool, &agent, &why)
+            .await
+            .map_err(status)?
+            .value;
+        // Void every token issued so far: the app needs a new one to return.
+        entry.token_epoch += 1;
+        store
+            .upsert_roster(&caller.pool, entry)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ForceOfflineResponse {
+            requeued_conversation_ids: requeued.iter().map(ToString::to_string).collect(),
+        }))
+    }
+}

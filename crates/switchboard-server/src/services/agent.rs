@@ -1,0 +1,386 @@
+//! AgentService: the gig agent's mobile app. The agent is always the
+//! token's agent.
+
+use super::AppState;
+use crate::auth::{Caller, caller};
+use crate::convert::{self, Audience};
+use crate::error::status;
+use std::collections::HashMap;
+use switchboard_core::model::AgentSnapshot;
+use switchboard_core::{AgentId, ConversationId, Event, EventKind, PoolId};
+use switchboard_proto::v1 as pb;
+use switchboard_proto::v1::agent_event::Kind;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct AgentApi {
+    state: AppState,
+}
+
+impl AgentApi {
+    pub fn new(state: AppState) -> Self {
+        AgentApi { state }
+    }
+
+    /// Refuses tokens issued before operations forced the agent offline.
+    async fn check_epoch(&self, caller: &Caller) -> Result<(), Status> {
+        let agent = caller.agent()?;
+        let entry = self
+            .state
+            .store
+            .roster_entry(&caller.pool, agent)
+            .await
+            .map_err(status)?;
+        if entry.is_some_and(|e| e.token_epoch > caller.epoch) {
+            return Err(Status::unauthenticated(
+                "token refused: it was revoked when operations forced this agent offline; get a new token",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn agent_event(event: &Event) -> Option<pb::AgentEvent> {
+    let kind = match &event.kind {
+        EventKind::Offered {
+            offer,
+            deadline,
+            conversation,
+        } => Kind::Offer(pb::Offer {
+            offer_id: Some(pb::OfferId {
+                conversation_id: offer.conversation_id.to_string(),
+                attempt: offer.attempt,
+            }),
+            deadline_ms: deadline.as_wire(),
+            conversation: Some(convert::pb_conversation(conversation, Audience::Other)),
+        }),
+        EventKind::OfferRevoked { offer, reason, .. } => Kind::OfferRevoked(pb::OfferRevoked {
+            offer_id: Some(pb::OfferId {
+                conversation_id: offer.conversation_id.to_string(),
+                attempt: offer.attempt,
+            }),
+            reason: reason.clone(),
+        }),
+        EventKind::Assigned { conversation } => Kind::Assignment(pb::Assignment {
+            conversation: Some(convert::pb_conversation(
+                conversation,
+                Audience::AssignedAgent,
+            )),
+        }),
+        EventKind::Ended { conversation } => Kind::ConversationEnded(pb::ConversationEnded {
+            conversation_id: conversation.id().to_string(),
+            state: convert::pb_state(conversation.state) as i32,
+            reason: conversation.reason.clone(),
+        }),
+        EventKind::Notice {
+            code,
+            message,
+            status,
+        } => Kind::Notice(pb::Notice {
+            code: code.clone(),
+            message: message.clone(),
+            status: convert::pb_status(*status) as i32,
+        }),
+        EventKind::Queued { .. } | EventKind::Requeued { .. } => return None,
+    };
+    Some(pb::AgentEvent {
+        conversation_id: event
+            .conversation_id()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        seq: event.seq,
+        at_ms: event.at.as_wire(),
+        kind: Some(kind),
+    })
+}
+
+fn snapshot_event(snapshot: &AgentSnapshot, at_ms: u64) -> pb::AgentEvent {
+    pb::AgentEvent {
+        conversation_id: String::new(),
+        seq: 0,
+        at_ms,
+        kind: Some(Kind::Snapshot(convert::pb_snapshot(snapshot))),
+    }
+}
+
+type AgentStream = ReceiverStream<Result<pb::AgentEvent, Status>>;
+
+/// Feeds one agent stream: the snapshot, then events newer than what the
+/// snapshot showed, until the client leaves, the hub drops the stream, or the
+/// server shuts down. Detaches the stream from the store at the end.
+async fn run_stream(
+    state: AppState,
+    pool: PoolId,
+    agent: AgentId,
+    stream_id: u64,
+    mut seen: HashMap<ConversationId, u64>,
+    mut subscription: crate::hub::Subscription,
+    out: mpsc::Sender<Result<pb::AgentEvent, Status>>,
+) {
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => {
+                let notice = pb::AgentEvent {
+                    kind: Some(Kind::Notice(pb::Notice {
+                        code: "reconnect".into(),
+                        message: "server shutting down: reconnect to another server".into(),
+                        status: pb::AgentStatus::Unspecified as i32,
+                    })),
+                    ..Default::default()
+                };
+                let _ = out.send(Ok(notice)).await;
+                break;
+            }
+            _ = out.closed() => break,
+            received = subscription.events.recv() => {
+                let Some(event) = received else {
+                    let _ = out.send(Err(Status::unavailable("stream fell behind; resubscribe for a snapshot"))).await;
+                    break;
+                };
+                if let Some(id) = event.conversation_id() {
+                    if seen.get(id).is_some_and(|s| event.seq <= *s) {
+                        continue;
+                    }
+                    if matches!(event.kind, EventKind::Ended { .. }) {
+                        seen.remove(id);
+                    } else {
+                        seen.insert(id.clone(), event.seq);
+                    }
+                }
+                let Some(message) = agent_event(&event) else { continue };
+                if out.send(Ok(message)).await.is_err() {
+                    break;
+                }
+                if let EventKind::Offered { offer, .. } = &event.kind {
+                    if let Err(e) = state.store.offer_delivered(&pool, &agent, offer).await {
+                        tracing::warn!(error = %e, "could not mark offer delivered");
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = state.store.detach_stream(&pool, &agent, stream_id).await {
+        tracing::warn!(error = %e, "could not detach agent stream");
+    }
+    tracing::debug!(pool = %pool, agent = %agent, stream_id, "agent stream ended");
+}
+
+#[tonic::async_trait]
+impl pb::agent_service_server::AgentService for AgentApi {
+    type SubscribeStream = AgentStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "go_online"))]
+    async fn go_online(
+        &self,
+        request: Request<pb::GoOnlineRequest>,
+    ) -> Result<Response<pb::GoOnlineResponse>, Status> {
+        let caller = caller(&request)?;
+        let online = convert::go_online(request.get_ref())?;
+        self.check_epoch(&caller).await?;
+        let presence = self
+            .state
+            .store
+            .go_online(&caller.pool, caller.agent()?, online, self.state.dev_mode)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::GoOnlineResponse {
+            status: convert::pb_status(presence.status) as i32,
+            lease_expires_at_ms: presence.lease_expires.as_wire(),
+            heartbeat_interval_ms: u64::try_from(self.state.settings.heartbeat_interval_ms)
+                .unwrap_or(10_000),
+            skills: presence
+                .skills
+                .iter()
+                .map(|s| pb::Skill {
+                    name: s.name.clone(),
+                    level: u32::from(s.level),
+                })
+                .collect(),
+            languages: presence.languages.clone(),
+            capacity: presence.capacity,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "subscribe"))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = caller(&request)?;
+        self.check_epoch(&caller).await?;
+        let agent = caller.agent()?.clone();
+        let pool = caller.pool.clone();
+        // Register before attaching, so no event between the two is missed.
+        let subscription = self.state.hub.subscribe_agent(&pool, &agent);
+        let (stream_id, snapshot) = self
+            .state
+            .store
+            .attach_stream(&pool, &agent)
+            .await
+            .map_err(status)?
+            .value;
+        let now = self.state.store.now().await.map_err(status)?;
+        let (out, rx) = mpsc::channel(64);
+        out.send(Ok(snapshot_event(&snapshot, now.as_wire())))
+            .await
+            .map_err(|_| Status::cancelled("client left"))?;
+        let mut seen = HashMap::new();
+        for (record, conversation) in &snapshot.offers {
+            seen.insert(conversation.id().clone(), conversation.seq);
+            let offer = switchboard_core::OfferId {
+                conversation_id: conversation.id().clone(),
+                attempt: record.attempt,
+            };
+            self.state
+                .store
+                .offer_delivered(&pool, &agent, &offer)
+                .await
+                .map_err(status)?;
+        }
+        for conversation in &snapshot.assignments {
+            seen.insert(conversation.id().clone(), conversation.seq);
+        }
+        let state = self.state.clone();
+        self.state.tracker.spawn(run_stream(
+            state,
+            pool,
+            agent,
+            stream_id,
+            seen,
+            subscription,
+            out,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "heartbeat"))]
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = caller(&request)?;
+        let location = convert::heartbeat_location(request.get_ref())?;
+        let presence = self
+            .state
+            .store
+            .heartbeat(&caller.pool, caller.agent()?, location)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_expires_at_ms: presence.lease_expires.as_wire(),
+            status: convert::pb_status(presence.status) as i32,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "set_status"))]
+    async fn set_status(
+        &self,
+        request: Request<pb::SetStatusRequest>,
+    ) -> Result<Response<pb::SetStatusResponse>, Status> {
+        let caller = caller(&request)?;
+        let choice = convert::status_choice(request.get_ref())?;
+        let status_now = self
+            .state
+            .store
+            .set_status(&caller.pool, caller.agent()?, choice)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::SetStatusResponse {
+            status: convert::pb_status(status_now) as i32,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "accept_offer"))]
+    async fn accept_offer(
+        &self,
+        request: Request<pb::AcceptOfferRequest>,
+    ) -> Result<Response<pb::AcceptOfferResponse>, Status> {
+        let caller = caller(&request)?;
+        let offer = convert::offer_id(request.get_ref().offer_id.as_ref())?;
+        let conversation = self
+            .state
+            .store
+            .accept(&caller.pool, caller.agent()?, &offer)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::AcceptOfferResponse {
+            conversation: Some(convert::pb_conversation(
+                &conversation,
+                Audience::AssignedAgent,
+            )),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "decline_offer"))]
+    async fn decline_offer(
+        &self,
+        request: Request<pb::DeclineOfferRequest>,
+    ) -> Result<Response<pb::DeclineOfferResponse>, Status> {
+        let caller = caller(&request)?;
+        let offer = convert::offer_id(request.get_ref().offer_id.as_ref())?;
+        let reason = switchboard_core::validate::text(
+            "reason",
+            &request.get_ref().reason,
+            switchboard_core::validate::MAX_TEXT_BYTES,
+        )
+        .map_err(crate::error::domain_status)?;
+        self.state
+            .store
+            .decline(&caller.pool, caller.agent()?, &offer, &reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeclineOfferResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "complete_conversation"))]
+    async fn complete_conversation(
+        &self,
+        request: Request<pb::CompleteConversationRequest>,
+    ) -> Result<Response<pb::CompleteConversationResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
+        let disposition = switchboard_core::validate::text(
+            "disposition",
+            &body.disposition,
+            switchboard_core::validate::MAX_TEXT_BYTES,
+        )
+        .map_err(crate::error::domain_status)?;
+        let conversation = self
+            .state
+            .store
+            .complete(&caller.pool, caller.agent()?, &id, &disposition)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::CompleteConversationResponse {
+            conversation: Some(convert::pb_conversation(
+                &conversation,
+                Audience::AssignedAgent,
+            )),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "go_offline"))]
+    async fn go_offline(
+        &self,
+        request: Request<pb::GoOfflineRequest>,
+    ) -> Result<Response<pb::GoOfflineResponse>, Status> {
+        let caller = caller(&request)?;
+        let requeued = self
+            .state
+            .store
+            .go_offline(&caller.pool, caller.agent()?, "agent went offline")
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::GoOfflineResponse {
+            requeued_conversation_ids: requeued.iter().map(ToString::to_string).collect(),
+        }))
+    }
+}

@@ -1,0 +1,28 @@
+//! The three gRPC services. Handlers take identity from the verified
+//! [`crate::auth::Caller`], validate input in [`crate::convert`], run one
+//! store command, and convert the result back.
+
+pub mod admin;
+pub mod agent;
+pub mod gateway;
+
+use crate::hub::Hub;
+use std::sync::Arc;
+use switchboard_core::DispatchSettings;
+use switchboard_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every service shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub settings: DispatchSettings,
+    /// Development mode: unknown agents self-register on going online.
+    pub dev_mode: bool,
+    /// Cancelled when the server starts shutting down: streams say goodbye.
+    pub shutdown: CancellationToken,
+    /// Every stream task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
