@@ -427,12 +427,11 @@ impl ServerProcess {
                 let request = tonic_health::pb::HealthCheckRequest {
                     service: String::new(),
                 };
-                if let Ok(response) = health.check(request).await {
-                    if response.into_inner().status
+                if let Ok(response) = health.check(request).await
+                    && response.into_inner().status
                         == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
             }
             assert!(

@@ -10,7 +10,11 @@ use switchboard_proto::v1::agent_event::Kind;
 async fn bad_config_exits_64_naming_every_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "log_format = \"xml\"\n[dispatch]\noffer_timeout_ms = 1\n").unwrap();
+    std::fs::write(
+        &path,
+        "log_format = \"xml\"\n[dispatch]\noffer_timeout_ms = 1\n",
+    )
+    .unwrap();
     let output = tokio::process::Command::new(binary("switchboard"))
         .args(["serve", "--config"])
         .arg(&path)
@@ -19,7 +23,10 @@ async fn bad_config_exits_64_naming_every_key() {
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("log_format") && stderr.contains("dispatch.offer_timeout_ms"), "{stderr}");
+    assert!(
+        stderr.contains("log_format") && stderr.contains("dispatch.offer_timeout_ms"),
+        "{stderr}"
+    );
 
     std::fs::write(&path, "no_such_key = true\n").unwrap();
     let output = tokio::process::Command::new(binary("switchboard"))
@@ -44,7 +51,13 @@ async fn bad_config_exits_64_naming_every_key() {
 #[tokio::test]
 async fn sigterm_tells_connected_agents_to_reconnect_and_exits_cleanly() {
     let mut server = ServerProcess::start(&[], &[]).await;
-    let token = mint(&Keyring::development(), Role::Agent, "default", Some("alice"), 0);
+    let token = mint(
+        &Keyring::development(),
+        Role::Agent,
+        "default",
+        Some("alice"),
+        0,
+    );
     let client = AgentServiceClient::with_interceptor(connect(&server.url).await, bearer(&token));
     let mut alice = AgentApp::online("alice", client, &[("billing", 3)]).await;
     server.terminate();
@@ -55,7 +68,10 @@ async fn sigterm_tells_connected_agents_to_reconnect_and_exits_cleanly() {
             other => panic!("expected the reconnect notice, got {other:?}"),
         }
     }
-    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status}");
 }
 
@@ -76,17 +92,35 @@ async fn token_subcommand_mints_tokens_the_server_accepts() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let token = String::from_utf8(output.stdout).unwrap();
-    let claims = Keyring::single("k1", secret).verify(token.trim(), chrono::Utc::now().timestamp()).unwrap();
+    let claims = Keyring::single("k1", secret)
+        .verify(token.trim(), chrono::Utc::now().timestamp())
+        .unwrap();
     assert_eq!((claims.role, claims.pool.as_str()), (Role::Admin, "eu"));
 
     let config = path.to_str().unwrap().to_owned();
     let server = ServerProcess::start(&["--config", &config], &[("TEST_SB_KEY", secret)]).await;
-    let mut admin = AdminServiceClient::with_interceptor(connect(&server.url).await, bearer(token.trim()));
-    admin.list_agents(ListAgentsRequest {}).await.expect("the minted token is accepted");
+    let mut admin =
+        AdminServiceClient::with_interceptor(connect(&server.url).await, bearer(token.trim()));
+    admin
+        .list_agents(ListAgentsRequest {})
+        .await
+        .expect("the minted token is accepted");
     let dev = mint(&Keyring::development(), Role::Admin, "eu", None, 0);
-    let mut dev_admin = AdminServiceClient::with_interceptor(connect(&server.url).await, bearer(&dev));
-    let err = dev_admin.list_agents(ListAgentsRequest {}).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated, "the dev secret is refused outside development mode");
+    let mut dev_admin =
+        AdminServiceClient::with_interceptor(connect(&server.url).await, bearer(&dev));
+    let err = dev_admin
+        .list_agents(ListAgentsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::Unauthenticated,
+        "the dev secret is refused outside development mode"
+    );
 }

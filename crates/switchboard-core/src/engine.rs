@@ -543,16 +543,14 @@ impl PoolState {
 
     /// The app saw the offer: it will not be withdrawn as undelivered.
     pub fn offer_delivered(&mut self, agent_id: &AgentId, offer: &OfferId) {
-        if let Some(conversation) = self.conversations.get_mut(&offer.conversation_id) {
-            if let Some(record) = conversation
+        if let Some(conversation) = self.conversations.get_mut(&offer.conversation_id)
+            && let Some(record) = conversation
                 .offers
                 .iter_mut()
                 .find(|o| o.attempt == offer.attempt)
-            {
-                if &record.agent_id == agent_id {
-                    record.delivered = true;
-                }
-            }
+            && &record.agent_id == agent_id
+        {
+            record.delivered = true;
         }
     }
 
@@ -718,14 +716,13 @@ impl PoolState {
                 }
             }
             ConversationState::Assigned => {
-                if let Some(agent) = &holder {
-                    if let Some(session) =
+                if let Some(agent) = &holder
+                    && let Some(session) =
                         self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
-                    {
-                        session.active.remove(conversation_id);
-                        if session.active.is_empty() {
-                            session.idle_since = now;
-                        }
+                {
+                    session.active.remove(conversation_id);
+                    if session.active.is_empty() {
+                        session.idle_since = now;
                     }
                 }
             }
@@ -839,12 +836,11 @@ impl PoolState {
             .session(agent_id)
             .ok_or_else(|| offline_error(agent_id))?;
         let mut offers = Vec::new();
-        if let Some(offer) = &session.pending_offer {
-            if let Some(conversation) = self.conversations.get(&offer.conversation_id) {
-                if let Some(record) = conversation.pending_offer() {
-                    offers.push((record.clone(), conversation.clone()));
-                }
-            }
+        if let Some(offer) = &session.pending_offer
+            && let Some(conversation) = self.conversations.get(&offer.conversation_id)
+            && let Some(record) = conversation.pending_offer()
+        {
+            offers.push((record.clone(), conversation.clone()));
         }
         let assignments = session
             .active
@@ -1183,14 +1179,13 @@ impl PoolState {
         };
         record.outcome = outcome;
         let agent = record.agent_id.clone();
-        if let Some(session) = self.agents.get_mut(&agent).and_then(|r| r.session.as_mut()) {
-            if session
+        if let Some(session) = self.agents.get_mut(&agent).and_then(|r| r.session.as_mut())
+            && session
                 .pending_offer
                 .as_ref()
                 .is_some_and(|o| &o.conversation_id == id && o.attempt == attempt)
-            {
-                session.pending_offer = None;
-            }
+        {
+            session.pending_offer = None;
         }
         if outcome != OfferOutcome::Accepted {
             let offer = OfferId {
@@ -1422,12 +1417,12 @@ impl PoolState {
         let old = session.indexed_score.take();
         session.indexed_score = want;
         for key in keys {
-            if let Some(score) = old {
-                if let Some(set) = self.available.get_mut(&key) {
-                    set.remove(&(score, agent_id.clone()));
-                    if set.is_empty() {
-                        self.available.remove(&key);
-                    }
+            if let Some(score) = old
+                && let Some(set) = self.available.get_mut(&key)
+            {
+                set.remove(&(score, agent_id.clone()));
+                if set.is_empty() {
+                    self.available.remove(&key);
                 }
             }
             if let Some(score) = want {
@@ -1469,12 +1464,12 @@ impl PoolState {
             return;
         }
         let mut best: Option<(i64, AgentId)> = None;
-        if let Some(preferred) = &conversation.handoff.preferred_agent {
-            if let Some(session) = self.session(preferred) {
-                if session.offerable() && self.agent_fits(preferred, session, conversation) {
-                    best = Some((i64::MIN, preferred.clone()));
-                }
-            }
+        if let Some(preferred) = &conversation.handoff.preferred_agent
+            && let Some(session) = self.session(preferred)
+            && session.offerable()
+            && self.agent_fits(preferred, session, conversation)
+        {
+            best = Some((i64::MIN, preferred.clone()));
         }
         if best.is_none() {
             for language in language_lookup_keys(&conversation.handoff.language) {
@@ -1505,10 +1500,10 @@ impl PoolState {
                     self.session(agent)
                         .is_some_and(|s| self.agent_fits(agent, s, conversation))
                 });
-                if let Some((score, agent)) = found {
-                    if best.as_ref().is_none_or(|(b, _)| score < b) {
-                        best = Some((*score, agent.clone()));
-                    }
+                if let Some((score, agent)) = found
+                    && best.as_ref().is_none_or(|(b, _)| score < b)
+                {
+                    best = Some((*score, agent.clone()));
                 }
             }
         }
@@ -1565,10 +1560,10 @@ impl PoolState {
                         .get(&key.conversation_id)
                         .is_some_and(|c| !c.excluded.contains(agent_id))
                 });
-                if let Some(head) = head {
-                    if best.is_none_or(|b| head < b) {
-                        best = Some(head);
-                    }
+                if let Some(head) = head
+                    && best.is_none_or(|b| head < b)
+                {
+                    best = Some(head);
                 }
             }
         }

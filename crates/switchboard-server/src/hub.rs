@@ -60,12 +60,12 @@ impl Drop for Subscription {
 }
 
 fn remove<K: std::hash::Hash + Eq>(map: &Mutex<Subscribers<K>>, key: &K, id: u64) {
-    if let Ok(mut map) = map.lock() {
-        if let Some(list) = map.get_mut(key) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                map.remove(key);
-            }
+    if let Ok(mut map) = map.lock()
+        && let Some(list) = map.get_mut(key)
+    {
+        list.retain(|(i, _)| *i != id);
+        if list.is_empty() {
+            map.remove(key);
         }
     }
 }

@@ -544,11 +544,10 @@ proptest! {
                     }
                 }
                 Op::Complete(c) => {
-                    if let Ok(view) = s.view(&cid(&format!("c{c}")), t) {
-                        if let (ConversationState::Assigned, Some(holder)) = (view.state, view.agent_id) {
+                    if let Ok(view) = s.view(&cid(&format!("c{c}")), t)
+                        && let (ConversationState::Assigned, Some(holder)) = (view.state, view.agent_id) {
                             s.complete(&holder, &view.handoff.conversation_id, "done", t).unwrap();
                         }
-                    }
                 }
                 Op::Cancel(c) => { let _ = s.cancel(&cid(&format!("c{c}")), "", t); }
                 Op::Advance(ms) => { now += ms; s.sweep(Timestamp(now)); }

@@ -152,11 +152,10 @@ async fn run_stream(
                 if out.send(Ok(message)).await.is_err() {
                     break;
                 }
-                if let EventKind::Offered { offer, .. } = &event.kind {
-                    if let Err(e) = state.store.offer_delivered(&pool, &agent, offer).await {
+                if let EventKind::Offered { offer, .. } = &event.kind
+                    && let Err(e) = state.store.offer_delivered(&pool, &agent, offer).await {
                         tracing::warn!(error = %e, "could not mark offer delivered");
                     }
-                }
             }
         }
     }
