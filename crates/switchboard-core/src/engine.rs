@@ -70,6 +70,7 @@ enum Deadline {
     OfferTimeout(ConversationId, u32),
     StreamGrace(AgentId, ConversationId, u32),
     Lease(AgentId),
+    WrapUpEnd(AgentId),
     MaxWait(ConversationId),
     Retention(ConversationId),
 }
@@ -81,6 +82,10 @@ struct Session {
     capacity: u32,
     location: Option<Location>,
     choice: StatusChoice,
+    /// Going offline once the last conversation is done: no new offers.
+    draining: bool,
+    /// In wrap-up until then: no new offers.
+    wrap_up_until: Option<Timestamp>,
     stream: Option<u64>,
     active: BTreeSet<ConversationId>,
     pending_offer: Option<OfferId>,
@@ -96,12 +101,20 @@ struct Session {
 impl Session {
     fn offerable(&self) -> bool {
         self.stream.is_some()
+            && !self.draining
+            && self.wrap_up_until.is_none()
             && self.choice == StatusChoice::Available
             && self.pending_offer.is_none()
             && (self.active.len() as u32) < self.capacity
     }
 
     fn status(&self) -> AgentStatus {
+        if self.draining {
+            return AgentStatus::Draining;
+        }
+        if self.wrap_up_until.is_some() {
+            return AgentStatus::WrapUp;
+        }
         match &self.choice {
             StatusChoice::Away { .. } => AgentStatus::Away,
             StatusChoice::Available => {
@@ -329,6 +342,8 @@ impl PoolState {
                     capacity,
                     location: request.location,
                     choice: StatusChoice::Available,
+                    draining: false,
+                    wrap_up_until: None,
                     stream: None,
                     active: BTreeSet::new(),
                     pending_offer: None,
@@ -437,7 +452,10 @@ impl PoolState {
     ) -> Result<AgentStatus, DomainError> {
         let session = self.session_mut(agent_id)?;
         if choice == StatusChoice::Available {
+            // Available ends wrap-up early and cancels a drain.
             session.consecutive_misses = 0;
+            session.wrap_up_until = None;
+            session.draining = false;
         }
         session.choice = choice;
         let status = session.status();
@@ -482,7 +500,7 @@ impl PoolState {
             requeued.push(offer.conversation_id.clone());
         }
         for conversation_id in &session.active {
-            self.requeue(conversation_id, reason, now);
+            self.requeue_for(conversation_id, reason, Some(agent_id), now);
             requeued.push(conversation_id.clone());
         }
         self.notice(agent_id, "offline", reason, AgentStatus::Offline, now);
@@ -638,7 +656,9 @@ impl PoolState {
         }
         self.requeue(&offer.conversation_id, &why, now);
         self.dispatch_conversation(&offer.conversation_id, now);
-        self.dispatch_agent(agent_id, now);
+        if !self.finish_drain_if_done(agent_id, now) {
+            self.dispatch_agent(agent_id, now);
+        }
         Ok(())
     }
 
@@ -670,6 +690,8 @@ impl PoolState {
         conversation.disposition = disposition.to_owned();
         conversation.reason = "completed by agent".to_owned();
         conversation.updated_at = now;
+        let wrap_up_ms = self.settings.wrap_up_ms;
+        let mut wrap_up_until = None;
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.completed += 1;
             record.shift.handle_ms_total += now.millis_since(assigned_at);
@@ -678,12 +700,23 @@ impl PoolState {
                 if session.active.is_empty() {
                     session.idle_since = now;
                 }
+                if wrap_up_ms > 0 && !session.draining {
+                    session.wrap_up_until = Some(now.plus_millis(wrap_up_ms));
+                    wrap_up_until = session.wrap_up_until;
+                }
             }
+        }
+        if let Some(until) = wrap_up_until {
+            self.deadlines
+                .insert((until, Deadline::WrapUpEnd(agent_id.clone())));
         }
         self.finish(conversation_id, now);
         self.emit(conversation_id, Some(agent_id), now, |c| EventKind::Ended {
             conversation: c,
         });
+        if self.finish_drain_if_done(agent_id, now) {
+            return self.view(conversation_id, now);
+        }
         self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(conversation_id, now)
@@ -742,10 +775,177 @@ impl PoolState {
             EventKind::Ended { conversation: c }
         });
         if let Some(agent) = holder {
-            self.reindex(&agent);
-            self.dispatch_agent(&agent, now);
+            if !self.finish_drain_if_done(&agent, now) {
+                self.reindex(&agent);
+                self.dispatch_agent(&agent, now);
+            }
         }
         self.view(conversation_id, now)
+    }
+
+    /// Goes offline once the work in hand is done: no new offers from now
+    /// on, offline when the last conversation completes (at once if there
+    /// is none). Returns whether the agent is already offline.
+    pub fn drain(&mut self, agent_id: &AgentId, now: Timestamp) -> Result<bool, DomainError> {
+        let session = self.session_mut(agent_id)?;
+        session.draining = true;
+        self.reindex(agent_id);
+        if self.finish_drain_if_done(agent_id, now) {
+            return Ok(true);
+        }
+        let message = "draining: no new offers; offline after the last conversation";
+        self.notice(agent_id, "draining", message, AgentStatus::Draining, now);
+        Ok(false)
+    }
+
+    /// A draining agent with nothing left in hand goes offline. Returns
+    /// whether it did.
+    fn finish_drain_if_done(&mut self, agent_id: &AgentId, now: Timestamp) -> bool {
+        let done = self
+            .session(agent_id)
+            .is_some_and(|s| s.draining && s.active.is_empty() && s.pending_offer.is_none());
+        if done {
+            self.go_offline(agent_id, "drained", now);
+        }
+        done
+    }
+
+    /// A supervisor moves a conversation: back to the queue (`target` =
+    /// `None`; the current agent is excluded so it goes elsewhere), or
+    /// straight to a named agent as an offer. The gateway sees the reason.
+    pub fn reassign(
+        &mut self,
+        conversation_id: &ConversationId,
+        target: Option<&AgentId>,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
+        if conversation.state.is_terminal() {
+            return Err(DomainError::precondition(format!(
+                "conversation `{conversation_id}` is {} and cannot be reassigned",
+                conversation.state.as_str()
+            )));
+        }
+        if let Some(target) = target {
+            let session = self.session(target).ok_or_else(|| offline_error(target))?;
+            let already_holder = conversation.agent_id.as_ref() == Some(target);
+            if already_holder || !session.offerable() {
+                return Err(DomainError::precondition(format!(
+                    "agent `{target}` cannot take an offer now (status {:?}, stream attached: {})",
+                    session.status(),
+                    session.stream.is_some()
+                )));
+            }
+        }
+        let why = if reason.is_empty() {
+            "reassigned by supervisor".to_owned()
+        } else {
+            format!("reassigned by supervisor: {reason}")
+        };
+        let state = conversation.state;
+        let holder = conversation.agent_id.clone();
+        let pending = conversation.pending_offer().map(|o| o.attempt);
+        match state {
+            ConversationState::Offered => {
+                if let Some(attempt) = pending {
+                    self.close_offer(conversation_id, attempt, OfferOutcome::Withdrawn, &why, now);
+                }
+            }
+            ConversationState::Assigned => {
+                if let Some(agent) = &holder {
+                    if let Some(session) =
+                        self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
+                    {
+                        session.active.remove(conversation_id);
+                        if session.active.is_empty() {
+                            session.idle_since = now;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let Some(previous) = &holder {
+            self.conversation_mut(conversation_id)?
+                .excluded
+                .insert(previous.clone());
+        }
+        if state == ConversationState::Queued {
+            // Already queued: only the reason changes (a new event says so).
+            let c = self.conversation_mut(conversation_id)?;
+            c.reason = why.clone();
+            c.updated_at = now;
+            self.emit(conversation_id, None, now, |c| EventKind::Requeued {
+                conversation: c,
+            });
+        } else {
+            self.requeue_for(conversation_id, &why, holder.as_ref(), now);
+        }
+        match target {
+            Some(target) => self.make_offer(conversation_id, target, now),
+            None => self.dispatch_conversation(conversation_id, now),
+        }
+        if let Some(previous) = &holder {
+            if !self.finish_drain_if_done(previous, now) {
+                self.reindex(previous);
+                self.dispatch_agent(previous, now);
+            }
+        }
+        self.view(conversation_id, now)
+    }
+
+    /// Availability now for a would-be hand-off: how many eligible agents
+    /// could be offered it at once, and the expected wait. Walks at most
+    /// `limit` offerable agents of the smallest matching index set.
+    pub fn availability(&self, handoff: &Handoff, limit: usize, now: Timestamp) -> (u32, i64) {
+        let probe = Conversation {
+            handoff: handoff.clone(),
+            state: ConversationState::Queued,
+            agent_id: None,
+            reason: String::new(),
+            created_at: now,
+            updated_at: now,
+            queued_since: now,
+            assigned_at: None,
+            attempts: 0,
+            seq: 0,
+            excluded: BTreeSet::new(),
+            offers: Vec::new(),
+            disposition: String::new(),
+            queue_position: 0,
+            expected_wait_ms: 0,
+        };
+        let mut seen = HashSet::new();
+        for language in language_lookup_keys(&handoff.language) {
+            let Some(set) = self.smallest_candidate_set(language, &handoff.required_skills) else {
+                continue;
+            };
+            for (_, agent) in set.iter() {
+                if seen.len() >= limit {
+                    break;
+                }
+                if self
+                    .session(agent)
+                    .is_some_and(|s| self.agent_fits(agent, s, &probe))
+                {
+                    seen.insert(agent.clone());
+                }
+            }
+        }
+        let available = seen.len() as u32;
+        if available > 0 {
+            return (available, 0);
+        }
+        let waiting = self
+            .groups
+            .get(&GroupKey {
+                language: handoff.language.clone(),
+                skills: handoff.required_skills.clone(),
+                region: handoff.region.clone(),
+            })
+            .map_or(0, |g| g.by_priority.len() as u32);
+        (0, self.expected_wait_ms(waiting, now))
     }
 
     // ------------------------------------------------------------------ sweep
@@ -797,6 +997,20 @@ impl PoolState {
                     let lapsed = self.session(&agent).is_some_and(|s| s.lease_expires <= now);
                     if lapsed {
                         self.go_offline(&agent, "agent lost", now);
+                    }
+                }
+                Deadline::WrapUpEnd(agent) => {
+                    let ended = self
+                        .agents
+                        .get_mut(&agent)
+                        .and_then(|r| r.session.as_mut())
+                        .filter(|s| s.wrap_up_until.is_some_and(|until| until <= now));
+                    if let Some(session) = ended {
+                        session.wrap_up_until = None;
+                        let status = session.status();
+                        self.reindex(&agent);
+                        self.notice(&agent, "status_changed", "wrap-up ended", status, now);
+                        self.dispatch_agent(&agent, now);
                     }
                 }
                 Deadline::MaxWait(id) => self.expire(&id, now),
@@ -1260,7 +1474,9 @@ impl PoolState {
         }
         self.requeue(id, "offer timed out", now);
         self.dispatch_conversation(id, now);
-        self.dispatch_agent(&agent, now);
+        if !self.finish_drain_if_done(&agent, now) {
+            self.dispatch_agent(&agent, now);
+        }
     }
 
     fn expire(&mut self, id: &ConversationId, now: Timestamp) {
@@ -1304,6 +1520,18 @@ impl PoolState {
     /// Back to the queue with a reason; it keeps its original waiting time,
     /// so it goes ahead of everything that arrived after it.
     fn requeue(&mut self, id: &ConversationId, reason: &str, now: Timestamp) {
+        self.requeue_for(id, reason, None, now);
+    }
+
+    /// [`Self::requeue`], telling `previous_holder` (an agent who held it
+    /// assigned) through its stream.
+    fn requeue_for(
+        &mut self,
+        id: &ConversationId,
+        reason: &str,
+        previous_holder: Option<&AgentId>,
+        now: Timestamp,
+    ) {
         let Some(conversation) = self.conversations.get_mut(id) else {
             return;
         };
@@ -1316,7 +1544,9 @@ impl PoolState {
         conversation.reason = reason.to_owned();
         conversation.updated_at = now;
         self.enqueue(id);
-        self.emit(id, None, now, |c| EventKind::Requeued { conversation: c });
+        self.emit(id, previous_holder, now, |c| EventKind::Requeued {
+            conversation: c,
+        });
     }
 
     fn enqueue(&mut self, id: &ConversationId) {
@@ -1473,28 +1703,8 @@ impl PoolState {
         }
         if best.is_none() {
             for language in language_lookup_keys(&conversation.handoff.language) {
-                let candidate_set = if conversation.handoff.required_skills.is_empty() {
-                    self.available
-                        .get(&(language.to_owned(), ANY_SKILL.to_owned()))
-                } else {
-                    // The smallest set among the required skills; a missing
-                    // set means nobody in this language has that skill.
-                    let mut smallest: Option<&BTreeSet<(i64, AgentId)>> = None;
-                    let mut missing = false;
-                    for skill in &conversation.handoff.required_skills {
-                        match self
-                            .available
-                            .get(&(language.to_owned(), skill.name.clone()))
-                        {
-                            Some(set) if smallest.is_none_or(|s| set.len() < s.len()) => {
-                                smallest = Some(set)
-                            }
-                            Some(_) => {}
-                            None => missing = true,
-                        }
-                    }
-                    if missing { None } else { smallest }
-                };
+                let candidate_set =
+                    self.smallest_candidate_set(language, &conversation.handoff.required_skills);
                 let Some(set) = candidate_set else { continue };
                 let found = set.iter().find(|(_, agent)| {
                     self.session(agent)
@@ -1570,6 +1780,31 @@ impl PoolState {
         if let Some(key) = best.map(|k| k.conversation_id.clone()) {
             self.make_offer(&key, agent_id, now);
         }
+    }
+
+    /// The smallest index set of offerable agents speaking `language` that
+    /// has one of `skills` (or any skill when none is required); `None` when
+    /// some required skill has nobody in that language.
+    fn smallest_candidate_set(
+        &self,
+        language: &str,
+        skills: &[Skill],
+    ) -> Option<&BTreeSet<(i64, AgentId)>> {
+        if skills.is_empty() {
+            return self
+                .available
+                .get(&(language.to_owned(), ANY_SKILL.to_owned()));
+        }
+        let mut smallest: Option<&BTreeSet<(i64, AgentId)>> = None;
+        for skill in skills {
+            let set = self
+                .available
+                .get(&(language.to_owned(), skill.name.clone()))?;
+            if smallest.is_none_or(|s| set.len() < s.len()) {
+                smallest = Some(set);
+            }
+        }
+        smallest
     }
 
     fn agent_fits(

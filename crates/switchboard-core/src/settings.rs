@@ -21,6 +21,9 @@ pub struct DispatchSettings {
     pub missed_offers_before_away: u32,
     /// How long a finished conversation is kept for idempotent replies.
     pub retention_ms: i64,
+    /// After completing a conversation the agent is in wrap-up this long
+    /// before new offers (0 = none); the app may end it early.
+    pub wrap_up_ms: i64,
 }
 
 impl Default for DispatchSettings {
@@ -33,6 +36,7 @@ impl Default for DispatchSettings {
             max_wait_ms: 600_000,
             missed_offers_before_away: 3,
             retention_ms: 3_600_000,
+            wrap_up_ms: 0,
         }
     }
 }

@@ -471,6 +471,8 @@ enum Op {
     Complete(usize),
     Cancel(usize),
     Delivered(usize),
+    Drain(usize),
+    Reassign(usize, Option<usize>),
     Advance(i64),
 }
 
@@ -493,6 +495,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0..CONVERSATIONS).prop_map(Op::Complete),
         (0..CONVERSATIONS).prop_map(Op::Cancel),
         (0..AGENTS).prop_map(Op::Delivered),
+        (0..AGENTS).prop_map(Op::Drain),
+        (0..CONVERSATIONS, proptest::option::of(0..AGENTS)).prop_map(|(c, a)| Op::Reassign(c, a)),
         (1i64..40_000).prop_map(Op::Advance),
     ]
 }
@@ -506,7 +510,7 @@ proptest! {
     #[test]
     fn invariants_hold_under_random_operations(ops in proptest::collection::vec(op(), 1..120)) {
         let mut s = PoolState::new(PoolId::parse("pool", "p").unwrap(), DispatchSettings {
-            offer_timeout_ms: 5_000, lease_ms: 30_000, max_wait_ms: 120_000, retention_ms: 10_000_000,
+            offer_timeout_ms: 5_000, lease_ms: 30_000, max_wait_ms: 120_000, retention_ms: 10_000_000, wrap_up_ms: 3_000,
             ..DispatchSettings::default()
         });
         for i in 0..AGENTS {
@@ -550,6 +554,11 @@ proptest! {
                         }
                 }
                 Op::Cancel(c) => { let _ = s.cancel(&cid(&format!("c{c}")), "", t); }
+                Op::Drain(a) => { let _ = s.drain(&agent(&format!("a{a}")), t); }
+                Op::Reassign(c, a) => {
+                    let target = a.map(|a| agent(&format!("a{a}")));
+                    let _ = s.reassign(&cid(&format!("c{c}")), target.as_ref(), "supervisor", t);
+                }
                 Op::Advance(ms) => { now += ms; s.sweep(Timestamp(now)); }
             }
             s.take_events();
@@ -559,4 +568,137 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn drain_takes_no_new_offers_and_goes_offline_after_the_last_conversation() {
+    let mut s = pool();
+    online(&mut s, "a", &[], &["en"], 2, 0);
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(2))
+        .unwrap();
+    assert!(
+        !s.drain(&agent("a"), Timestamp(3)).unwrap(),
+        "still holds c1"
+    );
+    assert_eq!(
+        s.presence(&agent("a")).unwrap().status,
+        AgentStatus::Draining
+    );
+    s.request(handoff("c2", "en", &[], 0), Timestamp(4))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c2"), None, "no new offers while draining");
+    s.complete(&agent("a"), &cid("c1"), "done", Timestamp(5))
+        .unwrap();
+    assert!(s.presence(&agent("a")).is_none(), "offline once drained");
+    s.check_invariants().unwrap();
+    // Draining with nothing in hand is immediate.
+    online(&mut s, "b", &[], &["fr"], 1, 10);
+    assert!(s.drain(&agent("b"), Timestamp(11)).unwrap());
+}
+
+#[test]
+fn wrap_up_holds_offers_until_it_ends_or_the_app_ends_it() {
+    let mut s = PoolState::new(
+        PoolId::parse("pool", "test").unwrap(),
+        DispatchSettings {
+            wrap_up_ms: 5_000,
+            ..DispatchSettings::default()
+        },
+    );
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(2))
+        .unwrap();
+    s.complete(&agent("a"), &cid("c1"), "done", Timestamp(3))
+        .unwrap();
+    assert_eq!(s.presence(&agent("a")).unwrap().status, AgentStatus::WrapUp);
+    s.request(handoff("c2", "en", &[], 0), Timestamp(4))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c2"), None, "in wrap-up");
+    s.sweep(Timestamp(5_003));
+    assert_eq!(
+        offered_to(&s, "c2"),
+        Some(agent("a")),
+        "wrap-up ended: offered"
+    );
+    s.accept(&agent("a"), &offer("c2", 1), Timestamp(5_004))
+        .unwrap();
+    s.complete(&agent("a"), &cid("c2"), "done", Timestamp(5_005))
+        .unwrap();
+    s.request(handoff("c3", "en", &[], 0), Timestamp(5_006))
+        .unwrap();
+    s.set_status(&agent("a"), StatusChoice::Available, Timestamp(5_007))
+        .unwrap();
+    assert_eq!(
+        offered_to(&s, "c3"),
+        Some(agent("a")),
+        "the app ended wrap-up early"
+    );
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn supervisor_reassigns_to_the_queue_or_to_a_named_agent() {
+    let mut s = pool();
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    online(&mut s, "b", &[], &["en"], 1, 10);
+    s.request(handoff("c1", "en", &[], 0), Timestamp(20))
+        .unwrap();
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(21))
+        .unwrap();
+    s.take_events();
+    let c = s
+        .reassign(&cid("c1"), None, "customer asked", Timestamp(22))
+        .unwrap();
+    assert_eq!(c.reason, "reassigned by supervisor: customer asked");
+    assert_eq!(
+        offered_to(&s, "c1"),
+        Some(agent("b")),
+        "back to the queue, then the next agent"
+    );
+    let events = s.take_events();
+    assert!(
+        events.iter().any(|e| matches!(e.kind, EventKind::Requeued { .. }) && e.agent_id == Some(agent("a"))),
+        "the agent who held it is told"
+    );
+    // To a named agent: b has the offer; move it to a (who is free again).
+    s.reassign(
+        &cid("c1"),
+        Some(&agent("a")),
+        "back to alice",
+        Timestamp(23),
+    )
+    .unwrap();
+    assert_eq!(
+        offered_to(&s, "c1"),
+        Some(agent("a")),
+        "the supervisor's pick gets the offer"
+    );
+    let err = s
+        .reassign(&cid("c1"), Some(&agent("a")), "", Timestamp(24))
+        .unwrap_err();
+    assert!(
+        matches!(err, DomainError::FailedPrecondition(_)),
+        "a already holds it: {err}"
+    );
+    s.check_invariants().unwrap();
+    let err = s
+        .reassign(&cid("nope"), None, "", Timestamp(24))
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }));
+}
+
+#[test]
+fn availability_counts_eligible_free_agents() {
+    let mut s = pool();
+    online(&mut s, "a", &[("billing", 4)], &["en"], 1, 0);
+    online(&mut s, "b", &[("billing", 2)], &["en"], 1, 0);
+    let (available, wait) =
+        s.availability(&handoff("x", "en", &[("billing", 3)], 0), 100, Timestamp(1));
+    assert_eq!((available, wait), (1, 0));
+    let (available, _) = s.availability(&handoff("x", "fr", &[], 0), 100, Timestamp(1));
+    assert_eq!(available, 0);
 }
