@@ -43,6 +43,7 @@ pub fn fast_settings() -> DispatchSettings {
         max_wait_ms: 60_000,
         missed_offers_before_away: 3,
         retention_ms: 60_000,
+        wrap_up_ms: 0,
     }
 }
 
@@ -278,12 +279,13 @@ impl AgentApp {
             .unwrap_or_else(|| panic!("agent {} got no event within {WAIT:?}", self.id))
     }
 
-    /// Skips notices until an offer arrives.
+    /// Skips notices and news of earlier conversations until an offer
+    /// arrives; a revoked offer is a failure.
     pub async fn expect_offer(&mut self) -> Offer {
         loop {
             match self.next().await {
                 Kind::Offer(offer) => return offer,
-                Kind::Notice(_) => continue,
+                Kind::Notice(_) | Kind::Assignment(_) | Kind::ConversationEnded(_) => continue,
                 other => panic!("agent {} expected an offer, got {other:?}", self.id),
             }
         }

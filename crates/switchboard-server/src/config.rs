@@ -150,6 +150,7 @@ impl Config {
             ),
             ("dispatch.max_wait_ms", d.max_wait_ms, 100),
             ("dispatch.retention_ms", d.retention_ms, 1_000),
+            ("dispatch.wrap_up_ms", d.wrap_up_ms, 0),
         ] {
             if value < min {
                 problems.push(format!("{key}: {value} is below the minimum {min}"));
@@ -334,6 +335,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("nonsense_key"), "{err}");
+    }
+
+    #[test]
+    fn the_deploy_example_is_valid() {
+        let text = include_str!("../../../deploy/switchboard.example.toml");
+        let vars = env(&[(
+            "SWITCHBOARD_KEY_2026_11",
+            "0123456789abcdef0123456789abcdef",
+        )]);
+        let (config, _) = Config::load(
+            Some(("switchboard.example.toml", text)),
+            &vars,
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(!config.is_development());
+        assert_eq!(
+            config.dispatch,
+            DispatchSettings::default(),
+            "the example documents the defaults"
+        );
     }
 
     #[test]

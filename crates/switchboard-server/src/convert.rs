@@ -129,6 +129,30 @@ pub fn handoff(raw: pb::RequestAgentRequest) -> Result<Handoff> {
     })
 }
 
+/// A would-be hand-off for an availability check: only the requirements
+/// matter.
+pub fn availability_probe(raw: &pb::CheckAvailabilityRequest) -> Result<Handoff> {
+    let region = match raw.region.as_str() {
+        "" => None,
+        r => Some(check(validate::skill_name("region", r))?),
+    };
+    Ok(Handoff {
+        conversation_id: conversation_id("conversation_id", "availability-probe")?,
+        customer_id: String::new(),
+        language: check(validate::language("language", &raw.language))?,
+        category: String::new(),
+        required_skills: skills("required_skills", &raw.required_skills)?,
+        priority: 0,
+        summary: String::new(),
+        attributes: Default::default(),
+        customer_asked_for_human: false,
+        chat_reference: String::new(),
+        preferred_agent: None,
+        region,
+        customer_location: None,
+    })
+}
+
 pub fn roster_entry(raw: Option<pb::RosterEntry>) -> Result<RosterEntry> {
     let raw = raw.ok_or_else(|| missing("entry"))?;
     let languages = check(validate::languages("entry.languages", &raw.languages))?;

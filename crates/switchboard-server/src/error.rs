@@ -14,6 +14,9 @@ pub fn status(err: StoreError) -> Status {
                 "dispatch store unavailable, retry shortly: {message}"
             ))
         }
+        StoreError::Unsupported(what) => {
+            Status::unimplemented(format!("`{what}` is not supported by the configured store"))
+        }
         StoreError::Internal(message) => {
             tracing::error!(error = %message, "store internal error");
             Status::internal("internal error; the server log has the details")

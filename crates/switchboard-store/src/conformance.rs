@@ -38,6 +38,7 @@ pub fn settings() -> DispatchSettings {
         max_wait_ms: 3_000,
         missed_offers_before_away: 3,
         retention_ms: 60_000,
+        wrap_up_ms: 0,
     }
 }
 

@@ -34,6 +34,9 @@ pub enum StoreError {
     /// The backing service cannot be reached now; retrying later may work.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// This store does not implement the command yet.
+    #[error("`{0}` is not supported by this store")]
+    Unsupported(&'static str),
     /// A bug or corrupted state: logged in full, reported vaguely.
     #[error("store internal error: {0}")]
     Internal(String),
@@ -130,6 +133,40 @@ pub trait Store: Send + Sync + 'static {
         agent: &AgentId,
         reason: &str,
     ) -> StoreResult<Applied<Vec<ConversationId>>>;
+
+    /// Drain: no new offers; offline when the last conversation is done (at
+    /// once if none). Returns whether the agent is offline now.
+    async fn drain(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<bool>> {
+        let _ = (pool, agent);
+        Err(StoreError::Unsupported("drain"))
+    }
+
+    /// Supervisor: back to the queue (`target` = `None`, the current agent
+    /// excluded) or straight to the named agent as an offer. Finished
+    /// conversations and agents who cannot take an offer now are
+    /// FailedPrecondition.
+    async fn reassign(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        target: Option<&AgentId>,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        let _ = (pool, conversation, target, reason);
+        Err(StoreError::Unsupported("reassign"))
+    }
+
+    /// Eligible agents free now for a would-be hand-off (up to `limit`), and
+    /// the expected wait in milliseconds (0 when one is free).
+    async fn availability(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        let _ = (pool, handoff, limit);
+        Err(StoreError::Unsupported("availability"))
+    }
 
     /// Hands over a conversation and tries to match it at once. Idempotent on
     /// the conversation id (`false` when it existed); a different payload is

@@ -183,6 +183,29 @@ impl Store for MemoryStore {
         self.command(pool, |s, now| Ok(s.go_offline(agent, reason, now)))
     }
 
+    async fn drain(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<bool>> {
+        self.command(pool, |s, now| s.drain(agent, now))
+    }
+
+    async fn reassign(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        target: Option<&AgentId>,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        self.command(pool, |s, now| s.reassign(conversation, target, reason, now))
+    }
+
+    async fn availability(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        self.query(pool, |s, now| Ok(s.availability(handoff, limit, now)))
+    }
+
     async fn request(
         &self,
         pool: &PoolId,

@@ -146,4 +146,37 @@ impl pb::admin_service_server::AdminService for AdminApi {
             requeued_conversation_ids: requeued.iter().map(ToString::to_string).collect(),
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "reassign"))]
+    async fn reassign(
+        &self,
+        request: Request<pb::ReassignRequest>,
+    ) -> Result<Response<pb::ReassignResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
+        let target = match body.agent_id.as_str() {
+            "" => None,
+            agent => Some(convert::agent_id("agent_id", agent)?),
+        };
+        let reason = switchboard_core::validate::text(
+            "reason",
+            &body.reason,
+            switchboard_core::validate::MAX_TEXT_BYTES,
+        )
+        .map_err(crate::error::domain_status)?;
+        let conversation = self
+            .state
+            .store
+            .reassign(&caller.pool, &id, target.as_ref(), &reason)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::ReassignResponse {
+            conversation: Some(convert::pb_conversation(
+                &conversation,
+                convert::Audience::Gateway,
+            )),
+        }))
+    }
 }

@@ -82,7 +82,14 @@ fn agent_event(event: &Event) -> Option<pb::AgentEvent> {
             message: message.clone(),
             status: convert::pb_status(*status) as i32,
         }),
-        EventKind::Queued { .. } | EventKind::Requeued { .. } => return None,
+        // Routed to an agent only when it held the conversation: it lost it
+        // (went offline, forced offline, supervisor reassigned it).
+        EventKind::Requeued { conversation } => Kind::ConversationEnded(pb::ConversationEnded {
+            conversation_id: conversation.id().to_string(),
+            state: convert::pb_state(conversation.state) as i32,
+            reason: conversation.reason.clone(),
+        }),
+        EventKind::Queued { .. } => return None,
     };
     Some(pb::AgentEvent {
         conversation_id: event
@@ -371,15 +378,26 @@ impl pb::agent_service_server::AgentService for AgentApi {
         request: Request<pb::GoOfflineRequest>,
     ) -> Result<Response<pb::GoOfflineResponse>, Status> {
         let caller = caller(&request)?;
-        let requeued = self
-            .state
-            .store
+        let store = &self.state.store;
+        if request.get_ref().drain {
+            let offline = store
+                .drain(&caller.pool, caller.agent()?)
+                .await
+                .map_err(status)?
+                .value;
+            return Ok(Response::new(pb::GoOfflineResponse {
+                requeued_conversation_ids: vec![],
+                offline,
+            }));
+        }
+        let requeued = store
             .go_offline(&caller.pool, caller.agent()?, "agent went offline")
             .await
             .map_err(status)?
             .value;
         Ok(Response::new(pb::GoOfflineResponse {
             requeued_conversation_ids: requeued.iter().map(ToString::to_string).collect(),
+            offline: true,
         }))
     }
 }

@@ -31,6 +31,9 @@ fn watch_event(event: &Event) -> Option<pb::ConversationEvent> {
     })
 }
 
+/// Availability counts eligible free agents up to this many.
+const AVAILABILITY_LIMIT: usize = 1_000;
+
 type WatchStream = ReceiverStream<Result<pb::ConversationEvent, Status>>;
 
 #[tonic::async_trait]
@@ -170,6 +173,25 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
             .value;
         Ok(Response::new(pb::CancelConversationResponse {
             conversation: Some(convert::pb_conversation(&view, Audience::Gateway)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "check_availability"))]
+    async fn check_availability(
+        &self,
+        request: Request<pb::CheckAvailabilityRequest>,
+    ) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
+        let caller = caller(&request)?;
+        let probe = convert::availability_probe(request.get_ref())?;
+        let (agents_available, expected_wait_ms) = self
+            .state
+            .store
+            .availability(&caller.pool, &probe, AVAILABILITY_LIMIT)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CheckAvailabilityResponse {
+            agents_available,
+            expected_wait_ms: u64::try_from(expected_wait_ms).unwrap_or(0),
         }))
     }
 }
