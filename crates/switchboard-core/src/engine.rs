@@ -774,11 +774,11 @@ impl PoolState {
         self.emit(conversation_id, notify.as_ref(), now, |c| {
             EventKind::Ended { conversation: c }
         });
-        if let Some(agent) = holder {
-            if !self.finish_drain_if_done(&agent, now) {
-                self.reindex(&agent);
-                self.dispatch_agent(&agent, now);
-            }
+        if let Some(agent) = holder
+            && !self.finish_drain_if_done(&agent, now)
+        {
+            self.reindex(&agent);
+            self.dispatch_agent(&agent, now);
         }
         self.view(conversation_id, now)
     }
@@ -853,14 +853,13 @@ impl PoolState {
                 }
             }
             ConversationState::Assigned => {
-                if let Some(agent) = &holder {
-                    if let Some(session) =
+                if let Some(agent) = &holder
+                    && let Some(session) =
                         self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
-                    {
-                        session.active.remove(conversation_id);
-                        if session.active.is_empty() {
-                            session.idle_since = now;
-                        }
+                {
+                    session.active.remove(conversation_id);
+                    if session.active.is_empty() {
+                        session.idle_since = now;
                     }
                 }
             }
@@ -886,11 +885,11 @@ impl PoolState {
             Some(target) => self.make_offer(conversation_id, target, now),
             None => self.dispatch_conversation(conversation_id, now),
         }
-        if let Some(previous) = &holder {
-            if !self.finish_drain_if_done(previous, now) {
-                self.reindex(previous);
-                self.dispatch_agent(previous, now);
-            }
+        if let Some(previous) = &holder
+            && !self.finish_drain_if_done(previous, now)
+        {
+            self.reindex(previous);
+            self.dispatch_agent(previous, now);
         }
         self.view(conversation_id, now)
     }

@@ -6,6 +6,8 @@
 //! `SWITCHBOARD_<SECTION>__<KEY>` inside a section (double underscore),
 //! e.g. `SWITCHBOARD_DISPATCH__OFFER_TIMEOUT_MS=15000`. The environment is
 //! passed in as a map so tests need not touch the process environment.
+//! Every other `SWITCHBOARD_*` variable is read as a key, so secrets named
+//! by `auth.keys[].secret_env` must use another prefix (e.g. `SB_KEY_...`).
 
 use serde::Deserialize;
 use std::collections::HashMap;
