@@ -343,7 +343,7 @@ mod tests {
     fn the_deploy_example_is_valid() {
         let text = include_str!("../../../deploy/switchboard.example.toml");
         let vars = env(&[(
-            "SWITCHBOARD_KEY_2026_11",
+            "SB_KEY_2026_11",
             "0123456789abcdef0123456789abcdef",
         )]);
         let (config, _) = Config::load(
