@@ -3,6 +3,9 @@
 //! property test that sends generated garbage to every RPC and checks that
 //! the server only ever answers with the expected statuses and stays up.
 
+// Test code outside #[test] functions (the shared server) may unwrap too.
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use std::sync::OnceLock;
 use switchboard_e2e::*;
