@@ -40,6 +40,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 const ANY_SKILL: &str = "*";
 /// How many recent first offers the wait estimate looks at.
 const RATE_WINDOW: usize = 64;
+/// A group's own rate is used once it has this many recent first offers.
+const MIN_GROUP_SAMPLES: usize = 4;
+/// At most this many groups keep their own rate window.
+const MAX_RATE_GROUPS: usize = 10_000;
+
+fn group_key(handoff: &Handoff) -> GroupKey {
+    GroupKey {
+        language: handoff.language.clone(),
+        skills: handoff.required_skills.clone(),
+        region: handoff.region.clone(),
+    }
+}
 
 /// Requirements shared by a group of waiting conversations.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +211,9 @@ pub struct PoolState {
     queued: HashMap<ConversationId, (GroupKey, QueueKey)>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
     recent_first_offers: VecDeque<Timestamp>,
+    /// The same per requirement group: the rate at which agents able to
+    /// serve exactly these requirements have been taking them.
+    group_first_offers: HashMap<GroupKey, VecDeque<Timestamp>>,
     arrivals: u64,
     next_stream_id: u64,
     events: Vec<Event>,
@@ -218,6 +233,7 @@ impl PoolState {
             queued: HashMap::new(),
             deadlines: BTreeSet::new(),
             recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
+            group_first_offers: HashMap::new(),
             arrivals: 0,
             next_stream_id: 1,
             events: Vec::new(),
@@ -944,7 +960,10 @@ impl PoolState {
                 region: handoff.region.clone(),
             })
             .map_or(0, |g| g.by_priority.len() as u32);
-        (0, self.expected_wait_ms(waiting, now))
+        (
+            0,
+            self.expected_wait_in(Some(&group_key(handoff)), waiting, now),
+        )
     }
 
     // ------------------------------------------------------------------ sweep
@@ -1038,7 +1057,8 @@ impl PoolState {
         if conversation.state == ConversationState::Queued {
             let position = self.queue_position(conversation_id);
             conversation.queue_position = position;
-            conversation.expected_wait_ms = self.expected_wait_ms(position, now);
+            let group = group_key(&conversation.handoff);
+            conversation.expected_wait_ms = self.expected_wait_in(Some(&group), position, now);
         }
         Ok(conversation)
     }
@@ -1611,18 +1631,21 @@ impl PoolState {
             .unwrap_or(0)
     }
 
-    /// Expected wait for a conversation with `position` ahead of it: the
-    /// pool's recent rate of first offers, over the last [`RATE_WINDOW`].
-    fn expected_wait_ms(&self, position: u32, now: Timestamp) -> i64 {
-        let (Some(oldest), count) = (
-            self.recent_first_offers.front(),
-            self.recent_first_offers.len(),
-        ) else {
+    /// Expected wait with `position` conversations ahead: (position + 1)
+    /// divided by the observed rate of first offers, taken from the
+    /// requirement group's own recent offers when it has at least
+    /// [`MIN_GROUP_SAMPLES`], else from the pool's. -1 with no history.
+    fn expected_wait_in(&self, group: Option<&GroupKey>, position: u32, now: Timestamp) -> i64 {
+        let window = group
+            .and_then(|g| self.group_first_offers.get(g))
+            .filter(|w| w.len() >= MIN_GROUP_SAMPLES)
+            .unwrap_or(&self.recent_first_offers);
+        let Some(oldest) = window.front() else {
             return -1;
         };
         let span = now.millis_since(*oldest).max(1);
         // Offers per millisecond over the window; ahead+1 conversations to go.
-        let per_ms = count as f64 / span as f64;
+        let per_ms = window.len() as f64 / span as f64;
         ((f64::from(position) + 1.0) / per_ms).round() as i64
     }
 
@@ -1848,6 +1871,19 @@ impl PoolState {
                 self.recent_first_offers.pop_front();
             }
             self.recent_first_offers.push_back(now);
+            let group = group_key(&conversation.handoff);
+            // Bound the memory arbitrary requirement mixes could take: start
+            // over (the pool-wide rate covers the gap).
+            if self.group_first_offers.len() >= MAX_RATE_GROUPS
+                && !self.group_first_offers.contains_key(&group)
+            {
+                self.group_first_offers.clear();
+            }
+            let window = self.group_first_offers.entry(group).or_default();
+            if window.len() == RATE_WINDOW {
+                window.pop_front();
+            }
+            window.push_back(now);
         }
         let offer = OfferId {
             conversation_id: id.clone(),
