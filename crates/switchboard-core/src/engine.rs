@@ -757,26 +757,10 @@ impl PoolState {
         };
         let state = conversation.state;
         let holder = conversation.agent_id.clone();
-        match state {
-            ConversationState::Queued => self.dequeue(conversation_id),
-            ConversationState::Offered => {
-                if let Some(offer) = conversation.pending_offer().map(|o| o.attempt) {
-                    self.close_offer(conversation_id, offer, OfferOutcome::Withdrawn, &why, now);
-                }
-            }
-            ConversationState::Assigned => {
-                if let Some(agent) = &holder
-                    && let Some(session) =
-                        self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
-                {
-                    session.active.remove(conversation_id);
-                    if session.active.is_empty() {
-                        session.idle_since = now;
-                    }
-                }
-            }
-            _ => {}
+        if state == ConversationState::Queued {
+            self.dequeue(conversation_id);
         }
+        self.release_holder(conversation_id, &why, now);
         let conversation = self.conversation_mut(conversation_id)?;
         conversation.state = ConversationState::Abandoned;
         conversation.reason = why;
@@ -812,6 +796,38 @@ impl PoolState {
         let message = "draining: no new offers; offline after the last conversation";
         self.notice(agent_id, "draining", message, AgentStatus::Draining, now);
         Ok(false)
+    }
+
+    /// Takes a conversation away from the agent who has it: a pending offer
+    /// is withdrawn (the agent is told, with `reason`), an assignment leaves
+    /// the agent's hands. The conversation's own state is the caller's to set.
+    fn release_holder(&mut self, conversation_id: &ConversationId, reason: &str, now: Timestamp) {
+        let Some(conversation) = self.conversations.get(conversation_id) else {
+            return;
+        };
+        match (conversation.state, conversation.agent_id.clone()) {
+            (ConversationState::Offered, _) => {
+                if let Some(attempt) = conversation.pending_offer().map(|o| o.attempt) {
+                    self.close_offer(
+                        conversation_id,
+                        attempt,
+                        OfferOutcome::Withdrawn,
+                        reason,
+                        now,
+                    );
+                }
+            }
+            (ConversationState::Assigned, Some(agent)) => {
+                if let Some(session) = self.agents.get_mut(&agent).and_then(|r| r.session.as_mut())
+                {
+                    session.active.remove(conversation_id);
+                    if session.active.is_empty() {
+                        session.idle_since = now;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// A draining agent with nothing left in hand goes offline. Returns
@@ -861,26 +877,7 @@ impl PoolState {
         };
         let state = conversation.state;
         let holder = conversation.agent_id.clone();
-        let pending = conversation.pending_offer().map(|o| o.attempt);
-        match state {
-            ConversationState::Offered => {
-                if let Some(attempt) = pending {
-                    self.close_offer(conversation_id, attempt, OfferOutcome::Withdrawn, &why, now);
-                }
-            }
-            ConversationState::Assigned => {
-                if let Some(agent) = &holder
-                    && let Some(session) =
-                        self.agents.get_mut(agent).and_then(|r| r.session.as_mut())
-                {
-                    session.active.remove(conversation_id);
-                    if session.active.is_empty() {
-                        session.idle_since = now;
-                    }
-                }
-            }
-            _ => {}
-        }
+        self.release_holder(conversation_id, &why, now);
         if let Some(previous) = &holder {
             self.conversation_mut(conversation_id)?
                 .excluded

@@ -342,10 +342,7 @@ mod tests {
     #[test]
     fn the_deploy_example_is_valid() {
         let text = include_str!("../../../deploy/switchboard.example.toml");
-        let vars = env(&[(
-            "SB_KEY_2026_11",
-            "0123456789abcdef0123456789abcdef",
-        )]);
+        let vars = env(&[("SB_KEY_2026_11", "0123456789abcdef0123456789abcdef")]);
         let (config, _) = Config::load(
             Some(("switchboard.example.toml", text)),
             &vars,

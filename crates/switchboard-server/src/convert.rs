@@ -27,6 +27,11 @@ fn location(field: &str, raw: Option<&pb::Location>) -> Result<Option<Location>>
         .transpose()
 }
 
+/// Free text of at most [`validate::MAX_TEXT_BYTES`] (reasons, dispositions).
+pub fn short_text(field: &str, raw: &str) -> Result<String> {
+    check(validate::text(field, raw, validate::MAX_TEXT_BYTES))
+}
+
 pub fn conversation_id(field: &str, raw: &str) -> Result<ConversationId> {
     check(ConversationId::parse(field, raw))
 }

@@ -112,12 +112,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let caller = caller(&request)?;
         let body = request.get_ref();
         let agent = convert::agent_id("agent_id", &body.agent_id)?;
-        let reason = switchboard_core::validate::text(
-            "reason",
-            &body.reason,
-            switchboard_core::validate::MAX_TEXT_BYTES,
-        )
-        .map_err(crate::error::domain_status)?;
+        let reason = convert::short_text("reason", &body.reason)?;
         let store = &self.state.store;
         let mut entry = store
             .roster_entry(&caller.pool, &agent)
@@ -159,12 +154,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             "" => None,
             agent => Some(convert::agent_id("agent_id", agent)?),
         };
-        let reason = switchboard_core::validate::text(
-            "reason",
-            &body.reason,
-            switchboard_core::validate::MAX_TEXT_BYTES,
-        )
-        .map_err(crate::error::domain_status)?;
+        let reason = convert::short_text("reason", &body.reason)?;
         let conversation = self
             .state
             .store

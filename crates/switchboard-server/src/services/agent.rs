@@ -329,12 +329,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
     ) -> Result<Response<pb::DeclineOfferResponse>, Status> {
         let caller = caller(&request)?;
         let offer = convert::offer_id(request.get_ref().offer_id.as_ref())?;
-        let reason = switchboard_core::validate::text(
-            "reason",
-            &request.get_ref().reason,
-            switchboard_core::validate::MAX_TEXT_BYTES,
-        )
-        .map_err(crate::error::domain_status)?;
+        let reason = convert::short_text("reason", &request.get_ref().reason)?;
         self.state
             .store
             .decline(&caller.pool, caller.agent()?, &offer, &reason)
@@ -351,12 +346,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let caller = caller(&request)?;
         let body = request.get_ref();
         let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
-        let disposition = switchboard_core::validate::text(
-            "disposition",
-            &body.disposition,
-            switchboard_core::validate::MAX_TEXT_BYTES,
-        )
-        .map_err(crate::error::domain_status)?;
+        let disposition = convert::short_text("disposition", &body.disposition)?;
         let conversation = self
             .state
             .store

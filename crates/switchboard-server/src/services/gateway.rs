@@ -158,12 +158,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         let caller = caller(&request)?;
         let body = request.get_ref();
         let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
-        let reason = switchboard_core::validate::text(
-            "reason",
-            &body.reason,
-            switchboard_core::validate::MAX_TEXT_BYTES,
-        )
-        .map_err(crate::error::domain_status)?;
+        let reason = convert::short_text("reason", &body.reason)?;
         let view = self
             .state
             .store
