@@ -1,1 +1,656 @@
-//! The Redis store (in progress).
+//! The Redis store: the [`Store`] trait on Redis, so any number of stateless
+//! replicas share one pool of agents and one queue.
+//!
+//! # Design
+//!
+//! - Redis is the only source of truth. Every command that changes state is
+//!   one run of one Lua script (`dispatch.lua`, the engine's state machine
+//!   translated), atomic, through `redis::Script::invoke_async` (EVALSHA,
+//!   reloaded after NOSCRIPT). Nothing is decided in this process, so two
+//!   replicas racing for one agent or one conversation cannot both win.
+//! - Time is Redis's own `TIME`, read inside the script; the only local input
+//!   is a test-only offset ([`RedisOptions::clock_offset_ms`],
+//!   [`RedisStore::advance_clock`]).
+//! - Every key of a pool carries the pool as hash tag (see [`keys`]), so each
+//!   script touches one slot.
+//! - Matching never scans: offerable agents sit in sorted sets per
+//!   (language, skill) by idle time, waiting conversations in sorted sets per
+//!   group of identical requirements, and a freed agent looks only at the
+//!   heads of the groups it can serve.
+//! - Deadlines sit in a sorted set per pool. Each command first acts on what
+//!   is due (as the in-memory store does) and [`Store::sweep`] runs the
+//!   script on every known pool; an entry is removed and acted on in the
+//!   same script, so two sweepers never act twice.
+//! - Events are appended (XADD, capped) to the pool's stream inside the same
+//!   script as the change, returned to the caller, and republished to
+//!   [`Store::subscribe`] by a background task that follows the streams on
+//!   its own connection (see `feed.rs`).
+//!
+//! Round trips: one EVALSHA per command on the common path. Extra, once:
+//! the script load after a (re)connect (NOSCRIPT, SCRIPT LOAD), and one SADD
+//! the first time this process writes to a pool. [`Store::sweep`] is one
+//! SMEMBERS plus one EVALSHA per pool.
+//!
+//! Failures: a connection error is [`StoreError::Unavailable`] naming the
+//! Redis address; queries are retried once (they are idempotent), commands
+//! are not (a command whose reply was lost may have run; the domain commands
+//! are idempotent, so the caller retries them).
+
+mod feed;
+pub mod keys;
+mod script;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind};
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use switchboard_core::model::{
+    AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
+    RosterEntry, ShiftView, StatusChoice,
+};
+use switchboard_core::{
+    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, Timestamp,
+};
+use switchboard_store::{Applied, EventFeed, Store, StoreError, StoreResult};
+use tokio::sync::{Notify, broadcast};
+
+use crate::feed::{FeedConfig, FeedShared, FeedTask};
+use crate::script::{Command, Reply, SweepValue};
+
+/// How many events the feed buffers for a slow subscriber before it lags
+/// (as the in-memory store).
+const FEED_CAPACITY: usize = 65_536;
+
+/// Connection and stream settings of a [`RedisStore`].
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// How long a (re)connect may take.
+    pub connection_timeout: Duration,
+    /// How long a command may wait for its reply before it is Unavailable.
+    pub response_timeout: Duration,
+    /// Test only: milliseconds added to Redis's clock inside the scripts, so
+    /// a test can move time forward without sleeping. Zero in production.
+    pub clock_offset_ms: i64,
+    /// Approximate cap on each pool's event stream (`XADD MAXLEN ~`).
+    pub stream_max_len: u64,
+    /// How long the event feed's XREAD blocks before it looks for new pools.
+    pub feed_block: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            clock_offset_ms: 0,
+            stream_max_len: 100_000,
+            feed_block: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The dispatch state of every pool, in Redis. See the crate docs.
+pub struct RedisStore {
+    manager: ConnectionManager,
+    script: redis::Script,
+    /// The dispatch settings as script arguments, rendered once.
+    settings_args: [String; 8],
+    /// The Redis address for messages, without credentials.
+    address: String,
+    clock_offset_ms: AtomicI64,
+    /// Pools this process has added to [`keys::POOLS`]. A `std` mutex: held
+    /// for a lookup or an insert, never across an `.await`.
+    registered: Mutex<HashSet<PoolId>>,
+    feed: broadcast::Sender<Event>,
+    feed_shared: Arc<FeedShared>,
+    _feed_task: FeedTask,
+}
+
+impl RedisStore {
+    /// Connects with default [`RedisOptions`].
+    pub async fn connect(url: &str, settings: DispatchSettings) -> StoreResult<Self> {
+        Self::connect_with(url, settings, RedisOptions::default()).await
+    }
+
+    /// Connects to the Redis at `url` and starts the event feed.
+    pub async fn connect_with(
+        url: &str,
+        settings: DispatchSettings,
+        options: RedisOptions,
+    ) -> StoreResult<Self> {
+        let address = redact(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Internal(format!("invalid redis url `{address}`: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connection_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let mut manager = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| unavailable(&address, &e))?;
+        // The feed starts at this instant of Redis's clock: every event
+        // committed after `connect` returns has a later stream id.
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut manager)
+            .await
+            .map_err(|e| unavailable(&address, &e))?;
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        let feed_shared = Arc::new(FeedShared {
+            pools_changed: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let feed_task = feed::spawn(FeedConfig {
+            client,
+            sender: feed.clone(),
+            shared: feed_shared.clone(),
+            start_id: format!("{}-0", seconds * 1000 + micros / 1000),
+            block: options.feed_block,
+            connection_timeout: options.connection_timeout,
+        });
+        Ok(RedisStore {
+            manager,
+            script: redis::Script::new(script::SOURCE),
+            settings_args: script::settings_args(&settings, options.stream_max_len),
+            address,
+            clock_offset_ms: AtomicI64::new(options.clock_offset_ms),
+            registered: Mutex::new(HashSet::new()),
+            feed,
+            feed_shared,
+            _feed_task: feed_task,
+        })
+    }
+
+    /// Test only: moves this store's clock forward by `ms` (added to Redis's
+    /// time in every script this store runs).
+    pub fn advance_clock(&self, ms: i64) {
+        self.clock_offset_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    fn error(&self, e: &RedisError) -> StoreError {
+        if is_connection_error(e) {
+            unavailable(&self.address, e)
+        } else {
+            tracing::error!(error = %e, "redis refused a store command");
+            StoreError::Internal(format!("redis refused a store command: {e}"))
+        }
+    }
+
+    /// Adds `pool` to the set of known pools, once per process. Its own
+    /// command because the set is outside the pool's slot.
+    async fn register_pool(&self, pool: &PoolId) -> StoreResult<()> {
+        if self.registered.lock().map_err(poisoned)?.contains(pool) {
+            return Ok(());
+        }
+        let mut connection = self.manager.clone();
+        let _: i64 = connection
+            .sadd(keys::POOLS, pool.as_str())
+            .await
+            .map_err(|e| self.error(&e))?;
+        self.registered
+            .lock()
+            .map_err(poisoned)?
+            .insert(pool.clone());
+        self.feed_shared
+            .pools_changed
+            .store(true, Ordering::Release);
+        self.feed_shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// One run of the dispatch script.
+    async fn run<T: DeserializeOwned>(
+        &self,
+        pool: &PoolId,
+        command: Command,
+        args: &[String],
+    ) -> StoreResult<Reply<T>> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(keys::prefix(pool))
+            .arg(command.name())
+            .arg(pool.as_str())
+            .arg(self.clock_offset_ms.load(Ordering::SeqCst))
+            .arg(&self.settings_args[..])
+            .arg(args);
+        let mut connection = self.manager.clone();
+        let raw: String = invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|e| self.error(&e))?;
+        Reply::parse(&raw)
+    }
+
+    /// A command: registers the pool, runs once (never retried: see the
+    /// crate docs).
+    async fn command<T: DeserializeOwned>(
+        &self,
+        pool: &PoolId,
+        command: Command,
+        args: &[String],
+    ) -> StoreResult<Applied<T>> {
+        self.register_pool(pool).await?;
+        match self.run(pool, command, args).await? {
+            Reply::Ok { value, events } => Ok(Applied { value, events }),
+            Reply::Err { error, .. } => Err(error.into_store_error()),
+        }
+    }
+
+    /// A read: retried once when the connection dropped under it (the
+    /// connection manager reconnects but fails the command in flight).
+    async fn query<T: DeserializeOwned>(
+        &self,
+        pool: &PoolId,
+        command: Command,
+        args: &[String],
+    ) -> StoreResult<T> {
+        let reply = match self.run(pool, command, args).await {
+            Err(StoreError::Unavailable(_)) => self.run(pool, command, args).await?,
+            other => other?,
+        };
+        match reply {
+            Reply::Ok { value, .. } => Ok(value),
+            Reply::Err { error, .. } => Err(error.into_store_error()),
+        }
+    }
+
+    /// A plain read command, retried once like [`RedisStore::query`].
+    async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
+        let mut connection = self.manager.clone();
+        match cmd.query_async(&mut connection).await {
+            Ok(value) => Ok(value),
+            Err(e) if is_connection_error(&e) => cmd
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| self.error(&e)),
+            Err(e) => Err(self.error(&e)),
+        }
+    }
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+        )
+}
+
+fn unavailable(address: &str, e: &RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis at `{address}` is unreachable: {e}"))
+}
+
+fn poisoned<E>(_: E) -> StoreError {
+    StoreError::Internal("pool registry lock poisoned by a panic".to_owned())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Internal(format!("cannot encode a store argument: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(raw: &str) -> StoreResult<T> {
+    serde_json::from_str(raw)
+        .map_err(|e| StoreError::Internal(format!("unreadable row in redis: {e}")))
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://***@host:6379/0`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn optional_json<T: serde::Serialize>(value: &Option<T>) -> StoreResult<String> {
+    match value {
+        Some(v) => to_json(v),
+        None => Ok(String::new()),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn now(&self) -> StoreResult<Timestamp> {
+        let (seconds, micros): (i64, i64) = self.read(&redis::cmd("TIME")).await?;
+        Ok(Timestamp::from_millis(
+            seconds * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::SeqCst),
+        ))
+    }
+
+    async fn upsert_roster(
+        &self,
+        pool: &PoolId,
+        entry: RosterEntry,
+    ) -> StoreResult<Applied<(RosterEntry, bool)>> {
+        self.command(pool, Command::UpsertRoster, &[to_json(&entry)?])
+            .await
+    }
+
+    async fn roster(&self, pool: &PoolId) -> StoreResult<Vec<RosterEntry>> {
+        let rows: Vec<String> = self
+            .read(redis::cmd("HVALS").arg(keys::roster(pool)))
+            .await?;
+        let mut entries = rows
+            .iter()
+            .map(|raw| from_json::<RosterEntry>(raw))
+            .collect::<StoreResult<Vec<_>>>()?;
+        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(entries)
+    }
+
+    async fn roster_entry(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Option<RosterEntry>> {
+        let row: Option<String> = self
+            .read(
+                redis::cmd("HGET")
+                    .arg(keys::roster(pool))
+                    .arg(agent.as_str()),
+            )
+            .await?;
+        row.map(|raw| from_json(&raw)).transpose()
+    }
+
+    async fn go_online(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        request: GoOnline,
+        self_register: bool,
+    ) -> StoreResult<Applied<Presence>> {
+        let narrowing =
+            serde_json::json!({ "skills": request.skills, "languages": request.languages });
+        let args = [
+            agent.to_string(),
+            narrowing.to_string(),
+            if self_register { "1" } else { "0" }.to_owned(),
+            // Kept as serde wrote it: the script never re-encodes floats.
+            optional_json(&request.location)?,
+            request.capacity.map(|c| c.to_string()).unwrap_or_default(),
+        ];
+        self.command(pool, Command::GoOnline, &args).await
+    }
+
+    async fn attach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Applied<(u64, AgentSnapshot)>> {
+        self.command(pool, Command::AttachStream, &[agent.to_string()])
+            .await
+    }
+
+    async fn detach_stream(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        stream_id: u64,
+    ) -> StoreResult<Applied<()>> {
+        self.command(
+            pool,
+            Command::DetachStream,
+            &[agent.to_string(), stream_id.to_string()],
+        )
+        .await
+    }
+
+    async fn heartbeat(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        location: Option<Location>,
+    ) -> StoreResult<Applied<Presence>> {
+        self.command(
+            pool,
+            Command::Heartbeat,
+            &[agent.to_string(), optional_json(&location)?],
+        )
+        .await
+    }
+
+    async fn set_status(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        choice: StatusChoice,
+    ) -> StoreResult<Applied<AgentStatus>> {
+        let (choice, reason) = match choice {
+            StatusChoice::Available => ("available", String::new()),
+            StatusChoice::Away { reason } => ("away", reason),
+        };
+        self.command(
+            pool,
+            Command::SetStatus,
+            &[agent.to_string(), choice.to_owned(), reason],
+        )
+        .await
+    }
+
+    async fn go_offline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        reason: &str,
+    ) -> StoreResult<Applied<Vec<ConversationId>>> {
+        self.command(
+            pool,
+            Command::GoOffline,
+            &[agent.to_string(), reason.to_owned()],
+        )
+        .await
+    }
+
+    async fn request(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
+        let handoff_json = to_json(&handoff)?;
+        // What the script matches on; the hand-off itself stays opaque JSON.
+        let routing = serde_json::json!({
+            "conversation_id": handoff.conversation_id,
+            "language": handoff.language,
+            "required_skills": handoff.required_skills,
+            "priority": handoff.priority,
+            "region": handoff.region,
+            "preferred_agent": handoff.preferred_agent,
+        });
+        let applied: Applied<(Conversation, bool)> = self
+            .command(
+                pool,
+                Command::Request,
+                &[handoff_json.clone(), routing.to_string()],
+            )
+            .await?;
+        let (existing, created) = &applied.value;
+        if !created {
+            // Compare with the engine's own rule. The stored hand-off went
+            // through JSON; so does the submitted one, so equal payloads
+            // compare equal even where float parsing is not exact.
+            let submitted: Handoff = from_json(&handoff_json)?;
+            if let Some(field) = existing.handoff.first_difference(&submitted) {
+                return Err(StoreError::Domain(DomainError::Conflict {
+                    conversation_id: handoff.conversation_id.to_string(),
+                    field: field.to_owned(),
+                }));
+            }
+        }
+        Ok(applied)
+    }
+
+    async fn offer_delivered(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<()> {
+        let args = [
+            agent.to_string(),
+            offer.conversation_id.to_string(),
+            offer.attempt.to_string(),
+        ];
+        self.command::<()>(pool, Command::OfferDelivered, &args)
+            .await
+            .map(|_| ())
+    }
+
+    async fn accept(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+    ) -> StoreResult<Applied<Conversation>> {
+        let args = [
+            agent.to_string(),
+            offer.conversation_id.to_string(),
+            offer.attempt.to_string(),
+        ];
+        self.command(pool, Command::Accept, &args).await
+    }
+
+    async fn decline(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        offer: &OfferId,
+        reason: &str,
+    ) -> StoreResult<Applied<()>> {
+        let args = [
+            agent.to_string(),
+            offer.conversation_id.to_string(),
+            offer.attempt.to_string(),
+            reason.to_owned(),
+        ];
+        self.command(pool, Command::Decline, &args).await
+    }
+
+    async fn complete(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        conversation: &ConversationId,
+        disposition: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        let args = [
+            agent.to_string(),
+            conversation.to_string(),
+            disposition.to_owned(),
+        ];
+        self.command(pool, Command::Complete, &args).await
+    }
+
+    async fn cancel(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        self.command(
+            pool,
+            Command::Cancel,
+            &[conversation.to_string(), reason.to_owned()],
+        )
+        .await
+    }
+
+    async fn sweep(&self) -> StoreResult<Applied<Option<Timestamp>>> {
+        let pools: Vec<String> = self.read(redis::cmd("SMEMBERS").arg(keys::POOLS)).await?;
+        let mut events = Vec::new();
+        let mut next: Option<Timestamp> = None;
+        for name in pools {
+            let pool = match PoolId::parse("pool", &name) {
+                Ok(pool) => pool,
+                Err(e) => {
+                    tracing::error!(pool = %name, error = %e, "skipping an invalid pool name in the pool set");
+                    continue;
+                }
+            };
+            // A pool with a backlog beyond one script's limit is swept again.
+            loop {
+                match self.run::<SweepValue>(&pool, Command::Sweep, &[]).await? {
+                    Reply::Ok {
+                        value,
+                        events: swept,
+                    } => {
+                        events.extend(swept);
+                        if value.more {
+                            continue;
+                        }
+                        if let Some(at) = value.next.map(Timestamp::from_millis) {
+                            next = Some(next.map_or(at, |n| n.min(at)));
+                        }
+                        break;
+                    }
+                    Reply::Err { error, .. } => return Err(error.into_store_error()),
+                }
+            }
+        }
+        Ok(Applied {
+            value: next,
+            events,
+        })
+    }
+
+    async fn conversation(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+    ) -> StoreResult<Conversation> {
+        self.query(pool, Command::Conversation, &[conversation.to_string()])
+            .await
+    }
+
+    async fn agent_snapshot(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<AgentSnapshot> {
+        self.query(pool, Command::AgentSnapshot, &[agent.to_string()])
+            .await
+    }
+
+    async fn agents(&self, pool: &PoolId) -> StoreResult<Vec<Presence>> {
+        let mut agents: Vec<Presence> = self.query(pool, Command::Agents, &[]).await?;
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(agents)
+    }
+
+    async fn queue_stats(&self, pool: &PoolId) -> StoreResult<QueueStats> {
+        self.query(pool, Command::QueueStats, &[]).await
+    }
+
+    async fn shift_stats(&self, pool: &PoolId) -> StoreResult<Vec<ShiftView>> {
+        let mut shifts: Vec<ShiftView> = self.query(pool, Command::ShiftStats, &[]).await?;
+        shifts.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(shifts)
+    }
+
+    fn subscribe(&self) -> EventFeed {
+        self.feed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_messages() {
+        assert_eq!(
+            redact("redis://user:secret@db:6379/0"),
+            "redis://***@db:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,1311 @@
+-- dispatch.lua: every command of one pool, run atomically inside Redis.
+--
+-- This is `switchboard_core::engine::PoolState` translated to Lua, method by
+-- method, so the Redis store behaves as the in-memory one does. The Rust side
+-- (src/script.rs) calls it as
+--
+--   EVALSHA <sha> 1 <prefix> <command> <pool> <clock offset ms> <settings...> <args...>
+--
+-- where <prefix> is `sb:{pool}:`. Every key the script touches starts with
+-- that prefix, so all of them share the `{pool}` hash tag and the slot of
+-- KEYS[1]: the script is legal on Redis Cluster even though most keys are
+-- computed here (which agent gets an offer is decided inside the script, so
+-- the keys cannot all be declared in advance). The key layout is documented
+-- in src/keys.rs.
+--
+-- Rows (agents, conversations) are JSON strings (cjson), cached in Lua tables
+-- for the duration of the script and written back once at the end
+-- (`flush`). Replies are JSON built by hand in the shapes serde gives the
+-- core types, because cjson cannot tell an empty array from an empty object
+-- and prints numbers with 14 significant digits; the hand-off itself is kept
+-- as the exact serde JSON the Rust side sent and is never re-encoded.
+--
+-- Time is Redis's own (TIME) plus a test-only offset passed by the caller.
+
+local K = KEYS[1]
+local command = ARGV[1]
+local pool = ARGV[2]
+local clock_offset = tonumber(ARGV[3])
+local settings = {
+  offer_timeout = tonumber(ARGV[4]),
+  delivery_grace = tonumber(ARGV[5]),
+  lease = tonumber(ARGV[6]),
+  max_wait = tonumber(ARGV[7]),
+  misses_before_away = tonumber(ARGV[8]),
+  retention = tonumber(ARGV[9]),
+  stream_max_len = tonumber(ARGV[10]),
+  sweep_limit = tonumber(ARGV[11]),
+}
+local FIRST_ARG = 11
+local function arg(i) return ARGV[FIRST_ARG + i] end
+
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + clock_offset
+
+-- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
+local RATE_WINDOW = 64
+-- How many index entries one ZRANGE fetches while looking for a fit.
+local SCAN_CHUNK = 32
+
+-- ------------------------------------------------------------------ keys
+
+local K_ROSTER = K .. 'roster'
+local K_AGENTS = K .. 'agents'
+local K_ONLINE = K .. 'online'
+local K_DEADLINES = K .. 'deadlines'
+local K_EVENTS = K .. 'events'
+local K_GROUPS = K .. 'groups'
+local K_ARRIVALS = K .. 'arrivals'
+local K_STREAM_IDS = K .. 'stream_ids'
+local K_FIRST_OFFERS = K .. 'first_offers'
+local function k_agent(id) return K .. 'agent:' .. id end
+local function k_conv(id) return K .. 'conv:' .. id end
+local function k_avail(language, skill) return K .. 'avail:' .. language .. ':' .. skill end
+local function k_group_language(primary) return K .. 'glang:' .. primary end
+local function k_queue(gid) return K .. 'queue:' .. gid end
+local function k_queue_age(gid) return K .. 'qage:' .. gid end
+
+-- ------------------------------------------------------------- utilities
+
+-- Lua compares strings with strcoll, which follows Redis's locale; ids are
+-- ordered by bytes in the engine (Rust `Ord` on `String`).
+local function byte_less(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+local function contains(list, value)
+  for _, x in ipairs(list) do
+    if x == value then return true end
+  end
+  return false
+end
+
+local function without(list, value)
+  local out = {}
+  for _, x in ipairs(list) do
+    if x ~= value then out[#out + 1] = x end
+  end
+  return out
+end
+
+local function insert_sorted(list, value)
+  if contains(list, value) then return list end
+  list[#list + 1] = value
+  table.sort(list, byte_less)
+  return list
+end
+
+local function split(s, sep)
+  local out, start = {}, 1
+  while true do
+    local i = string.find(s, sep, start, true)
+    if not i then
+      out[#out + 1] = string.sub(s, start)
+      return out
+    end
+    out[#out + 1] = string.sub(s, start, i - 1)
+    start = i + 1
+  end
+end
+
+local function null_to_nil(v)
+  if v == cjson.null then return nil end
+  return v
+end
+
+local function primary_subtag(tag)
+  local i = string.find(tag, '-', 1, true)
+  if i then return string.sub(tag, 1, i - 1) end
+  return tag
+end
+
+-- validate::language_covers: the same tag, or a broader one (`de` serves `de-at`).
+local function language_covers(agent_tag, customer_tag)
+  if customer_tag == agent_tag then return true end
+  return #customer_tag > #agent_tag
+    and string.sub(customer_tag, 1, #agent_tag) == agent_tag
+    and string.sub(customer_tag, #agent_tag + 1, #agent_tag + 1) == '-'
+end
+
+-- validate::language_lookup_keys: `de-at` -> `de-at`, `de`.
+local function language_lookup_keys(tag)
+  local keys, stop = { tag }, #tag
+  while true do
+    local found = nil
+    for i = stop, 1, -1 do
+      if string.sub(tag, i, i) == '-' then found = i break end
+    end
+    if not found then return keys end
+    keys[#keys + 1] = string.sub(tag, 1, found - 1)
+    stop = found - 1
+  end
+end
+
+local function is_terminal(state)
+  return state == 'Completed' or state == 'Abandoned' or state == 'Expired'
+end
+
+-- ------------------------------------------------------------ JSON output
+
+local function js(s) return cjson.encode(s) end
+local function ji(n) return string.format('%d', n) end
+local function jb(b) if b then return 'true' end return 'false' end
+local function jos(s) if s == nil then return 'null' end return js(s) end
+local function joi(n) if n == nil then return 'null' end return ji(n) end
+local function jarr(list, render)
+  local out = {}
+  for i = 1, #list do out[i] = render(list[i]) end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+local function render_skill(s) return '{"name":' .. js(s.name) .. ',"level":' .. ji(s.level) .. '}' end
+
+local function render_offer_id(cid, attempt)
+  return '{"conversation_id":' .. js(cid) .. ',"attempt":' .. ji(attempt) .. '}'
+end
+
+local function render_offer_record(o)
+  return '{"attempt":' .. ji(o.attempt) .. ',"agent_id":' .. js(o.agent) .. ',"deadline":' .. ji(o.deadline)
+    .. ',"delivered":' .. jb(o.delivered) .. ',"outcome":' .. js(o.outcome) .. '}'
+end
+
+local function render_conversation(c, position, wait)
+  return '{"handoff":' .. c.handoff .. ',"state":' .. js(c.state) .. ',"agent_id":' .. jos(c.agent)
+    .. ',"reason":' .. js(c.reason) .. ',"created_at":' .. ji(c.created_at) .. ',"updated_at":' .. ji(c.updated_at)
+    .. ',"queued_since":' .. ji(c.queued_since) .. ',"assigned_at":' .. joi(c.assigned_at)
+    .. ',"attempts":' .. ji(c.attempts) .. ',"seq":' .. ji(c.seq) .. ',"excluded":' .. jarr(c.excluded, js)
+    .. ',"offers":' .. jarr(c.offers, render_offer_record) .. ',"disposition":' .. js(c.disposition)
+    .. ',"queue_position":' .. ji(position) .. ',"expected_wait_ms":' .. ji(wait) .. '}'
+end
+
+local function render_roster(e)
+  return '{"agent_id":' .. js(e.agent_id) .. ',"display_name":' .. js(e.display_name)
+    .. ',"skills":' .. jarr(e.skills, render_skill) .. ',"languages":' .. jarr(e.languages, js)
+    .. ',"max_capacity":' .. ji(e.max_capacity) .. ',"allowed_regions":' .. jarr(e.allowed_regions, js)
+    .. ',"attributes":' .. jarr(e.attributes, js) .. ',"token_epoch":' .. ji(e.token_epoch) .. '}'
+end
+
+-- ------------------------------------------------------------ errors
+
+local function err_not_found(what, id)
+  return '{"kind":"not_found","what":' .. js(what) .. ',"id":' .. js(id) .. '}'
+end
+local function err_precondition(message) return '{"kind":"precondition","message":' .. js(message) .. '}' end
+local function err_permission(message) return '{"kind":"permission","message":' .. js(message) .. '}' end
+local function offline_error(agent_id)
+  return err_precondition('agent `' .. agent_id .. '` is offline: go online first')
+end
+
+-- ------------------------------------------------------------ row cache
+
+local agents, conversations, rosters = {}, {}, {}
+local dirty_agents, dirty_conversations = {}, {}
+local events = {}
+
+local function agent_record(id)
+  local r = agents[id]
+  if r == nil then
+    local raw = redis.call('GET', k_agent(id))
+    if raw then r = cjson.decode(raw) else r = false end
+    agents[id] = r
+  end
+  return r or nil
+end
+
+local function session_of(id)
+  local r = agent_record(id)
+  if r then return r.session end
+  return nil
+end
+
+local function touch_agent(id) dirty_agents[id] = true end
+
+local function conversation(id)
+  local c = conversations[id]
+  if c == nil then
+    local raw = redis.call('GET', k_conv(id))
+    if raw then c = cjson.decode(raw) else c = false end
+    conversations[id] = c
+  end
+  return c or nil
+end
+
+local function touch_conversation(id) dirty_conversations[id] = true end
+
+local function roster_of(id)
+  local e = rosters[id]
+  if e == nil then
+    local raw = redis.call('HGET', K_ROSTER, id)
+    if raw then e = cjson.decode(raw) else e = false end
+    rosters[id] = e
+  end
+  return e or nil
+end
+
+-- Writes the changed rows and appends the events, once, at the end.
+local function flush()
+  for id in pairs(dirty_agents) do
+    local r = agents[id]
+    if r then redis.call('SET', k_agent(id), cjson.encode(r)) end
+  end
+  for id in pairs(dirty_conversations) do
+    local c = conversations[id]
+    if c then
+      redis.call('SET', k_conv(id), cjson.encode(c))
+    else
+      redis.call('DEL', k_conv(id))
+    end
+  end
+  for _, e in ipairs(events) do
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', settings.stream_max_len, '*', 'event', e)
+  end
+end
+
+-- ------------------------------------------------------------ sessions
+
+local function offerable(s)
+  return s.stream ~= nil and s.choice == 'available' and s.pending == nil and #s.active < s.capacity
+end
+
+local function status_of(s)
+  if s.choice == 'away' then return 'Away' end
+  local load = #s.active
+  if s.pending ~= nil then load = load + 1 end
+  if load >= s.capacity then return 'Busy' end
+  return 'Available'
+end
+
+local function skill_level(skills, name)
+  for _, s in ipairs(skills) do
+    if s.name == name then return s.level end
+  end
+  return nil
+end
+
+local function index_keys(s)
+  local keys = {}
+  for _, language in ipairs(s.languages) do
+    keys[#keys + 1] = k_avail(language, '*')
+    for _, skill in ipairs(s.skills) do keys[#keys + 1] = k_avail(language, skill.name) end
+  end
+  return keys
+end
+
+-- Puts the agent in the offerable index, or takes it out, as its session says.
+local function reindex(id)
+  local r = agent_record(id)
+  if not r or not r.session then return end
+  local s = r.session
+  local want = nil
+  if offerable(s) then want = s.idle_since end
+  if want == s.indexed then return end
+  local old = s.indexed
+  s.indexed = want
+  touch_agent(id)
+  for _, key in ipairs(index_keys(s)) do
+    if old ~= nil then redis.call('ZREM', key, id) end
+    if want ~= nil then redis.call('ZADD', key, want, id) end
+  end
+end
+
+local function unindex(id)
+  local r = agent_record(id)
+  if not r or not r.session or r.session.indexed == nil then return end
+  for _, key in ipairs(index_keys(r.session)) do redis.call('ZREM', key, id) end
+  r.session.indexed = nil
+  touch_agent(id)
+end
+
+local function render_presence(id)
+  local s = session_of(id)
+  local away_reason = ''
+  if s.choice == 'away' then away_reason = s.away_reason end
+  local pending = 'null'
+  if s.pending then pending = render_offer_id(s.pending.cid, s.pending.attempt) end
+  return '{"agent_id":' .. js(id) .. ',"status":' .. js(status_of(s)) .. ',"away_reason":' .. js(away_reason)
+    .. ',"skills":' .. jarr(s.skills, render_skill) .. ',"languages":' .. jarr(s.languages, js)
+    .. ',"capacity":' .. ji(s.capacity) .. ',"active_conversations":' .. ji(#s.active)
+    .. ',"stream_attached":' .. jb(s.stream ~= nil) .. ',"online_since":' .. ji(s.online_since)
+    .. ',"last_heartbeat":' .. ji(s.last_heartbeat) .. ',"lease_expires":' .. ji(s.lease_expires)
+    .. ',"idle_since":' .. ji(s.idle_since) .. ',"pending_offer":' .. pending .. '}'
+end
+
+-- ------------------------------------------------------------ conversations
+
+local function pending_offer(c)
+  if c.state ~= 'Offered' then return nil end
+  local last = c.offers[#c.offers]
+  if last and last.outcome == 'Pending' then return last end
+  return nil
+end
+
+local function offer_record(c, attempt)
+  for _, o in ipairs(c.offers) do
+    if o.attempt == attempt then return o end
+  end
+  return nil
+end
+
+local function push_event(agent_id, seq, kind)
+  events[#events + 1] = '{"pool":' .. js(pool) .. ',"at":' .. ji(now) .. ',"agent_id":' .. jos(agent_id)
+    .. ',"seq":' .. ji(seq) .. ',"kind":' .. kind .. '}'
+end
+
+-- Appends an event for a conversation, bumping its sequence number; the
+-- event carries the conversation as stored (no queue position).
+local function emit(cid, agent_id, make_kind)
+  local c = conversation(cid)
+  if not c then return end
+  c.seq = c.seq + 1
+  touch_conversation(cid)
+  push_event(agent_id, c.seq, make_kind(render_conversation(c, 0, 0)))
+end
+
+local function notice(agent_id, code, message, status)
+  push_event(agent_id, 0, '{"Notice":{"code":' .. js(code) .. ',"message":' .. js(message)
+    .. ',"status":' .. js(status) .. '}}')
+end
+
+-- Group of identical requirements: `language|skill:level,...|=region`.
+-- Languages and skill names cannot contain `|`, `,` or `:`; the region is
+-- last, so it may contain anything.
+local function group_id(c)
+  local parts = {}
+  for i, s in ipairs(c.skills) do parts[i] = s.name .. ':' .. ji(s.level) end
+  local region = ''
+  if c.region ~= nil then region = '=' .. c.region end
+  return c.language .. '|' .. table.concat(parts, ',') .. '|' .. region
+end
+
+local function parse_group(gid)
+  local a = string.find(gid, '|', 1, true)
+  local b = string.find(gid, '|', a + 1, true)
+  local skills = {}
+  for name, level in string.gmatch(string.sub(gid, a + 1, b - 1), '([^,:]+):(%d+)') do
+    skills[#skills + 1] = { name = name, level = tonumber(level) }
+  end
+  local rest = string.sub(gid, b + 1)
+  local region = nil
+  if rest ~= '' then region = string.sub(rest, 2) end
+  return string.sub(gid, 1, a - 1), skills, region
+end
+
+-- Queue member: fixed-width `inverted priority|queued since|arrival|id`, all
+-- members scored 0, so ZRANGE is the engine's QueueKey order (higher
+-- priority, then longer waiting, then arrival) and ZRANK the queue position.
+local function queue_member(c, arrival)
+  return string.format('%d|%015d|%012d|%s', 9 - c.priority, c.queued_since, arrival, c.id)
+end
+
+local function member_order(m)
+  local p = split(m, '|')
+  return tonumber(p[1]), tonumber(p[2]), tonumber(p[3]), p[4]
+end
+
+local function member_less(a, b)
+  local a1, a2, a3 = member_order(a)
+  local b1, b2, b3 = member_order(b)
+  if a1 ~= b1 then return a1 < b1 end
+  if a2 ~= b2 then return a2 < b2 end
+  return a3 < b3
+end
+
+local function enqueue(cid)
+  local c = conversation(cid)
+  if not c then return end
+  local gid = group_id(c)
+  local arrival = redis.call('INCR', K_ARRIVALS)
+  local member = queue_member(c, arrival)
+  redis.call('SADD', k_group_language(primary_subtag(c.language)), gid)
+  redis.call('SADD', K_GROUPS, gid)
+  redis.call('ZADD', k_queue(gid), 0, member)
+  redis.call('ZADD', k_queue_age(gid), c.queued_since, cid)
+  c.group = gid
+  c.member = member
+  touch_conversation(cid)
+end
+
+local function dequeue(cid)
+  local c = conversation(cid)
+  if not c or c.group == nil then return end
+  local gid = c.group
+  redis.call('ZREM', k_queue(gid), c.member)
+  redis.call('ZREM', k_queue_age(gid), cid)
+  if redis.call('ZCARD', k_queue(gid)) == 0 then
+    redis.call('SREM', K_GROUPS, gid)
+    redis.call('SREM', k_group_language(primary_subtag(c.language)), gid)
+  end
+  c.group = nil
+  c.member = nil
+  touch_conversation(cid)
+end
+
+local function queue_position(c)
+  if c.group == nil then return 0 end
+  return redis.call('ZRANK', k_queue(c.group), c.member) or 0
+end
+
+-- The pool's recent rate of first offers, over the last RATE_WINDOW.
+local function expected_wait_ms(position)
+  local count = redis.call('LLEN', K_FIRST_OFFERS)
+  if count == 0 then return -1 end
+  local oldest = tonumber(redis.call('LINDEX', K_FIRST_OFFERS, 0))
+  local span = now - oldest
+  if span < 1 then span = 1 end
+  local per_ms = count / span
+  return math.floor((position + 1) / per_ms + 0.5)
+end
+
+local function view(c)
+  if c.state == 'Queued' then
+    local position = queue_position(c)
+    return render_conversation(c, position, expected_wait_ms(position))
+  end
+  return render_conversation(c, 0, 0)
+end
+
+local function render_snapshot(id)
+  local s = session_of(id)
+  local offers = {}
+  if s.pending then
+    local c = conversation(s.pending.cid)
+    local o = c and pending_offer(c)
+    if o then offers[1] = '[' .. render_offer_record(o) .. ',' .. render_conversation(c, 0, 0) .. ']' end
+  end
+  local assignments = {}
+  for _, cid in ipairs(s.active) do
+    local c = conversation(cid)
+    if c then assignments[#assignments + 1] = render_conversation(c, 0, 0) end
+  end
+  local away_reason = ''
+  if s.choice == 'away' then away_reason = s.away_reason end
+  return '{"status":' .. js(status_of(s)) .. ',"away_reason":' .. js(away_reason) .. ',"offers":['
+    .. table.concat(offers, ',') .. '],"assignments":[' .. table.concat(assignments, ',') .. ']}'
+end
+
+-- ------------------------------------------------------------ deadlines
+
+-- Members are `<kind>|<fields>` with the kind numbered in the engine's
+-- `Deadline` variant order, so entries due at the same millisecond are
+-- handled in the same order as in memory. NX: an earlier pending entry for
+-- the same thing stays (it fires first, as in the engine's set).
+local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', at, member) end
+local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, at, '4|' .. agent_id) end
+
+local function finish(cid)
+  deadline_at(now + settings.retention, '6|' .. cid)
+end
+
+-- ------------------------------------------------------------ matching
+
+-- engine::eligible: skills at level, language, region, not excluded.
+local function fits(agent_id, s, c)
+  local roster = roster_of(agent_id)
+  if not roster then return false end
+  if contains(c.excluded, agent_id) then return false end
+  local language_ok = false
+  for _, l in ipairs(s.languages) do
+    if language_covers(l, c.language) then language_ok = true break end
+  end
+  if not language_ok then return false end
+  for _, required in ipairs(c.skills) do
+    local level = skill_level(s.skills, required.name)
+    if level == nil or level < required.level then return false end
+  end
+  if c.region ~= nil then return contains(roster.allowed_regions, c.region) end
+  return true
+end
+
+local make_offer
+
+-- A queued conversation looks for the best offerable, eligible agent: the
+-- preferred agent first, else per language key the smallest index set its
+-- skills touch, walked from the longest idle.
+local function dispatch_conversation(cid)
+  local c = conversation(cid)
+  if not c or c.state ~= 'Queued' then return end
+  local best_agent, best_score = nil, nil
+  if c.preferred ~= nil then
+    local s = session_of(c.preferred)
+    if s and offerable(s) and fits(c.preferred, s, c) then best_agent = c.preferred end
+  end
+  if best_agent == nil then
+    for _, language in ipairs(language_lookup_keys(c.language)) do
+      local key = nil
+      if #c.skills == 0 then
+        key = k_avail(language, '*')
+      else
+        local smallest, smallest_size, missing = nil, nil, false
+        for _, required in ipairs(c.skills) do
+          local candidate = k_avail(language, required.name)
+          local size = redis.call('ZCARD', candidate)
+          if size == 0 then
+            missing = true
+          elseif smallest == nil or size < smallest_size then
+            smallest, smallest_size = candidate, size
+          end
+        end
+        if not missing then key = smallest end
+      end
+      if key then
+        local start, found, found_score = 0, nil, nil
+        while found == nil do
+          local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1, 'WITHSCORES')
+          if #chunk == 0 then break end
+          for i = 1, #chunk, 2 do
+            local candidate = chunk[i]
+            local s = session_of(candidate)
+            if s and fits(candidate, s, c) then
+              found, found_score = candidate, tonumber(chunk[i + 1])
+              break
+            end
+          end
+          start = start + SCAN_CHUNK
+        end
+        if found and (best_score == nil or found_score < best_score) then
+          best_agent, best_score = found, found_score
+        end
+      end
+    end
+  end
+  if best_agent then make_offer(cid, best_agent) end
+end
+
+-- An agent with spare capacity looks at the heads of the queue groups it
+-- can serve (never at the whole queue) and takes the best waiting one.
+local function dispatch_agent(agent_id)
+  local s = session_of(agent_id)
+  if not s or not offerable(s) then return end
+  local roster = roster_of(agent_id)
+  if not roster then return end
+  local best_member, best_cid = nil, nil
+  local seen_primaries = {}
+  for _, language in ipairs(s.languages) do
+    local primary = primary_subtag(language)
+    if not seen_primaries[primary] then
+      seen_primaries[primary] = true
+      local gids = redis.call('SMEMBERS', k_group_language(primary))
+      table.sort(gids, byte_less)
+      for _, gid in ipairs(gids) do
+        local group_language, group_skills, group_region = parse_group(gid)
+        local ok = false
+        for _, l in ipairs(s.languages) do
+          if language_covers(l, group_language) then ok = true break end
+        end
+        if ok then
+          for _, required in ipairs(group_skills) do
+            local level = skill_level(s.skills, required.name)
+            if level == nil or level < required.level then ok = false break end
+          end
+        end
+        if ok and group_region ~= nil then ok = contains(roster.allowed_regions, group_region) end
+        if ok then
+          -- The head, skipping conversations this agent declined or missed.
+          local start, head, head_cid = 0, nil, nil
+          while head == nil do
+            local chunk = redis.call('ZRANGE', k_queue(gid), start, start + SCAN_CHUNK - 1)
+            if #chunk == 0 then break end
+            for _, member in ipairs(chunk) do
+              local _, _, _, cid = member_order(member)
+              local c = conversation(cid)
+              if c and not contains(c.excluded, agent_id) then
+                head, head_cid = member, cid
+                break
+              end
+            end
+            start = start + SCAN_CHUNK
+          end
+          if head and (best_member == nil or member_less(head, best_member)) then
+            best_member, best_cid = head, head_cid
+          end
+        end
+      end
+    end
+  end
+  if best_cid then make_offer(best_cid, agent_id) end
+end
+
+make_offer = function(cid, agent_id)
+  dequeue(cid)
+  local c = conversation(cid)
+  if not c then return end
+  c.attempts = c.attempts + 1
+  local attempt = c.attempts
+  local deadline = now + settings.offer_timeout
+  c.offers[#c.offers + 1] = { attempt = attempt, agent = agent_id, deadline = deadline, delivered = false, outcome = 'Pending' }
+  c.state = 'Offered'
+  c.agent = agent_id
+  c.updated_at = now
+  touch_conversation(cid)
+  if attempt == 1 then
+    redis.call('RPUSH', K_FIRST_OFFERS, now)
+    redis.call('LTRIM', K_FIRST_OFFERS, -RATE_WINDOW, -1)
+  end
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.offers = r.shift.offers + 1
+    if r.session then r.session.pending = { cid = cid, attempt = attempt } end
+    touch_agent(agent_id)
+  end
+  reindex(agent_id)
+  deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. attempt)
+  deadline_at(deadline, '2|' .. cid .. '|' .. attempt)
+  emit(cid, agent_id, function(rendered)
+    return '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
+      .. ',"conversation":' .. rendered .. '}}'
+  end)
+end
+
+-- Ends the pending offer `attempt` with `outcome`: the agent's reservation
+-- is released and, unless accepted, the agent is told it is revoked.
+local function close_offer(cid, attempt, outcome, reason)
+  local c = conversation(cid)
+  if not c then return end
+  local o = offer_record(c, attempt)
+  if not o then return end
+  o.outcome = outcome
+  touch_conversation(cid)
+  local agent_id = o.agent
+  local s = session_of(agent_id)
+  if s and s.pending and s.pending.cid == cid and s.pending.attempt == attempt then
+    s.pending = nil
+    touch_agent(agent_id)
+  end
+  if outcome ~= 'Accepted' then
+    emit(cid, agent_id, function(rendered)
+      return '{"OfferRevoked":{"offer":' .. render_offer_id(cid, attempt) .. ',"reason":' .. js(reason)
+        .. ',"conversation":' .. rendered .. '}}'
+    end)
+  end
+  reindex(agent_id)
+end
+
+-- Back to the queue with a reason; it keeps its original waiting time.
+local function requeue(cid, reason)
+  local c = conversation(cid)
+  if not c or is_terminal(c.state) or c.state == 'Queued' then return end
+  c.state = 'Queued'
+  c.agent = nil
+  c.assigned_at = nil
+  c.reason = reason
+  c.updated_at = now
+  touch_conversation(cid)
+  enqueue(cid)
+  emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+end
+
+local function withdraw_undelivered(cid, attempt)
+  local c = conversation(cid)
+  local o = c and offer_record(c, attempt)
+  local agent_id = o and o.agent
+  close_offer(cid, attempt, 'Withdrawn', 'offer not delivered')
+  -- The agent's stream is evidently not carrying events: offer it nothing
+  -- more until it subscribes again.
+  if agent_id then
+    local s = session_of(agent_id)
+    if s then
+      s.stream = nil
+      touch_agent(agent_id)
+    end
+    reindex(agent_id)
+  end
+  requeue(cid, 'offer not delivered')
+  dispatch_conversation(cid)
+end
+
+local function offer_timed_out(cid, o)
+  local agent_id = o.agent
+  close_offer(cid, o.attempt, 'TimedOut', 'offer timed out')
+  local c = conversation(cid)
+  if c then
+    c.excluded = insert_sorted(c.excluded, agent_id)
+    touch_conversation(cid)
+  end
+  local threshold = settings.misses_before_away
+  local now_away = false
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.missed = r.shift.missed + 1
+    if r.session then
+      r.session.misses = r.session.misses + 1
+      if threshold > 0 and r.session.misses >= threshold then
+        r.session.choice = 'away'
+        r.session.away_reason = 'missed_offers'
+        now_away = true
+      end
+    end
+    touch_agent(agent_id)
+  end
+  if now_away then
+    reindex(agent_id)
+    notice(agent_id, 'missed_offers', ji(threshold) .. ' offers in a row were missed: set away', 'Away')
+  end
+  requeue(cid, 'offer timed out')
+  dispatch_conversation(cid)
+  dispatch_agent(agent_id)
+end
+
+local function expire(cid)
+  local c = conversation(cid)
+  if not c then return end
+  if c.state == 'Queued' then
+    dequeue(cid)
+  elseif c.state == 'Offered' then
+    local o = pending_offer(c)
+    if o then close_offer(cid, o.attempt, 'Withdrawn', 'maximum wait exceeded') end
+  else
+    return
+  end
+  c.state = 'Expired'
+  c.agent = nil
+  c.reason = 'no agent within the maximum wait'
+  c.updated_at = now
+  touch_conversation(cid)
+  finish(cid)
+  emit(cid, nil, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+end
+
+-- Offline at once: pending offer withdrawn, assigned conversations requeued.
+local function go_offline(agent_id, reason)
+  unindex(agent_id)
+  local r = agent_record(agent_id)
+  if not r or not r.session then return {} end
+  local s = r.session
+  r.session = nil
+  r.shift.ended_at = now
+  touch_agent(agent_id)
+  redis.call('ZREM', K_DEADLINES, '4|' .. agent_id)
+  redis.call('SREM', K_ONLINE, agent_id)
+  local requeued = {}
+  if s.pending then
+    close_offer(s.pending.cid, s.pending.attempt, 'Withdrawn', reason)
+    requeue(s.pending.cid, reason)
+    requeued[#requeued + 1] = s.pending.cid
+  end
+  for _, cid in ipairs(s.active) do
+    requeue(cid, reason)
+    requeued[#requeued + 1] = cid
+  end
+  notice(agent_id, 'offline', reason, 'Offline')
+  for _, cid in ipairs(requeued) do dispatch_conversation(cid) end
+  return requeued
+end
+
+-- ------------------------------------------------------------ sweep
+
+local function act_on_deadline(member)
+  local p = split(member, '|')
+  local kind = p[1]
+  if kind == '1' then
+    local c = conversation(p[2])
+    local o = c and pending_offer(c)
+    if o and o.attempt == tonumber(p[3]) and not o.delivered then withdraw_undelivered(p[2], o.attempt) end
+  elseif kind == '2' then
+    local c = conversation(p[2])
+    local o = c and pending_offer(c)
+    if o and o.attempt == tonumber(p[3]) then offer_timed_out(p[2], o) end
+  elseif kind == '3' then
+    local s = session_of(p[2])
+    local still_detached = s ~= nil and s.stream == nil
+    local c = conversation(p[3])
+    local o = c and pending_offer(c)
+    if still_detached and o and o.attempt == tonumber(p[4]) and o.agent == p[2] then
+      withdraw_undelivered(p[3], o.attempt)
+    end
+  elseif kind == '4' then
+    local s = session_of(p[2])
+    if s and s.lease_expires <= now then go_offline(p[2], 'agent lost') end
+  elseif kind == '5' then
+    expire(p[2])
+  elseif kind == '6' then
+    local c = conversation(p[2])
+    if c and is_terminal(c.state) then
+      conversations[p[2]] = false
+      touch_conversation(p[2])
+    end
+  end
+end
+
+-- Pops what is due, oldest first, one at a time (acting on one deadline may
+-- add or remove others). Atomic with the rest of the script, so two
+-- sweepers never act on the same entry. Returns whether the limit stopped it.
+local function sweep(limit)
+  local done = 0
+  while done < limit do
+    local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1)
+    if #due == 0 then return false end
+    redis.call('ZREM', K_DEADLINES, due[1])
+    act_on_deadline(due[1])
+    done = done + 1
+  end
+  return #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1) > 0
+end
+
+-- ------------------------------------------------------------ commands
+
+local commands = {}
+
+function commands.upsert_roster()
+  local entry = cjson.decode(arg(1))
+  local id = entry.agent_id
+  local old = roster_of(id)
+  local created = old == nil
+  if old and old.token_epoch > entry.token_epoch then entry.token_epoch = old.token_epoch end
+  local rendered = render_roster(entry)
+  redis.call('HSET', K_ROSTER, id, rendered)
+  rosters[id] = entry
+  return '[' .. rendered .. ',' .. jb(created) .. ']'
+end
+
+function commands.go_online()
+  local id = arg(1)
+  local request = cjson.decode(arg(2))
+  local self_register = arg(3) == '1'
+  local location = arg(4)
+  if location == '' then location = nil end
+  local capacity = nil
+  if arg(5) ~= '' then capacity = tonumber(arg(5)) end
+  local roster = roster_of(id)
+  if not roster then
+    if not self_register then return nil, err_not_found('roster entry for agent', id) end
+    local languages = request.languages
+    if #languages == 0 then languages = { 'en' } end
+    roster = {
+      agent_id = id, display_name = id, skills = request.skills, languages = languages,
+      max_capacity = capacity or 1, allowed_regions = {}, attributes = {}, token_epoch = 0,
+    }
+    redis.call('HSET', K_ROSTER, id, render_roster(roster))
+    rosters[id] = roster
+  end
+  -- Narrowing only: widening the roster entry is refused naming the field.
+  local skills = roster.skills
+  if #request.skills > 0 then
+    for i, skill in ipairs(request.skills) do
+      local level = skill_level(roster.skills, skill.name)
+      if level == nil then
+        return nil, err_permission('`skills[' .. ji(i - 1) .. ']`: skill `' .. skill.name .. '` is not in the roster entry')
+      end
+      if skill.level > level then
+        return nil, err_permission('`skills[' .. ji(i - 1) .. '].level`: ' .. ji(skill.level)
+          .. ' is above the roster level ' .. ji(level) .. ' for `' .. skill.name .. '`')
+      end
+    end
+    skills = request.skills
+  end
+  local languages = roster.languages
+  if #request.languages > 0 then
+    for i, language in ipairs(request.languages) do
+      if not contains(roster.languages, language) then
+        return nil, err_permission('`languages[' .. ji(i - 1) .. ']`: `' .. language .. '` is not in the roster entry')
+      end
+    end
+    languages = request.languages
+  end
+  local max_capacity = roster.max_capacity
+  if capacity ~= nil and capacity > max_capacity then
+    return nil, err_permission('`capacity`: ' .. ji(capacity) .. ' is above the roster maximum ' .. ji(max_capacity))
+  end
+  capacity = capacity or max_capacity
+
+  unindex(id)
+  local r = agent_record(id)
+  if not r then
+    r = {}
+    agents[id] = r
+    redis.call('SADD', K_AGENTS, id)
+  end
+  touch_agent(id)
+  if r.session then
+    local s = r.session
+    s.skills, s.languages, s.capacity = skills, languages, capacity
+    if location then s.location = location end
+    s.last_heartbeat = now
+    s.lease_expires = now + settings.lease
+    lease_deadline(id, s.lease_expires)
+  else
+    r.session = {
+      skills = skills, languages = languages, capacity = capacity, location = location,
+      choice = 'available', away_reason = '', active = {}, online_since = now,
+      last_heartbeat = now, lease_expires = now + settings.lease, idle_since = now, misses = 0,
+    }
+    r.shift = {
+      started_at = now, offers = 0, accepted = 0, declined = 0, missed = 0, completed = 0, handle_ms_total = 0,
+    }
+    lease_deadline(id, now + settings.lease)
+    redis.call('SADD', K_ONLINE, id)
+    notice(id, 'online', 'agent is online', 'Available')
+  end
+  reindex(id)
+  dispatch_agent(id)
+  return render_presence(id)
+end
+
+function commands.attach_stream()
+  local id = arg(1)
+  local s = session_of(id)
+  if not s then return nil, offline_error(id) end
+  local stream_id = redis.call('INCR', K_STREAM_IDS)
+  s.stream = stream_id
+  touch_agent(id)
+  reindex(id)
+  dispatch_agent(id)
+  return '[' .. ji(stream_id) .. ',' .. render_snapshot(id) .. ']'
+end
+
+function commands.detach_stream()
+  local id, stream_id = arg(1), tonumber(arg(2))
+  local s = session_of(id)
+  if not s or s.stream ~= stream_id then return 'null' end
+  s.stream = nil
+  touch_agent(id)
+  -- A pending offer stays for the grace period, so an app that reconnects
+  -- at once still sees it; after that it is withdrawn (not a miss).
+  if s.pending then
+    deadline_at(now + settings.delivery_grace, '3|' .. id .. '|' .. s.pending.cid .. '|' .. s.pending.attempt)
+  end
+  reindex(id)
+  return 'null'
+end
+
+function commands.heartbeat()
+  local id, location = arg(1), arg(2)
+  local s = session_of(id)
+  if not s then return nil, offline_error(id) end
+  s.last_heartbeat = now
+  s.lease_expires = now + settings.lease
+  if location ~= '' then s.location = location end
+  touch_agent(id)
+  lease_deadline(id, s.lease_expires)
+  return render_presence(id)
+end
+
+function commands.set_status()
+  local id, choice, reason = arg(1), arg(2), arg(3)
+  local s = session_of(id)
+  if not s then return nil, offline_error(id) end
+  if choice == 'available' then
+    s.misses = 0
+    s.away_reason = ''
+  else
+    s.away_reason = reason
+  end
+  s.choice = choice
+  touch_agent(id)
+  local status = status_of(s)
+  reindex(id)
+  notice(id, 'status_changed', 'status changed', status)
+  dispatch_agent(id)
+  return js(status_of(session_of(id)))
+end
+
+function commands.go_offline()
+  return jarr(go_offline(arg(1), arg(2)), js)
+end
+
+function commands.request()
+  local handoff = arg(1)
+  local routing = cjson.decode(arg(2))
+  local cid = routing.conversation_id
+  local existing = conversation(cid)
+  -- The same id: returned as it stands; the Rust side compares payloads.
+  if existing then return '[' .. view(existing) .. ',false]' end
+  local c = {
+    id = cid, handoff = handoff, language = routing.language, skills = routing.required_skills,
+    priority = routing.priority, region = null_to_nil(routing.region),
+    preferred = null_to_nil(routing.preferred_agent), state = 'Queued', reason = '',
+    created_at = now, updated_at = now, queued_since = now, attempts = 0, seq = 0,
+    excluded = {}, offers = {}, disposition = '',
+  }
+  conversations[cid] = c
+  touch_conversation(cid)
+  deadline_at(now + settings.max_wait, '5|' .. cid)
+  enqueue(cid)
+  emit(cid, nil, function(rendered) return '{"Queued":{"conversation":' .. rendered .. '}}' end)
+  dispatch_conversation(cid)
+  return '[' .. view(c) .. ',true]'
+end
+
+function commands.offer_delivered()
+  local agent_id, cid, attempt = arg(1), arg(2), tonumber(arg(3))
+  local c = conversation(cid)
+  local o = c and offer_record(c, attempt)
+  if o and o.agent == agent_id then
+    o.delivered = true
+    touch_conversation(cid)
+  end
+  return 'null'
+end
+
+local CLOSED = {
+  Accepted = 'was already accepted',
+  Declined = 'was declined',
+  TimedOut = 'has expired',
+  Withdrawn = 'was withdrawn',
+  Pending = 'is pending',
+}
+
+-- The offer record if it exists and is this agent's.
+local function offer_for(agent_id, cid, attempt)
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  local o = offer_record(c, attempt)
+  local name = cid .. '#' .. ji(attempt)
+  if not o then
+    return nil, err_precondition('offer `' .. name .. '` does not exist (the conversation is at attempt '
+      .. ji(c.attempts) .. ')')
+  end
+  if o.agent ~= agent_id then
+    return nil, err_permission('offer `' .. name .. '` was made to another agent')
+  end
+  return o
+end
+
+function commands.accept()
+  local agent_id, cid, attempt = arg(1), arg(2), tonumber(arg(3))
+  local o, err = offer_for(agent_id, cid, attempt)
+  if not o then return nil, err end
+  local name = cid .. '#' .. ji(attempt)
+  if o.outcome == 'Accepted' then return view(conversation(cid)) end
+  if o.outcome == 'Pending' and o.deadline <= now then
+    sweep(settings.sweep_limit)
+    return nil, err_precondition('offer `' .. name .. '` has expired')
+  end
+  if o.outcome ~= 'Pending' then return nil, err_precondition('offer `' .. name .. '` ' .. CLOSED[o.outcome]) end
+  close_offer(cid, attempt, 'Accepted', '')
+  local c = conversation(cid)
+  c.state = 'Assigned'
+  c.agent = agent_id
+  c.assigned_at = now
+  c.reason = ''
+  c.updated_at = now
+  touch_conversation(cid)
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.accepted = r.shift.accepted + 1
+    if r.session then
+      r.session.active = insert_sorted(r.session.active, cid)
+      r.session.misses = 0
+    end
+    touch_agent(agent_id)
+  end
+  emit(cid, agent_id, function(rendered) return '{"Assigned":{"conversation":' .. rendered .. '}}' end)
+  reindex(agent_id)
+  dispatch_agent(agent_id)
+  return view(c)
+end
+
+function commands.decline()
+  local agent_id, cid, attempt, reason = arg(1), arg(2), tonumber(arg(3)), arg(4)
+  local o, err = offer_for(agent_id, cid, attempt)
+  if not o then return nil, err end
+  if o.outcome == 'Declined' then return 'null' end
+  if o.outcome ~= 'Pending' then
+    return nil, err_precondition('offer `' .. cid .. '#' .. ji(attempt) .. '` ' .. CLOSED[o.outcome])
+  end
+  local why = 'declined'
+  if reason ~= '' then why = 'declined: ' .. reason end
+  close_offer(cid, attempt, 'Declined', why)
+  local c = conversation(cid)
+  c.excluded = insert_sorted(c.excluded, agent_id)
+  touch_conversation(cid)
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.declined = r.shift.declined + 1
+    touch_agent(agent_id)
+  end
+  requeue(cid, why)
+  dispatch_conversation(cid)
+  dispatch_agent(agent_id)
+  return 'null'
+end
+
+function commands.complete()
+  local agent_id, cid, disposition = arg(1), arg(2), arg(3)
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if c.state == 'Completed' and c.agent == agent_id then return view(c) end
+  if not (c.state == 'Assigned' and c.agent == agent_id) then
+    return nil, err_precondition('conversation `' .. cid .. '` is not assigned to agent `' .. agent_id .. '`')
+  end
+  local assigned_at = c.assigned_at or now
+  c.state = 'Completed'
+  c.disposition = disposition
+  c.reason = 'completed by agent'
+  c.updated_at = now
+  touch_conversation(cid)
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.completed = r.shift.completed + 1
+    r.shift.handle_ms_total = r.shift.handle_ms_total + math.max(now - assigned_at, 0)
+    if r.session then
+      r.session.active = without(r.session.active, cid)
+      if #r.session.active == 0 then r.session.idle_since = now end
+    end
+    touch_agent(agent_id)
+  end
+  finish(cid)
+  emit(cid, agent_id, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  reindex(agent_id)
+  dispatch_agent(agent_id)
+  return view(c)
+end
+
+function commands.cancel()
+  local cid, reason = arg(1), arg(2)
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if is_terminal(c.state) then return view(c) end
+  local why = 'cancelled by gateway'
+  if reason ~= '' then why = 'cancelled by gateway: ' .. reason end
+  local state = c.state
+  local holder = c.agent
+  if state == 'Queued' then
+    dequeue(cid)
+  elseif state == 'Offered' then
+    local o = pending_offer(c)
+    if o then close_offer(cid, o.attempt, 'Withdrawn', why) end
+  elseif state == 'Assigned' and holder then
+    local s = session_of(holder)
+    if s then
+      s.active = without(s.active, cid)
+      if #s.active == 0 then s.idle_since = now end
+      touch_agent(holder)
+    end
+  end
+  c.state = 'Abandoned'
+  c.reason = why
+  c.updated_at = now
+  touch_conversation(cid)
+  local notify = nil
+  if state == 'Assigned' then notify = holder end
+  finish(cid)
+  emit(cid, notify, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  if holder then
+    reindex(holder)
+    dispatch_agent(holder)
+  end
+  return view(c)
+end
+
+function commands.sweep()
+  local more = sweep(settings.sweep_limit)
+  local first = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
+  local next_deadline = 'null'
+  if #first > 0 then next_deadline = ji(tonumber(first[2])) end
+  return '{"next":' .. next_deadline .. ',"more":' .. jb(more) .. '}'
+end
+
+-- Queries: read only, no sweep first (as the in-memory store).
+local queries = {}
+
+function queries.conversation()
+  local cid = arg(1)
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  return view(c)
+end
+
+function queries.agent_snapshot()
+  local id = arg(1)
+  if not session_of(id) then return nil, offline_error(id) end
+  return render_snapshot(id)
+end
+
+function queries.agents()
+  local out = {}
+  for _, id in ipairs(redis.call('SMEMBERS', K_ONLINE)) do
+    if session_of(id) then out[#out + 1] = render_presence(id) end
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+-- Depth and longest wait per required skill, from the groups.
+function queries.queue_stats()
+  local by_skill, names = {}, {}
+  local total_queued = 0
+  for _, gid in ipairs(redis.call('SMEMBERS', K_GROUPS)) do
+    local depth = redis.call('ZCARD', k_queue(gid))
+    local oldest = redis.call('ZRANGE', k_queue_age(gid), 0, 0, 'WITHSCORES')
+    local longest = 0
+    if #oldest > 0 then longest = math.max(now - tonumber(oldest[2]), 0) end
+    total_queued = total_queued + depth
+    local _, skills = parse_group(gid)
+    local group_names = {}
+    if #skills == 0 then group_names = { '*' } end
+    for _, s in ipairs(skills) do group_names[#group_names + 1] = s.name end
+    for _, name in ipairs(group_names) do
+      local entry = by_skill[name]
+      if not entry then
+        entry = { depth = 0, longest = 0 }
+        by_skill[name] = entry
+        names[#names + 1] = name
+      end
+      entry.depth = entry.depth + depth
+      entry.longest = math.max(entry.longest, longest)
+    end
+  end
+  table.sort(names, byte_less)
+  local queues = {}
+  for i, name in ipairs(names) do
+    queues[i] = '{"skill":' .. js(name) .. ',"depth":' .. ji(by_skill[name].depth) .. ',"longest_wait_ms":'
+      .. ji(by_skill[name].longest) .. '}'
+  end
+  local online, available, assigned, offered = 0, 0, 0, 0
+  for _, id in ipairs(redis.call('SMEMBERS', K_ONLINE)) do
+    local s = session_of(id)
+    if s then
+      online = online + 1
+      if offerable(s) then available = available + 1 end
+      assigned = assigned + #s.active
+      if s.pending then offered = offered + 1 end
+    end
+  end
+  return '{"queues":[' .. table.concat(queues, ',') .. '],"total_queued":' .. ji(total_queued)
+    .. ',"total_offered":' .. ji(offered) .. ',"total_assigned":' .. ji(assigned)
+    .. ',"agents_online":' .. ji(online) .. ',"agents_available":' .. ji(available) .. '}'
+end
+
+function queries.shift_stats()
+  local out = {}
+  for _, id in ipairs(redis.call('SMEMBERS', K_AGENTS)) do
+    local r = agent_record(id)
+    if r then
+      local shift = r.shift
+      local stop = now
+      if not r.session and shift.ended_at then stop = shift.ended_at end
+      out[#out + 1] = '{"agent_id":' .. js(id) .. ',"online":' .. jb(r.session ~= nil) .. ',"online_ms":'
+        .. ji(math.max(stop - shift.started_at, 0)) .. ',"shift":{"started_at":' .. ji(shift.started_at)
+        .. ',"ended_at":' .. joi(shift.ended_at) .. ',"offers":' .. ji(shift.offers) .. ',"accepted":'
+        .. ji(shift.accepted) .. ',"declined":' .. ji(shift.declined) .. ',"missed":' .. ji(shift.missed)
+        .. ',"completed":' .. ji(shift.completed) .. ',"handle_ms_total":' .. ji(shift.handle_ms_total) .. '}}'
+    end
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+-- ------------------------------------------------------------ entry point
+
+local function reply(value, err)
+  local list = '[' .. table.concat(events, ',') .. ']'
+  if err then return '{"status":"err","error":' .. err .. ',"events":' .. list .. '}' end
+  return '{"status":"ok","value":' .. value .. ',"events":' .. list .. '}'
+end
+
+if queries[command] then
+  return reply(queries[command]())
+end
+
+local run = commands[command]
+if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
+-- Deadlines due are acted on first, so a command never sees an offer or a
+-- lease that has already run out (as the in-memory store does).
+if command ~= 'sweep' then sweep(settings.sweep_limit) end
+local value, err = run()
+-- A refused command changes nothing itself, but what the sweep did stays.
+flush()
+return reply(value, err)

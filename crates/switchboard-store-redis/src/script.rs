@@ -1,0 +1,181 @@
+//! The one Lua script (`dispatch.lua`) and its calling convention: which
+//! command, which arguments, and how its JSON reply becomes a value, events
+//! or a domain error.
+//!
+//! # Design
+//!
+//! One script with the command as its first argument, not one per command:
+//! one SHA to load after a Redis restart, and the shared helpers (matching,
+//! offers, sweep) exist once. The reply is a JSON document in serde's
+//! shapes, so the Rust side is a single `serde_json::from_str` per call.
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use switchboard_core::{DispatchSettings, DomainError, Event};
+use switchboard_store::StoreError;
+
+/// The script source. Loaded once per connection (EVALSHA, reloaded by
+/// `Script::invoke_async` after NOSCRIPT).
+pub const SOURCE: &str = include_str!("dispatch.lua");
+
+/// How many deadlines one script acts on before returning; a long backlog
+/// (after an outage) is worked off by further sweeps rather than by one
+/// script that blocks Redis.
+pub const SWEEP_LIMIT: u32 = 1_000;
+
+/// The script's commands (its first argument).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    UpsertRoster,
+    GoOnline,
+    AttachStream,
+    DetachStream,
+    Heartbeat,
+    SetStatus,
+    GoOffline,
+    Request,
+    OfferDelivered,
+    Accept,
+    Decline,
+    Complete,
+    Cancel,
+    Sweep,
+    Conversation,
+    AgentSnapshot,
+    Agents,
+    QueueStats,
+    ShiftStats,
+}
+
+impl Command {
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::UpsertRoster => "upsert_roster",
+            Command::GoOnline => "go_online",
+            Command::AttachStream => "attach_stream",
+            Command::DetachStream => "detach_stream",
+            Command::Heartbeat => "heartbeat",
+            Command::SetStatus => "set_status",
+            Command::GoOffline => "go_offline",
+            Command::Request => "request",
+            Command::OfferDelivered => "offer_delivered",
+            Command::Accept => "accept",
+            Command::Decline => "decline",
+            Command::Complete => "complete",
+            Command::Cancel => "cancel",
+            Command::Sweep => "sweep",
+            Command::Conversation => "conversation",
+            Command::AgentSnapshot => "agent_snapshot",
+            Command::Agents => "agents",
+            Command::QueueStats => "queue_stats",
+            Command::ShiftStats => "shift_stats",
+        }
+    }
+}
+
+/// The settings as the script reads them (ARGV[4..=11]), in order.
+pub fn settings_args(settings: &DispatchSettings, stream_max_len: u64) -> [String; 8] {
+    [
+        settings.offer_timeout_ms.to_string(),
+        settings.offer_delivery_grace_ms.to_string(),
+        settings.lease_ms.to_string(),
+        settings.max_wait_ms.to_string(),
+        settings.missed_offers_before_away.to_string(),
+        settings.retention_ms.to_string(),
+        stream_max_len.to_string(),
+        SWEEP_LIMIT.to_string(),
+    ]
+}
+
+/// What the script returns: a value and the events it committed, or a
+/// refusal. A refused command may still have swept (and committed events):
+/// those reach subscribers through the stream, as the in-memory store
+/// publishes them while returning only the error.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok { value: T, events: Vec<Event> },
+    Err { error: ScriptError },
+}
+
+impl<T: DeserializeOwned> Reply<T> {
+    pub fn parse(raw: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(raw).map_err(|e| {
+            tracing::error!(error = %e, "unreadable reply from the dispatch script");
+            StoreError::Internal(format!("unreadable reply from the dispatch script: {e}"))
+        })
+    }
+}
+
+/// A domain refusal as the script reports it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScriptError {
+    NotFound { what: String, id: String },
+    Precondition { message: String },
+    Permission { message: String },
+}
+
+impl ScriptError {
+    pub fn into_store_error(self) -> StoreError {
+        match self {
+            ScriptError::NotFound { what, id } => {
+                // `DomainError::NotFound` names the thing with a static str;
+                // the script can only name the things the engine names.
+                let what: &'static str = match what.as_str() {
+                    "conversation" => "conversation",
+                    "roster entry for agent" => "roster entry for agent",
+                    other => {
+                        return StoreError::Internal(format!(
+                            "the dispatch script named an unknown thing `{other}`"
+                        ));
+                    }
+                };
+                StoreError::Domain(DomainError::NotFound { what, id })
+            }
+            ScriptError::Precondition { message } => {
+                StoreError::Domain(DomainError::FailedPrecondition(message))
+            }
+            ScriptError::Permission { message } => {
+                StoreError::Domain(DomainError::PermissionDenied(message))
+            }
+        }
+    }
+}
+
+/// The sweep command's value.
+#[derive(Debug, Deserialize)]
+pub struct SweepValue {
+    pub next: Option<i64>,
+    pub more: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_become_domain_errors() {
+        let reply: Reply<()> = Reply::parse(
+            r#"{"status":"err","error":{"kind":"not_found","what":"conversation","id":"c1"},"events":[]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Reply::Err { error, .. } = reply else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(
+            error.into_store_error(),
+            StoreError::Domain(DomainError::NotFound {
+                what: "conversation",
+                id: "c1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unit_values_parse_from_null() {
+        let reply: Reply<()> = Reply::parse(r#"{"status":"ok","value":null,"events":[]}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(reply, Reply::Ok { value: (), .. }));
+    }
+}

@@ -1,0 +1,43 @@
+//! The conformance suite against the Redis store, each test on its own
+//! `redis-server`. Time moves through the store's test-only clock offset
+//! (added to Redis's TIME inside the scripts), so nothing sleeps.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use switchboard_core::DispatchSettings;
+use switchboard_store::Store;
+use switchboard_store::conformance::Harness;
+use switchboard_store_redis::RedisStore;
+use switchboard_testkit::RedisServer;
+
+struct RedisHarness {
+    // Dropped first: the store's feed task stops before the server dies.
+    store: Arc<RedisStore>,
+    _server: RedisServer,
+}
+
+#[async_trait]
+impl Harness for RedisHarness {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    async fn advance(&self, ms: i64) {
+        self.store.advance_clock(ms);
+    }
+}
+
+async fn redis_harness(settings: DispatchSettings) -> RedisHarness {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&server.url(), settings)
+        .await
+        .expect("the store connects to its redis-server");
+    RedisHarness {
+        store: Arc::new(store),
+        _server: server,
+    }
+}
+
+switchboard_store::conformance_suite!(redis_harness);

@@ -1,0 +1,451 @@
+//! Differential test: random command sequences run against the in-memory
+//! store (the engine itself) and the Redis store must give the same results,
+//! the same events and the same refusals, step by step.
+//!
+//! Time: both clocks move 1 s per step (a manual clock; Redis's TIME plus
+//! the store's test offset). Redis's clock also runs for real between steps,
+//! so every timing setting is a whole number of steps plus half a step: a
+//! deadline is then never within the few milliseconds of real drift of a
+//! step, and both stores see the same deadlines as due. Timestamps are
+//! compared in whole steps since each store's start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use switchboard_core::model::{
+    AgentSnapshot, Conversation, GoOnline, Handoff, Location, Presence, QueueStats, RosterEntry,
+    ShiftView, Skill, StatusChoice,
+};
+use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
+use switchboard_store::{Applied, ManualClock, MemoryStore, Store, StoreResult};
+use switchboard_store_redis::RedisStore;
+use switchboard_testkit::RedisServer;
+
+const STEP_MS: i64 = 1_000;
+const SEEDS: u64 = 24;
+const STEPS: usize = 90;
+
+fn settings() -> DispatchSettings {
+    DispatchSettings {
+        offer_timeout_ms: 2_500,
+        offer_delivery_grace_ms: 1_500,
+        lease_ms: 6_500,
+        heartbeat_interval_ms: 1_000,
+        max_wait_ms: 25_500,
+        missed_offers_before_away: 2,
+        retention_ms: 30_500,
+        wrap_up_ms: 0,
+    }
+}
+
+/// xorshift64*: reproducible sequences without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const AGENTS: [&str; 5] = ["ana", "ben", "cy", "dee", "eli"];
+const CONVERSATIONS: [&str; 8] = ["c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8"];
+const SKILLS: [&str; 3] = ["billing", "fraud", "tech"];
+const LANGUAGES: [&str; 4] = ["en", "de", "de-at", "fr"];
+
+fn agent(id: &str) -> AgentId {
+    AgentId::parse("agent_id", id).unwrap()
+}
+
+fn cid(id: &str) -> ConversationId {
+    ConversationId::parse("conversation_id", id).unwrap()
+}
+
+fn skills(rng: &mut Rng, min_level: u8) -> Vec<Skill> {
+    let mut out = Vec::new();
+    for name in SKILLS {
+        if rng.chance(50) {
+            out.push(Skill::new(
+                name,
+                min_level + rng.below(usize::from(6 - min_level)) as u8,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
+    let mut languages: Vec<String> = vec![(*rng.pick(&["en", "de"])).to_owned()];
+    if rng.chance(40) {
+        let extra = (*rng.pick(&LANGUAGES)).to_owned();
+        if !languages.contains(&extra) {
+            languages.push(extra);
+        }
+    }
+    let mut allowed_regions = Vec::new();
+    if rng.chance(50) {
+        allowed_regions.push("eu".to_owned());
+    }
+    let mut entry_skills = skills(rng, 2);
+    if entry_skills.is_empty() {
+        entry_skills.push(Skill::new("billing", 3));
+    }
+    RosterEntry {
+        agent_id: agent(id),
+        display_name: id.to_uppercase(),
+        skills: entry_skills,
+        languages,
+        max_capacity: 1 + rng.below(2) as u32,
+        allowed_regions,
+        attributes: vec![],
+        token_epoch: rng.below(3) as u64,
+    }
+}
+
+fn handoff(rng: &mut Rng, id: &str) -> Handoff {
+    Handoff {
+        conversation_id: cid(id),
+        customer_id: format!("customer-{}", rng.below(3)),
+        language: (*rng.pick(&LANGUAGES)).to_owned(),
+        category: "billing".into(),
+        required_skills: skills(rng, 1).into_iter().take(2).collect(),
+        priority: rng.below(3) as u8,
+        summary: "wants a human".into(),
+        attributes: Default::default(),
+        customer_asked_for_human: rng.chance(50),
+        chat_reference: format!("chat://{id}"),
+        preferred_agent: if rng.chance(20) {
+            Some(agent(*rng.pick(&AGENTS)))
+        } else {
+            None
+        },
+        region: rng.chance(30).then(|| "eu".to_owned()),
+        customer_location: rng.chance(30).then(|| Location {
+            latitude: 48.208_176_1,
+            longitude: 16.373_819,
+        }),
+    }
+}
+
+/// Timestamps become whole steps since the store's start; durations whole
+/// steps; the wait estimate (a ratio of drifting times) is dropped.
+fn normalize(value: &mut Value, start_ms: i64) {
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                let is_time = key.ends_with("_at")
+                    || key.ends_with("_since")
+                    || matches!(
+                        key.as_str(),
+                        "at" | "deadline" | "lease_expires" | "last_heartbeat"
+                    );
+                let is_duration = matches!(
+                    key.as_str(),
+                    "longest_wait_ms" | "online_ms" | "handle_ms_total"
+                );
+                match field {
+                    Value::Number(n) if is_time => {
+                        let ms = n.as_i64().unwrap();
+                        *field = Value::from((ms - start_ms).div_euclid(STEP_MS));
+                    }
+                    Value::Number(n) if is_duration => {
+                        *field = Value::from(n.as_i64().unwrap().div_euclid(STEP_MS));
+                    }
+                    _ if key == "expected_wait_ms" => *field = Value::Null,
+                    _ => normalize(field, start_ms),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| normalize(item, start_ms)),
+        _ => {}
+    }
+}
+
+/// What is compared of a result: the value, and the events for commands.
+trait Observed {
+    fn observed(&self) -> Value;
+}
+
+impl<T: Serialize> Observed for Applied<T> {
+    fn observed(&self) -> Value {
+        serde_json::json!({ "value": self.value, "events": self.events })
+    }
+}
+
+macro_rules! observed_as_is {
+    ($($t:ty),*) => {$(
+        impl Observed for $t {
+            fn observed(&self) -> Value {
+                serde_json::to_value(self).unwrap()
+            }
+        }
+    )*};
+}
+
+observed_as_is!(
+    (),
+    Conversation,
+    AgentSnapshot,
+    Vec<Presence>,
+    QueueStats,
+    Vec<ShiftView>,
+    Vec<RosterEntry>
+);
+
+fn outcome<T: Observed>(result: &StoreResult<T>, start_ms: i64) -> Value {
+    match result {
+        Ok(value) => {
+            let mut json = value.observed();
+            normalize(&mut json, start_ms);
+            json
+        }
+        Err(e) => Value::String(format!("error: {e}")),
+    }
+}
+
+struct Pair {
+    memory: Arc<MemoryStore>,
+    clock: ManualClock,
+    memory_start: i64,
+    redis: Arc<RedisStore>,
+    redis_start: i64,
+}
+
+impl Pair {
+    fn advance(&self, ms: i64) {
+        self.clock.advance(ms);
+        self.redis.advance_clock(ms);
+    }
+}
+
+/// Runs one call against both stores and compares the normalized results.
+macro_rules! both {
+    ($pair:expr, $context:expr, |$store:ident| $call:expr) => {{
+        let memory_result = {
+            let $store = &*$pair.memory;
+            $call.await
+        };
+        let redis_result = {
+            let $store = &*$pair.redis;
+            $call.await
+        };
+        let memory = outcome(&memory_result, $pair.memory_start);
+        let redis = outcome(&redis_result, $pair.redis_start);
+        assert_eq!(
+            serde_json::to_string_pretty(&redis).unwrap(),
+            serde_json::to_string_pretty(&memory).unwrap(),
+            "redis (left) differs from memory (right) at {}",
+            $context
+        );
+        memory_result
+    }};
+}
+
+/// The offer a random answer should use: mostly the conversation's current
+/// one (through the memory store), sometimes a stale or foreign one.
+async fn some_offer(pair: &Pair, rng: &mut Rng, p: &PoolId) -> (AgentId, OfferId) {
+    let id = *rng.pick(&CONVERSATIONS);
+    if let Ok(c) = pair.memory.conversation(p, &cid(id)).await {
+        if let Some(last) = c.offers.last() {
+            if rng.chance(80) {
+                return (
+                    last.agent_id.clone(),
+                    OfferId {
+                        conversation_id: cid(id),
+                        attempt: last.attempt,
+                    },
+                );
+            }
+        }
+    }
+    (
+        agent(*rng.pick(&AGENTS)),
+        OfferId {
+            conversation_id: cid(id),
+            attempt: 1 + rng.below(3) as u32,
+        },
+    )
+}
+
+async fn run_sequence(pair: &Pair, seed: u64) {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let p = PoolId::parse("pool", &format!("seed-{seed}")).unwrap();
+    let mut streams: std::collections::HashMap<&str, u64> = Default::default();
+    for step in 0..STEPS {
+        pair.advance(STEP_MS);
+        let a = *rng.pick(&AGENTS);
+        let context = |what: &str| format!("seed {seed} step {step}: {what}");
+        match rng.below(100) {
+            0..=9 => {
+                let entry = roster_entry(&mut rng, a);
+                let _ = both!(pair, context(&format!("upsert_roster {a}")), |s| s
+                    .upsert_roster(&p, entry.clone()));
+            }
+            10..=21 => {
+                let request = GoOnline {
+                    skills: if rng.chance(30) {
+                        skills(&mut rng, 1)
+                    } else {
+                        vec![]
+                    },
+                    languages: if rng.chance(20) {
+                        vec![(*rng.pick(&LANGUAGES)).to_owned()]
+                    } else {
+                        vec![]
+                    },
+                    capacity: rng.chance(50).then(|| 1 + rng.below(2) as u32),
+                    location: None,
+                };
+                let self_register = rng.chance(20);
+                let _ = both!(
+                    pair,
+                    context(&format!("go_online {a} {request:?} {self_register}")),
+                    |s| s.go_online(&p, &agent(a), request.clone(), self_register)
+                );
+            }
+            22..=31 => {
+                let result = both!(pair, context(&format!("attach_stream {a}")), |s| s
+                    .attach_stream(&p, &agent(a)));
+                if let Ok(applied) = result {
+                    streams.insert(a, applied.value.0);
+                }
+            }
+            32..=34 => {
+                let stream = streams.get(a).copied().unwrap_or(1);
+                let _ = both!(pair, context(&format!("detach_stream {a} {stream}")), |s| s
+                    .detach_stream(&p, &agent(a), stream));
+            }
+            35..=41 => {
+                let _ = both!(pair, context(&format!("heartbeat {a}")), |s| s.heartbeat(
+                    &p,
+                    &agent(a),
+                    None
+                ));
+            }
+            42..=44 => {
+                let choice = if rng.chance(60) {
+                    StatusChoice::Available
+                } else {
+                    StatusChoice::Away {
+                        reason: "break".into(),
+                    }
+                };
+                let _ = both!(pair, context(&format!("set_status {a} {choice:?}")), |s| s
+                    .set_status(&p, &agent(a), choice.clone()));
+            }
+            45..=47 => {
+                let _ = both!(pair, context(&format!("go_offline {a}")), |s| s.go_offline(
+                    &p,
+                    &agent(a),
+                    "agent went offline"
+                ));
+            }
+            48..=59 => {
+                let id = *rng.pick(&CONVERSATIONS);
+                let h = handoff(&mut rng, id);
+                let _ = both!(pair, context(&format!("request {h:?}")), |s| s
+                    .request(&p, h.clone()));
+            }
+            60..=63 => {
+                let (who, offer) = some_offer(pair, &mut rng, &p).await;
+                let _ = both!(
+                    pair,
+                    context(&format!("offer_delivered {who} {offer}")),
+                    |s| s.offer_delivered(&p, &who, &offer)
+                );
+            }
+            64..=71 => {
+                let (who, offer) = some_offer(pair, &mut rng, &p).await;
+                let _ = both!(pair, context(&format!("accept {who} {offer}")), |s| s
+                    .accept(&p, &who, &offer));
+            }
+            72..=76 => {
+                let (who, offer) = some_offer(pair, &mut rng, &p).await;
+                let reason = if rng.chance(50) { "" } else { "busy" };
+                let _ = both!(pair, context(&format!("decline {who} {offer}")), |s| s
+                    .decline(&p, &who, &offer, reason));
+            }
+            77..=82 => {
+                let id = *rng.pick(&CONVERSATIONS);
+                let who = match pair.memory.conversation(&p, &cid(id)).await {
+                    Ok(c) if rng.chance(80) => c.agent_id.unwrap_or_else(|| agent(a)),
+                    _ => agent(a),
+                };
+                let _ = both!(pair, context(&format!("complete {who} {id}")), |s| s
+                    .complete(&p, &who, &cid(id), "resolved"));
+            }
+            83..=85 => {
+                let id = *rng.pick(&CONVERSATIONS);
+                let _ = both!(pair, context(&format!("cancel {id}")), |s| s.cancel(
+                    &p,
+                    &cid(id),
+                    "customer left"
+                ));
+            }
+            86..=93 => {
+                let steps = 1 + rng.below(4) as i64;
+                pair.advance(steps * STEP_MS);
+                let _ = both!(
+                    pair,
+                    context(&format!("sweep after {steps} more steps")),
+                    |s| s.sweep()
+                );
+            }
+            _ => {
+                let id = *rng.pick(&CONVERSATIONS);
+                let _ = both!(pair, context(&format!("conversation {id}")), |s| s
+                    .conversation(&p, &cid(id)));
+                let _ = both!(pair, context(&format!("agent_snapshot {a}")), |s| s
+                    .agent_snapshot(&p, &agent(a)));
+            }
+        }
+        // After every step the whole visible state must agree too.
+        let _ = both!(pair, context("agents"), |s| s.agents(&p));
+        let _ = both!(pair, context("queue_stats"), |s| s.queue_stats(&p));
+        let _ = both!(pair, context("shift_stats"), |s| s.shift_stats(&p));
+        let _ = both!(pair, context("roster"), |s| s.roster(&p));
+        for id in CONVERSATIONS {
+            let _ = both!(pair, context(&format!("conversation {id} after")), |s| s
+                .conversation(&p, &cid(id)));
+        }
+    }
+}
+
+#[tokio::test]
+async fn random_sequences_match_the_in_memory_store() {
+    let server = RedisServer::start().await;
+    let redis = Arc::new(
+        RedisStore::connect(&server.url(), settings())
+            .await
+            .expect("connects"),
+    );
+    let clock = ManualClock::new(1_700_000_000_000);
+    let memory = Arc::new(MemoryStore::new(settings(), Arc::new(clock.clone())));
+    let memory_start = memory.now().await.unwrap().as_millis();
+    let redis_start = redis.now().await.unwrap().as_millis();
+    let pair = Pair {
+        memory,
+        clock,
+        memory_start,
+        redis,
+        redis_start,
+    };
+    for seed in 0..SEEDS {
+        run_sequence(&pair, seed).await;
+    }
+    let _: Timestamp = pair.redis.now().await.unwrap();
+}
