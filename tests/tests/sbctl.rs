@@ -3,6 +3,9 @@
 //! admin commands report what happened, and bad input ends as one clear
 //! line with a non-zero exit.
 
+// Test support: failures panic with their message.
+#![allow(clippy::unwrap_used)]
+
 use std::process::Output;
 use switchboard_auth::{Keyring, Role};
 use switchboard_e2e::*;
