@@ -4,7 +4,7 @@
 -- method, so the Redis store behaves as the in-memory one does. The Rust side
 -- (src/script.rs) calls it as
 --
---   EVALSHA <sha> 1 <prefix> <command> <pool> <clock offset ms> <settings...> <args...>
+--   EVALSHA <sha> 1 <prefix> <command> <pool> <clock> <contact offset ms> <settings...> <args...>
 --
 -- where <prefix> is `sb:{pool}:`. Every key the script touches starts with
 -- that prefix, so all of them share the `{pool}` hash tag and the slot of
@@ -20,30 +20,46 @@
 -- and prints numbers with 14 significant digits; the hand-off itself is kept
 -- as the exact serde JSON the Rust side sent and is never re-encoded.
 --
--- Time is Redis's own (TIME) plus a test-only offset passed by the caller.
+-- Time is Redis's own (TIME). <clock> is `0` in production; tests pass an
+-- offset added to TIME, or `=<ms>` for a pinned time. <contact offset> is `0`
+-- in production; a test simulating an outage passes the outage's length (it
+-- is added to TIME when measuring the gap since the pool was last reached).
 
 local K = KEYS[1]
 local command = ARGV[1]
 local pool = ARGV[2]
-local clock_offset = tonumber(ARGV[3])
 local settings = {
-  offer_timeout = tonumber(ARGV[4]),
-  delivery_grace = tonumber(ARGV[5]),
-  lease = tonumber(ARGV[6]),
-  max_wait = tonumber(ARGV[7]),
-  misses_before_away = tonumber(ARGV[8]),
-  retention = tonumber(ARGV[9]),
-  stream_max_len = tonumber(ARGV[10]),
-  sweep_limit = tonumber(ARGV[11]),
+  offer_timeout = tonumber(ARGV[5]),
+  delivery_grace = tonumber(ARGV[6]),
+  lease = tonumber(ARGV[7]),
+  max_wait = tonumber(ARGV[8]),
+  misses_before_away = tonumber(ARGV[9]),
+  retention = tonumber(ARGV[10]),
+  wrap_up = tonumber(ARGV[11]),
+  outage_threshold = tonumber(ARGV[12]),
+  stream_max_len = tonumber(ARGV[13]),
+  sweep_limit = tonumber(ARGV[14]),
 }
-local FIRST_ARG = 11
+local FIRST_ARG = 14
 local function arg(i) return ARGV[FIRST_ARG + i] end
 
 local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + clock_offset
+local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now
+if string.sub(ARGV[3], 1, 1) == '=' then
+  now = tonumber(string.sub(ARGV[3], 2))
+else
+  now = redis_now + tonumber(ARGV[3])
+end
+-- When the pool was reached, on Redis's own clock (never a pinned one).
+local contact_now = redis_now + tonumber(ARGV[4])
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
 local RATE_WINDOW = 64
+-- A group's own rate is used once it has this many (engine MIN_GROUP_SAMPLES).
+local MIN_GROUP_SAMPLES = 4
+-- At most this many groups keep their own rate window (engine MAX_RATE_GROUPS).
+local MAX_RATE_GROUPS = 10000
 -- How many index entries one ZRANGE fetches while looking for a fit.
 local SCAN_CHUNK = 32
 
@@ -58,12 +74,15 @@ local K_GROUPS = K .. 'groups'
 local K_ARRIVALS = K .. 'arrivals'
 local K_STREAM_IDS = K .. 'stream_ids'
 local K_FIRST_OFFERS = K .. 'first_offers'
+local K_RATE_GROUPS = K .. 'rate_groups'
+local K_LAST_CONTACT = K .. 'last_contact'
 local function k_agent(id) return K .. 'agent:' .. id end
 local function k_conv(id) return K .. 'conv:' .. id end
 local function k_avail(language, skill) return K .. 'avail:' .. language .. ':' .. skill end
 local function k_group_language(primary) return K .. 'glang:' .. primary end
 local function k_queue(gid) return K .. 'queue:' .. gid end
 local function k_queue_age(gid) return K .. 'qage:' .. gid end
+local function k_group_rate(gid) return K .. 'grate:' .. gid end
 
 -- ------------------------------------------------------------- utilities
 
@@ -269,10 +288,13 @@ end
 -- ------------------------------------------------------------ sessions
 
 local function offerable(s)
-  return s.stream ~= nil and s.choice == 'available' and s.pending == nil and #s.active < s.capacity
+  return s.stream ~= nil and not s.draining and s.wrap_up_until == nil and s.choice == 'available'
+    and s.pending == nil and #s.active < s.capacity
 end
 
 local function status_of(s)
+  if s.draining then return 'Draining' end
+  if s.wrap_up_until ~= nil then return 'WrapUp' end
   if s.choice == 'away' then return 'Away' end
   local load = #s.active
   if s.pending ~= nil then load = load + 1 end
@@ -450,11 +472,14 @@ local function queue_position(c)
   return redis.call('ZRANK', k_queue(c.group), c.member) or 0
 end
 
--- The pool's recent rate of first offers, over the last RATE_WINDOW.
-local function expected_wait_ms(position)
-  local count = redis.call('LLEN', K_FIRST_OFFERS)
+-- engine::expected_wait_in: (position + 1) over the recent rate of first
+-- offers, the group's own once it has MIN_GROUP_SAMPLES, else the pool's.
+local function expected_wait_ms(gid, position)
+  local key = K_FIRST_OFFERS
+  if redis.call('LLEN', k_group_rate(gid)) >= MIN_GROUP_SAMPLES then key = k_group_rate(gid) end
+  local count = redis.call('LLEN', key)
   if count == 0 then return -1 end
-  local oldest = tonumber(redis.call('LINDEX', K_FIRST_OFFERS, 0))
+  local oldest = tonumber(redis.call('LINDEX', key, 0))
   local span = now - oldest
   if span < 1 then span = 1 end
   local per_ms = count / span
@@ -464,7 +489,7 @@ end
 local function view(c)
   if c.state == 'Queued' then
     local position = queue_position(c)
-    return render_conversation(c, position, expected_wait_ms(position))
+    return render_conversation(c, position, expected_wait_ms(group_id(c), position))
   end
   return render_conversation(c, 0, 0)
 end
@@ -491,14 +516,17 @@ end
 -- ------------------------------------------------------------ deadlines
 
 -- Members are `<kind>|<fields>` with the kind numbered in the engine's
--- `Deadline` variant order, so entries due at the same millisecond are
--- handled in the same order as in memory. NX: an earlier pending entry for
--- the same thing stays (it fires first, as in the engine's set).
+-- `Deadline` variant order (1 offer delivery, 2 offer timeout, 3 stream
+-- grace, 4 lease, 5 wrap-up end, 6 maximum wait, 7 retention), so entries
+-- due at the same millisecond are handled in the same order as in memory.
+-- NX: an earlier pending entry for the same thing stays (it fires first, as
+-- in the engine's set). A wrap-up end carries its time in the member, so
+-- several can be pending for one agent, as in the engine.
 local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', at, member) end
 local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, at, '4|' .. agent_id) end
 
 local function finish(cid)
-  deadline_at(now + settings.retention, '6|' .. cid)
+  deadline_at(now + settings.retention, '7|' .. cid)
 end
 
 -- ------------------------------------------------------------ matching
@@ -522,6 +550,7 @@ local function fits(agent_id, s, c)
 end
 
 local make_offer
+local go_offline
 
 -- A queued conversation looks for the best offerable, eligible agent: the
 -- preferred agent first, else per language key the smallest index set its
@@ -645,6 +674,17 @@ make_offer = function(cid, agent_id)
   if attempt == 1 then
     redis.call('RPUSH', K_FIRST_OFFERS, now)
     redis.call('LTRIM', K_FIRST_OFFERS, -RATE_WINDOW, -1)
+    local gid = group_id(c)
+    -- Bound what arbitrary requirement mixes can take: start over (the
+    -- pool-wide rate covers the gap).
+    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0
+      and redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
+      for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
+      redis.call('DEL', K_RATE_GROUPS)
+    end
+    redis.call('SADD', K_RATE_GROUPS, gid)
+    redis.call('RPUSH', k_group_rate(gid), now)
+    redis.call('LTRIM', k_group_rate(gid), -RATE_WINDOW, -1)
   end
   local r = agent_record(agent_id)
   if r then
@@ -685,8 +725,9 @@ local function close_offer(cid, attempt, outcome, reason)
   reindex(agent_id)
 end
 
--- Back to the queue with a reason; it keeps its original waiting time.
-local function requeue(cid, reason)
+-- Back to the queue with a reason; it keeps its original waiting time. The
+-- event names `previous_holder` (an agent who held it assigned), if any.
+local function requeue_for(cid, reason, previous_holder)
   local c = conversation(cid)
   if not c or is_terminal(c.state) or c.state == 'Queued' then return end
   c.state = 'Queued'
@@ -696,7 +737,39 @@ local function requeue(cid, reason)
   c.updated_at = now
   touch_conversation(cid)
   enqueue(cid)
-  emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, previous_holder, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+end
+
+local function requeue(cid, reason) requeue_for(cid, reason, nil) end
+
+-- A draining agent with nothing left in hand goes offline. Returns whether
+-- it did.
+local function finish_drain_if_done(agent_id)
+  local s = session_of(agent_id)
+  if s and s.draining and #s.active == 0 and s.pending == nil then
+    go_offline(agent_id, 'drained')
+    return true
+  end
+  return false
+end
+
+-- Takes a conversation away from whoever has it: a pending offer is
+-- withdrawn (the agent is told, with `reason`), an assignment leaves the
+-- agent's hands. The conversation's own state is the caller's to set.
+local function release_holder(cid, reason)
+  local c = conversation(cid)
+  if not c then return end
+  if c.state == 'Offered' then
+    local o = pending_offer(c)
+    if o then close_offer(cid, o.attempt, 'Withdrawn', reason) end
+  elseif c.state == 'Assigned' and c.agent ~= nil then
+    local s = session_of(c.agent)
+    if s then
+      s.active = without(s.active, cid)
+      if #s.active == 0 then s.idle_since = now end
+      touch_agent(c.agent)
+    end
+  end
 end
 
 local function withdraw_undelivered(cid, attempt)
@@ -747,7 +820,7 @@ local function offer_timed_out(cid, o)
   end
   requeue(cid, 'offer timed out')
   dispatch_conversation(cid)
-  dispatch_agent(agent_id)
+  if not finish_drain_if_done(agent_id) then dispatch_agent(agent_id) end
 end
 
 local function expire(cid)
@@ -771,7 +844,7 @@ local function expire(cid)
 end
 
 -- Offline at once: pending offer withdrawn, assigned conversations requeued.
-local function go_offline(agent_id, reason)
+go_offline = function(agent_id, reason)
   unindex(agent_id)
   local r = agent_record(agent_id)
   if not r or not r.session then return {} end
@@ -788,7 +861,7 @@ local function go_offline(agent_id, reason)
     requeued[#requeued + 1] = s.pending.cid
   end
   for _, cid in ipairs(s.active) do
-    requeue(cid, reason)
+    requeue_for(cid, reason, agent_id)
     requeued[#requeued + 1] = cid
   end
   notice(agent_id, 'offline', reason, 'Offline')
@@ -821,8 +894,18 @@ local function act_on_deadline(member)
     local s = session_of(p[2])
     if s and s.lease_expires <= now then go_offline(p[2], 'agent lost') end
   elseif kind == '5' then
-    expire(p[2])
+    local s = session_of(p[2])
+    if s and s.wrap_up_until ~= nil and s.wrap_up_until <= now then
+      s.wrap_up_until = nil
+      touch_agent(p[2])
+      local status = status_of(s)
+      reindex(p[2])
+      notice(p[2], 'status_changed', 'wrap-up ended', status)
+      dispatch_agent(p[2])
+    end
   elseif kind == '6' then
+    expire(p[2])
+  elseif kind == '7' then
     local c = conversation(p[2])
     if c and is_terminal(c.state) then
       conversations[p[2]] = false
@@ -989,8 +1072,11 @@ function commands.set_status()
   local s = session_of(id)
   if not s then return nil, offline_error(id) end
   if choice == 'available' then
+    -- Available ends wrap-up early and cancels a drain.
     s.misses = 0
     s.away_reason = ''
+    s.wrap_up_until = nil
+    s.draining = false
   else
     s.away_reason = reason
   end
@@ -1023,7 +1109,7 @@ function commands.request()
   }
   conversations[cid] = c
   touch_conversation(cid)
-  deadline_at(now + settings.max_wait, '5|' .. cid)
+  deadline_at(now + settings.max_wait, '6|' .. cid)
   enqueue(cid)
   emit(cid, nil, function(rendered) return '{"Queued":{"conversation":' .. rendered .. '}}' end)
   dispatch_conversation(cid)
@@ -1120,7 +1206,7 @@ function commands.decline()
   end
   requeue(cid, why)
   dispatch_conversation(cid)
-  dispatch_agent(agent_id)
+  if not finish_drain_if_done(agent_id) then dispatch_agent(agent_id) end
   return 'null'
 end
 
@@ -1139,17 +1225,25 @@ function commands.complete()
   c.updated_at = now
   touch_conversation(cid)
   local r = agent_record(agent_id)
+  local wrap_up_until = nil
   if r then
     r.shift.completed = r.shift.completed + 1
     r.shift.handle_ms_total = r.shift.handle_ms_total + math.max(now - assigned_at, 0)
     if r.session then
       r.session.active = without(r.session.active, cid)
       if #r.session.active == 0 then r.session.idle_since = now end
+      -- Wrap-up: no new offers until then (set_status available ends it).
+      if settings.wrap_up > 0 and not r.session.draining then
+        r.session.wrap_up_until = now + settings.wrap_up
+        wrap_up_until = r.session.wrap_up_until
+      end
     end
     touch_agent(agent_id)
   end
+  if wrap_up_until then deadline_at(wrap_up_until, '5|' .. agent_id .. '|' .. ji(wrap_up_until)) end
   finish(cid)
   emit(cid, agent_id, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  if finish_drain_if_done(agent_id) then return view(c) end
   reindex(agent_id)
   dispatch_agent(agent_id)
   return view(c)
@@ -1164,19 +1258,8 @@ function commands.cancel()
   if reason ~= '' then why = 'cancelled by gateway: ' .. reason end
   local state = c.state
   local holder = c.agent
-  if state == 'Queued' then
-    dequeue(cid)
-  elseif state == 'Offered' then
-    local o = pending_offer(c)
-    if o then close_offer(cid, o.attempt, 'Withdrawn', why) end
-  elseif state == 'Assigned' and holder then
-    local s = session_of(holder)
-    if s then
-      s.active = without(s.active, cid)
-      if #s.active == 0 then s.idle_since = now end
-      touch_agent(holder)
-    end
-  end
+  if state == 'Queued' then dequeue(cid) end
+  release_holder(cid, why)
   c.state = 'Abandoned'
   c.reason = why
   c.updated_at = now
@@ -1185,7 +1268,68 @@ function commands.cancel()
   if state == 'Assigned' then notify = holder end
   finish(cid)
   emit(cid, notify, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  if holder and not finish_drain_if_done(holder) then
+    reindex(holder)
+    dispatch_agent(holder)
+  end
+  return view(c)
+end
+
+-- Goes offline once the work in hand is done: no new offers from now on,
+-- offline when the last conversation completes (at once if there is none).
+-- Returns whether the agent is offline now.
+function commands.drain()
+  local id = arg(1)
+  local s = session_of(id)
+  if not s then return nil, offline_error(id) end
+  s.draining = true
+  touch_agent(id)
+  reindex(id)
+  if finish_drain_if_done(id) then return 'true' end
+  notice(id, 'draining', 'draining: no new offers; offline after the last conversation', 'Draining')
+  return 'false'
+end
+
+-- A supervisor moves a conversation: back to the queue (no target; the
+-- current agent is excluded so it goes elsewhere), or straight to a named
+-- agent as an offer. The gateway sees the reason.
+function commands.reassign()
+  local cid, target, reason = arg(1), arg(2), arg(3)
+  if target == '' then target = nil end
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if is_terminal(c.state) then
+    return nil, err_precondition('conversation `' .. cid .. '` is ' .. string.lower(c.state)
+      .. ' and cannot be reassigned')
+  end
+  if target then
+    local s = session_of(target)
+    if not s then return nil, offline_error(target) end
+    if c.agent == target or not offerable(s) then
+      return nil, err_precondition('agent `' .. target .. '` cannot take an offer now (status '
+        .. status_of(s) .. ', stream attached: ' .. jb(s.stream ~= nil) .. ')')
+    end
+  end
+  local why = 'reassigned by supervisor'
+  if reason ~= '' then why = 'reassigned by supervisor: ' .. reason end
+  local state = c.state
+  local holder = c.agent
+  release_holder(cid, why)
   if holder then
+    c.excluded = insert_sorted(c.excluded, holder)
+    touch_conversation(cid)
+  end
+  if state == 'Queued' then
+    -- Already queued: only the reason changes (a new event says so).
+    c.reason = why
+    c.updated_at = now
+    touch_conversation(cid)
+    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+  else
+    requeue_for(cid, why, holder)
+  end
+  if target then make_offer(cid, target) else dispatch_conversation(cid) end
+  if holder and not finish_drain_if_done(holder) then
     reindex(holder)
     dispatch_agent(holder)
   end
@@ -1214,6 +1358,57 @@ function queries.agent_snapshot()
   local id = arg(1)
   if not session_of(id) then return nil, offline_error(id) end
   return render_snapshot(id)
+end
+
+-- engine::availability: how many eligible agents could be offered a
+-- would-be hand-off now (walking at most `limit` of the smallest matching
+-- index set), and the expected wait when none could.
+function queries.availability()
+  local routing = cjson.decode(arg(1))
+  local limit = tonumber(arg(2))
+  local probe = {
+    language = routing.language, skills = routing.required_skills,
+    region = null_to_nil(routing.region), excluded = {},
+  }
+  local seen, count = {}, 0
+  for _, language in ipairs(language_lookup_keys(probe.language)) do
+    local key = nil
+    if #probe.skills == 0 then
+      key = k_avail(language, '*')
+    else
+      local smallest, smallest_size, missing = nil, nil, false
+      for _, required in ipairs(probe.skills) do
+        local candidate = k_avail(language, required.name)
+        local size = redis.call('ZCARD', candidate)
+        if size == 0 then
+          missing = true
+        elseif smallest == nil or size < smallest_size then
+          smallest, smallest_size = candidate, size
+        end
+      end
+      if not missing then key = smallest end
+    end
+    if key then
+      local start, done = 0, false
+      while not done do
+        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
+        if #chunk == 0 then break end
+        for _, candidate in ipairs(chunk) do
+          if count >= limit then done = true break end
+          local s = session_of(candidate)
+          if s and not seen[candidate] and fits(candidate, s, probe) then
+            seen[candidate] = true
+            count = count + 1
+          end
+        end
+        start = start + SCAN_CHUNK
+      end
+    end
+  end
+  if count > 0 then return '[' .. ji(count) .. ',0]' end
+  local gid = group_id(probe)
+  local waiting = redis.call('ZCARD', k_queue(gid))
+  return '[0,' .. ji(expected_wait_ms(gid, waiting)) .. ']'
 end
 
 function queries.agents()
@@ -1290,10 +1485,44 @@ end
 
 -- ------------------------------------------------------------ entry point
 
+-- After an outage, no lease expires until a full lease after it: when
+-- nobody reached the pool (no command, no sweep) for longer than the
+-- threshold, Redis was unreachable or every replica was down, and agents
+-- could not heartbeat either. So before any deadline is acted on, every
+-- lease of the pool is pushed to at least now + lease. Normal operation
+-- never trips it: every replica's sweeper reaches every pool many times a
+-- second. The gap is measured on Redis's own clock, never a pinned test
+-- clock. Returns the outage report for the reply, or nil.
+local function extend_leases_after_outage()
+  local last = tonumber(redis.call('GET', K_LAST_CONTACT))
+  redis.call('SET', K_LAST_CONTACT, contact_now)
+  if last == nil then return nil end
+  local gap = contact_now - last
+  if gap <= settings.outage_threshold then return nil end
+  local at_least = now + settings.lease
+  local extended = 0
+  local online = redis.call('SMEMBERS', K_ONLINE)
+  table.sort(online, byte_less)
+  for _, id in ipairs(online) do
+    local s = session_of(id)
+    if s and s.lease_expires < at_least then
+      s.lease_expires = at_least
+      touch_agent(id)
+      lease_deadline(id, at_least)
+      extended = extended + 1
+    end
+  end
+  return '{"gap_ms":' .. ji(gap) .. ',"leases_extended":' .. ji(extended) .. '}'
+end
+
+local outage = nil
+
 local function reply(value, err)
   local list = '[' .. table.concat(events, ',') .. ']'
-  if err then return '{"status":"err","error":' .. err .. ',"events":' .. list .. '}' end
-  return '{"status":"ok","value":' .. value .. ',"events":' .. list .. '}'
+  local tail = ''
+  if outage then tail = ',"outage":' .. outage end
+  if err then return '{"status":"err","error":' .. err .. ',"events":' .. list .. tail .. '}' end
+  return '{"status":"ok","value":' .. value .. ',"events":' .. list .. tail .. '}'
 end
 
 if queries[command] then
@@ -1302,6 +1531,7 @@ end
 
 local run = commands[command]
 if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
+outage = extend_leases_after_outage()
 -- Deadlines due are acted on first, so a command never sees an offer or a
 -- lease that has already run out (as the in-memory store does).
 if command ~= 'sweep' then sweep(settings.sweep_limit) end

@@ -45,7 +45,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_core::model::{
@@ -72,9 +72,22 @@ pub struct RedisOptions {
     pub connection_timeout: Duration,
     /// How long a command may wait for its reply before it is Unavailable.
     pub response_timeout: Duration,
-    /// Test only: milliseconds added to Redis's clock inside the scripts, so
-    /// a test can move time forward without sleeping. Zero in production.
+    /// Test only: how far this replica's own clock is off (a fault test runs
+    /// a replica skewed by +10 s). The Redis store reads no local clock:
+    /// every deadline, [`Store::now`] and the event feed use Redis's `TIME`,
+    /// so this changes nothing but a warning at connect. It is deliberately
+    /// NOT added to the scripts' time: a replica whose offset moved the
+    /// shared clock would expire every agent's lease early. Tests that need
+    /// to move the store's time use [`RedisStore::advance_clock`].
     pub clock_offset_ms: i64,
+    /// A pool nobody reached for longer than this (no command, no sweep:
+    /// Redis was unreachable, or every replica was down) has been in an
+    /// outage: agents could not heartbeat either, so before anything else
+    /// the next script pushes every lease of the pool to at least a full
+    /// lease from then. Sweepers touch every pool many times a second, so
+    /// keep this several sweep intervals long, and below the lease minus
+    /// the heartbeat interval.
+    pub outage_threshold: Duration,
     /// Approximate cap on each pool's event stream (`XADD MAXLEN ~`).
     pub stream_max_len: u64,
     /// How long the event feed's XREAD blocks before it looks for new pools.
@@ -87,6 +100,7 @@ impl Default for RedisOptions {
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             clock_offset_ms: 0,
+            outage_threshold: Duration::from_secs(1),
             stream_max_len: 100_000,
             feed_block: Duration::from_millis(500),
         }
@@ -98,10 +112,11 @@ pub struct RedisStore {
     manager: ConnectionManager,
     script: redis::Script,
     /// The dispatch settings as script arguments, rendered once.
-    settings_args: [String; 8],
+    settings_args: [String; script::SETTINGS],
     /// The Redis address for messages, without credentials.
     address: String,
-    clock_offset_ms: AtomicI64,
+    /// Test only: how the scripts' time departs from Redis's `TIME`.
+    test_clock: Mutex<TestClock>,
     /// Pools this process has added to [`keys::POOLS`]. A `std` mutex: held
     /// for a lookup or an insert, never across an `.await`.
     registered: Mutex<HashSet<PoolId>>,
@@ -123,6 +138,12 @@ impl RedisStore {
         options: RedisOptions,
     ) -> StoreResult<Self> {
         let address = redact(url);
+        if options.clock_offset_ms != 0 {
+            tracing::warn!(
+                offset_ms = options.clock_offset_ms,
+                "TEST ONLY: this replica's local clock is skewed; the redis store ignores it (deadlines use redis TIME)"
+            );
+        }
         let client = redis::Client::open(url)
             .map_err(|e| StoreError::Internal(format!("invalid redis url `{address}`: {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -153,9 +174,9 @@ impl RedisStore {
         Ok(RedisStore {
             manager,
             script: redis::Script::new(script::SOURCE),
-            settings_args: script::settings_args(&settings, options.stream_max_len),
+            settings_args: script::settings_args(&settings, &options),
             address,
-            clock_offset_ms: AtomicI64::new(options.clock_offset_ms),
+            test_clock: Mutex::new(TestClock::default()),
             registered: Mutex::new(HashSet::new()),
             feed,
             feed_shared,
@@ -163,10 +184,39 @@ impl RedisStore {
         })
     }
 
-    /// Test only: moves this store's clock forward by `ms` (added to Redis's
-    /// time in every script this store runs).
+    /// Test only: moves this store's clock by `ms` (added to Redis's time in
+    /// every script this store runs, and to [`Store::now`]), as if that time
+    /// had passed with the sweepers running: never an outage.
     pub fn advance_clock(&self, ms: i64) {
-        self.clock_offset_ms.fetch_add(ms, Ordering::SeqCst);
+        if let Ok(mut clock) = self.test_clock.lock() {
+            clock.offset_ms += ms;
+        }
+    }
+
+    /// Test only: freezes this store's clock at `at` (Redis's `TIME` is no
+    /// longer read for it); [`RedisStore::advance_clock`] then moves it.
+    /// A differential test needs this: with a running clock, deadlines that
+    /// fall on the same millisecond in memory would be ordered by drift.
+    pub fn pin_clock(&self, at: Timestamp) {
+        if let Ok(mut clock) = self.test_clock.lock() {
+            clock.pinned = true;
+            clock.offset_ms = at.as_millis();
+        }
+    }
+
+    /// Test only: `ms` pass during which nobody reached Redis (Redis down,
+    /// or every replica): the clock moves as with
+    /// [`RedisStore::advance_clock`], and the next script sees a gap of `ms`
+    /// since the pool was last reached (see [`RedisOptions::outage_threshold`]).
+    pub fn simulate_outage(&self, ms: i64) {
+        if let Ok(mut clock) = self.test_clock.lock() {
+            clock.offset_ms += ms;
+            clock.contact_offset_ms += ms;
+        }
+    }
+
+    fn test_clock(&self) -> StoreResult<TestClock> {
+        Ok(*self.test_clock.lock().map_err(poisoned)?)
     }
 
     fn error(&self, e: &RedisError) -> StoreError {
@@ -207,12 +257,14 @@ impl RedisStore {
         command: Command,
         args: &[String],
     ) -> StoreResult<Reply<T>> {
+        let clock = self.test_clock()?;
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(keys::prefix(pool))
             .arg(command.name())
             .arg(pool.as_str())
-            .arg(self.clock_offset_ms.load(Ordering::SeqCst))
+            .arg(clock.script_arg())
+            .arg(clock.contact_offset_ms)
             .arg(&self.settings_args[..])
             .arg(args);
         let mut connection = self.manager.clone();
@@ -220,7 +272,16 @@ impl RedisStore {
             .invoke_async(&mut connection)
             .await
             .map_err(|e| self.error(&e))?;
-        Reply::parse(&raw)
+        let reply = Reply::parse(&raw)?;
+        if let Some(outage) = reply.outage() {
+            tracing::warn!(
+                pool = %pool,
+                gap_ms = outage.gap_ms,
+                leases_extended = outage.leases_extended,
+                "nobody reached the pool in redis for a while (outage): leases extended by a full lease"
+            );
+        }
+        Ok(reply)
     }
 
     /// A command: registers the pool, runs once (never retried: see the
@@ -233,7 +294,7 @@ impl RedisStore {
     ) -> StoreResult<Applied<T>> {
         self.register_pool(pool).await?;
         match self.run(pool, command, args).await? {
-            Reply::Ok { value, events } => Ok(Applied { value, events }),
+            Reply::Ok { value, events, .. } => Ok(Applied { value, events }),
             Reply::Err { error, .. } => Err(error.into_store_error()),
         }
     }
@@ -266,6 +327,28 @@ impl RedisStore {
                 .await
                 .map_err(|e| self.error(&e)),
             Err(e) => Err(self.error(&e)),
+        }
+    }
+}
+
+/// Test only: the scripts' time. In production all zero: Redis's `TIME`.
+#[derive(Clone, Copy, Debug, Default)]
+struct TestClock {
+    /// `offset_ms` is the time itself, not an offset from `TIME`.
+    pinned: bool,
+    offset_ms: i64,
+    /// Added to `TIME` when the script measures the gap since the pool was
+    /// last reached; only [`RedisStore::simulate_outage`] moves it.
+    contact_offset_ms: i64,
+}
+
+impl TestClock {
+    /// The script's clock argument: `=<ms>` pinned, else the offset.
+    fn script_arg(&self) -> String {
+        if self.pinned {
+            format!("={}", self.offset_ms)
+        } else {
+            self.offset_ms.to_string()
         }
     }
 }
@@ -314,6 +397,18 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// What the script matches on; the hand-off itself stays opaque JSON.
+fn routing(handoff: &Handoff) -> serde_json::Value {
+    serde_json::json!({
+        "conversation_id": handoff.conversation_id,
+        "language": handoff.language,
+        "required_skills": handoff.required_skills,
+        "priority": handoff.priority,
+        "region": handoff.region,
+        "preferred_agent": handoff.preferred_agent,
+    })
+}
+
 fn optional_json<T: serde::Serialize>(value: &Option<T>) -> StoreResult<String> {
     match value {
         Some(v) => to_json(v),
@@ -324,9 +419,13 @@ fn optional_json<T: serde::Serialize>(value: &Option<T>) -> StoreResult<String> 
 #[async_trait]
 impl Store for RedisStore {
     async fn now(&self) -> StoreResult<Timestamp> {
+        let clock = self.test_clock()?;
+        if clock.pinned {
+            return Ok(Timestamp::from_millis(clock.offset_ms));
+        }
         let (seconds, micros): (i64, i64) = self.read(&redis::cmd("TIME")).await?;
         Ok(Timestamp::from_millis(
-            seconds * 1000 + micros / 1000 + self.clock_offset_ms.load(Ordering::SeqCst),
+            seconds * 1000 + micros / 1000 + clock.offset_ms,
         ))
     }
 
@@ -455,21 +554,47 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn drain(&self, pool: &PoolId, agent: &AgentId) -> StoreResult<Applied<bool>> {
+        self.command(pool, Command::Drain, &[agent.to_string()])
+            .await
+    }
+
+    async fn reassign(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        target: Option<&AgentId>,
+        reason: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        let args = [
+            conversation.to_string(),
+            target.map(ToString::to_string).unwrap_or_default(),
+            reason.to_owned(),
+        ];
+        self.command(pool, Command::Reassign, &args).await
+    }
+
+    async fn availability(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        self.query(
+            pool,
+            Command::Availability,
+            &[routing(handoff).to_string(), limit.to_string()],
+        )
+        .await
+    }
+
     async fn request(
         &self,
         pool: &PoolId,
         handoff: Handoff,
     ) -> StoreResult<Applied<(Conversation, bool)>> {
         let handoff_json = to_json(&handoff)?;
-        // What the script matches on; the hand-off itself stays opaque JSON.
-        let routing = serde_json::json!({
-            "conversation_id": handoff.conversation_id,
-            "language": handoff.language,
-            "required_skills": handoff.required_skills,
-            "priority": handoff.priority,
-            "region": handoff.region,
-            "preferred_agent": handoff.preferred_agent,
-        });
+        let routing = routing(&handoff);
         let applied: Applied<(Conversation, bool)> = self
             .command(
                 pool,
@@ -586,6 +711,7 @@ impl Store for RedisStore {
                     Reply::Ok {
                         value,
                         events: swept,
+                        ..
                     } => {
                         events.extend(swept);
                         if value.more {

@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use switchboard_core::{DispatchSettings, DomainError, Event};
 use switchboard_store::StoreError;
 
+use crate::RedisOptions;
+
 /// The script source. Loaded once per connection (EVALSHA, reloaded by
 /// `Script::invoke_async` after NOSCRIPT).
 pub const SOURCE: &str = include_str!("dispatch.lua");
@@ -33,6 +35,8 @@ pub enum Command {
     Heartbeat,
     SetStatus,
     GoOffline,
+    Drain,
+    Reassign,
     Request,
     OfferDelivered,
     Accept,
@@ -40,6 +44,7 @@ pub enum Command {
     Complete,
     Cancel,
     Sweep,
+    Availability,
     Conversation,
     AgentSnapshot,
     Agents,
@@ -57,6 +62,8 @@ impl Command {
             Command::Heartbeat => "heartbeat",
             Command::SetStatus => "set_status",
             Command::GoOffline => "go_offline",
+            Command::Drain => "drain",
+            Command::Reassign => "reassign",
             Command::Request => "request",
             Command::OfferDelivered => "offer_delivered",
             Command::Accept => "accept",
@@ -64,6 +71,7 @@ impl Command {
             Command::Complete => "complete",
             Command::Cancel => "cancel",
             Command::Sweep => "sweep",
+            Command::Availability => "availability",
             Command::Conversation => "conversation",
             Command::AgentSnapshot => "agent_snapshot",
             Command::Agents => "agents",
@@ -73,8 +81,11 @@ impl Command {
     }
 }
 
-/// The settings as the script reads them (ARGV[4..=11]), in order.
-pub fn settings_args(settings: &DispatchSettings, stream_max_len: u64) -> [String; 8] {
+/// How many settings the script takes.
+pub const SETTINGS: usize = 10;
+
+/// The settings as the script reads them (ARGV[5..=14]), in order.
+pub fn settings_args(settings: &DispatchSettings, options: &RedisOptions) -> [String; SETTINGS] {
     [
         settings.offer_timeout_ms.to_string(),
         settings.offer_delivery_grace_ms.to_string(),
@@ -82,7 +93,9 @@ pub fn settings_args(settings: &DispatchSettings, stream_max_len: u64) -> [Strin
         settings.max_wait_ms.to_string(),
         settings.missed_offers_before_away.to_string(),
         settings.retention_ms.to_string(),
-        stream_max_len.to_string(),
+        settings.wrap_up_ms.to_string(),
+        options.outage_threshold.as_millis().to_string(),
+        options.stream_max_len.to_string(),
         SWEEP_LIMIT.to_string(),
     ]
 }
@@ -94,8 +107,33 @@ pub fn settings_args(settings: &DispatchSettings, stream_max_len: u64) -> [Strin
 #[derive(Debug, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reply<T> {
-    Ok { value: T, events: Vec<Event> },
-    Err { error: ScriptError },
+    Ok {
+        value: T,
+        events: Vec<Event>,
+        #[serde(default)]
+        outage: Option<Outage>,
+    },
+    Err {
+        error: ScriptError,
+        #[serde(default)]
+        outage: Option<Outage>,
+    },
+}
+
+/// The script found that nobody had reached the pool for a while and
+/// extended the leases (see `RedisOptions::outage_threshold`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct Outage {
+    pub gap_ms: i64,
+    pub leases_extended: u32,
+}
+
+impl<T> Reply<T> {
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            Reply::Ok { outage, .. } | Reply::Err { outage, .. } => *outage,
+        }
+    }
 }
 
 impl<T: DeserializeOwned> Reply<T> {
@@ -168,6 +206,21 @@ mod tests {
             StoreError::Domain(DomainError::NotFound {
                 what: "conversation",
                 id: "c1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn outage_reports_parse() {
+        let reply: Reply<bool> = Reply::parse(
+            r#"{"status":"ok","value":true,"events":[],"outage":{"gap_ms":5000,"leases_extended":2}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            reply.outage(),
+            Some(Outage {
+                gap_ms: 5_000,
+                leases_extended: 2
             })
         );
     }
