@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchboard_core::model::{
-    AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, Skill,
+    AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, Skill, StatusChoice,
 };
 use switchboard_core::{
     AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId,
@@ -42,12 +42,23 @@ pub fn settings() -> DispatchSettings {
     }
 }
 
+/// [`settings`] with a wrap-up after every completed conversation.
+pub fn wrap_up_settings() -> DispatchSettings {
+    DispatchSettings {
+        wrap_up_ms: 400,
+        ..settings()
+    }
+}
+
 /// Generates one `#[tokio::test]` per check for the harness built by
 /// `$make(settings).await`.
 #[macro_export]
 macro_rules! conformance_suite {
     ($make:path) => {
-        $crate::conformance_suite!(@tests $make;
+        $crate::conformance_suite!(@tests $make, $crate::conformance::wrap_up_settings;
+            wrap_up_holds_offers_until_it_ends_or_the_agent_is_available
+        );
+        $crate::conformance_suite!(@tests $make, $crate::conformance::settings;
             happy_path_offer_accept_complete,
             decline_goes_to_next_agent,
             timeout_goes_to_next_agent_and_counts_a_miss,
@@ -64,14 +75,19 @@ macro_rules! conformance_suite {
             roster_narrowing_and_widening,
             sequence_numbers_increase_per_conversation,
             events_reach_the_feed,
-            stats_report_what_happened
+            stats_report_what_happened,
+            drain_stops_offers_and_goes_offline_after_the_last_conversation,
+            available_cancels_a_drain,
+            reassign_to_the_queue_or_a_named_agent,
+            reassign_refusals,
+            availability_counts_free_eligible_agents_and_estimates_the_wait
         );
     };
-    (@tests $make:path; $($name:ident),*) => {
+    (@tests $make:path, $settings:path; $($name:ident),*) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let harness = $make($crate::conformance::settings()).await;
+                let harness = $make($settings()).await;
                 $crate::conformance::$name(&harness).await;
             }
         )*
@@ -148,6 +164,46 @@ async fn ready(h: &dyn Harness, p: &PoolId, id: &str) -> u64 {
     let (stream, _) = store.attach_stream(p, &agent(id)).await.unwrap().value;
     h.advance(5).await;
     stream
+}
+
+/// [`ready`] with a capacity of `capacity`.
+async fn ready_with(h: &dyn Harness, p: &PoolId, id: &str, capacity: u32) {
+    let store = h.store();
+    store.upsert_roster(p, entry(id)).await.unwrap();
+    store
+        .go_online(
+            p,
+            &agent(id),
+            GoOnline {
+                capacity: Some(capacity),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    store.attach_stream(p, &agent(id)).await.unwrap();
+    h.advance(5).await;
+}
+
+async fn status_of(h: &dyn Harness, p: &PoolId, id: &str) -> AgentStatus {
+    h.store()
+        .agents(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|presence| presence.agent_id == agent(id))
+        .map_or(AgentStatus::Offline, |presence| presence.status)
+}
+
+fn notices(events: &[switchboard_core::Event]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Notice { code, message, .. } => Some((code.clone(), message.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn state_of(
@@ -670,4 +726,311 @@ pub async fn stats_report_what_happened(h: &dyn Harness) {
         (2, 1, 1)
     );
     assert!(shifts[0].online);
+}
+
+pub async fn drain_stops_offers_and_goes_offline_after_the_last_conversation(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready_with(h, &p, "alice", 2).await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let drained = store.drain(&p, &agent("alice")).await.unwrap();
+    assert!(!drained.value, "one conversation in hand: not offline yet");
+    assert_eq!(
+        notices(&drained.events),
+        vec![(
+            "draining".to_owned(),
+            "draining: no new offers; offline after the last conversation".to_owned()
+        )]
+    );
+    assert_eq!(status_of(h, &p, "alice").await, AgentStatus::Draining);
+    store.request(&p, handoff("c2")).await.unwrap();
+    assert_eq!(
+        state_of(h, &p, "c2").await.0,
+        ConversationState::Queued,
+        "a draining agent gets no new offers, spare capacity or not"
+    );
+    assert_eq!(store.queue_stats(&p).await.unwrap().agents_available, 0);
+    let done = store
+        .complete(&p, &agent("alice"), &cid("c1"), "resolved")
+        .await
+        .unwrap();
+    assert_eq!(done.value.state, ConversationState::Completed);
+    assert!(
+        notices(&done.events).contains(&("offline".to_owned(), "drained".to_owned())),
+        "{:?}",
+        done.events
+    );
+    assert!(
+        store.agents(&p).await.unwrap().is_empty(),
+        "offline after the last one"
+    );
+    assert_eq!(state_of(h, &p, "c2").await.0, ConversationState::Queued);
+    let shifts = store.shift_stats(&p).await.unwrap();
+    assert!(!shifts[0].online && shifts[0].shift.ended_at.is_some());
+    // Nothing in hand: offline at once.
+    ready(h, &p, "bob").await;
+    assert_eq!(
+        state_of(h, &p, "c2").await.1,
+        Some(agent("bob")),
+        "bob is offered the waiting one"
+    );
+    store
+        .decline(&p, &agent("bob"), &offer("c2", 1), "")
+        .await
+        .unwrap();
+    assert!(store.drain(&p, &agent("bob")).await.unwrap().value);
+    assert!(store.agents(&p).await.unwrap().is_empty());
+    let err = domain(store.drain(&p, &agent("bob")).await.unwrap_err());
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+}
+
+pub async fn available_cancels_a_drain(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready_with(h, &p, "alice", 2).await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    // A pending offer is work in hand too: draining waits for its answer.
+    assert!(!store.drain(&p, &agent("alice")).await.unwrap().value);
+    let status = store
+        .set_status(&p, &agent("alice"), StatusChoice::Available)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(status, AgentStatus::Available, "the drain is cancelled");
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    store.request(&p, handoff("c2")).await.unwrap();
+    assert_eq!(
+        state_of(h, &p, "c2").await.1,
+        Some(agent("alice")),
+        "offers again"
+    );
+    // Declining the last thing in hand ends a drain too.
+    store
+        .accept(&p, &agent("alice"), &offer("c2", 1))
+        .await
+        .unwrap();
+    store.drain(&p, &agent("alice")).await.unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c1"), "ok")
+        .await
+        .unwrap();
+    assert_eq!(status_of(h, &p, "alice").await, AgentStatus::Draining);
+    let cancelled = store.cancel(&p, &cid("c2"), "customer left").await.unwrap();
+    assert!(
+        notices(&cancelled.events).contains(&("offline".to_owned(), "drained".to_owned())),
+        "the customer leaving the last conversation ends the drain: {:?}",
+        cancelled.events
+    );
+}
+
+pub async fn wrap_up_holds_offers_until_it_ends_or_the_agent_is_available(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c1"), "resolved")
+        .await
+        .unwrap();
+    assert_eq!(status_of(h, &p, "alice").await, AgentStatus::WrapUp);
+    store.request(&p, handoff("c2")).await.unwrap();
+    assert_eq!(
+        state_of(h, &p, "c2").await.0,
+        ConversationState::Queued,
+        "no offers during wrap-up"
+    );
+    h.advance(300).await;
+    store.sweep().await.unwrap();
+    assert_eq!(state_of(h, &p, "c2").await.0, ConversationState::Queued);
+    h.advance(150).await;
+    let swept = store.sweep().await.unwrap();
+    assert!(
+        notices(&swept.events).contains(&("status_changed".to_owned(), "wrap-up ended".to_owned())),
+        "{:?}",
+        swept.events
+    );
+    assert_eq!(
+        state_of(h, &p, "c2").await.1,
+        Some(agent("alice")),
+        "wrap-up over: the waiting conversation is offered"
+    );
+    store
+        .accept(&p, &agent("alice"), &offer("c2", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c2"), "resolved")
+        .await
+        .unwrap();
+    store.request(&p, handoff("c3")).await.unwrap();
+    assert_eq!(state_of(h, &p, "c3").await.0, ConversationState::Queued);
+    // The app ends wrap-up early by going available.
+    let status = store
+        .set_status(&p, &agent("alice"), StatusChoice::Available)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(status, AgentStatus::Busy, "offered c3 at once");
+    assert_eq!(state_of(h, &p, "c3").await.1, Some(agent("alice")));
+}
+
+pub async fn reassign_to_the_queue_or_a_named_agent(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    ready(h, &p, "bob").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let moved = store
+        .reassign(&p, &cid("c1"), None, "customer asked")
+        .await
+        .unwrap();
+    let requeued = moved
+        .events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Requeued { .. }))
+        .expect("a requeued event");
+    assert_eq!(
+        requeued.agent_id,
+        Some(agent("alice")),
+        "the previous holder is told"
+    );
+    let c = moved.value;
+    assert_eq!(
+        (c.state, c.agent_id.clone()),
+        (ConversationState::Offered, Some(agent("bob"))),
+        "back to the queue, and on to someone else"
+    );
+    assert!(c.excluded.contains(&agent("alice")));
+    let alice = store.agents(&p).await.unwrap();
+    assert_eq!(alice[0].active_conversations, 0);
+    // Straight to a named agent (even one excluded before): bob's offer is
+    // withdrawn.
+    let moved = store
+        .reassign(&p, &cid("c1"), Some(&agent("alice")), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved.value.state, moved.value.agent_id.clone()),
+        (ConversationState::Offered, Some(agent("alice")))
+    );
+    assert!(
+        moved.events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::OfferRevoked { reason, .. } if reason == "reassigned by supervisor"
+        )),
+        "{:?}",
+        moved.events
+    );
+    assert_eq!(moved.value.offers.last().unwrap().attempt, 3);
+    // A queued conversation only changes its reason.
+    store.request(&p, handoff("c2")).await.unwrap();
+    let c2 = store.conversation(&p, &cid("c2")).await.unwrap();
+    assert_eq!(c2.agent_id, Some(agent("bob")));
+    store
+        .decline(&p, &agent("bob"), &offer("c2", 1), "")
+        .await
+        .unwrap();
+    let queued = store
+        .reassign(&p, &cid("c2"), None, "priority customer")
+        .await
+        .unwrap();
+    assert_eq!(queued.value.state, ConversationState::Queued);
+    assert_eq!(
+        queued.value.reason,
+        "reassigned by supervisor: priority customer"
+    );
+    assert_eq!(queued.events.len(), 1, "{:?}", queued.events);
+}
+
+pub async fn reassign_refusals(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    let err = domain(
+        store
+            .reassign(&p, &cid("c1"), Some(&agent("alice")), "")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err.to_string(),
+        DomainError::precondition(
+            "agent `alice` cannot take an offer now (status Busy, stream attached: true)"
+        )
+        .to_string(),
+        "already the holder"
+    );
+    let err = domain(
+        store
+            .reassign(&p, &cid("c1"), Some(&agent("nobody")), "")
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+    store.cancel(&p, &cid("c1"), "").await.unwrap();
+    let err = domain(store.reassign(&p, &cid("c1"), None, "").await.unwrap_err());
+    assert_eq!(
+        err.to_string(),
+        DomainError::precondition("conversation `c1` is abandoned and cannot be reassigned")
+            .to_string()
+    );
+    let err = domain(
+        store
+            .reassign(&p, &cid("never"), None, "")
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+}
+
+pub async fn availability_counts_free_eligible_agents_and_estimates_the_wait(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    assert_eq!(
+        store.availability(&p, &handoff("x"), 10).await.unwrap(),
+        (0, -1),
+        "nobody and no history"
+    );
+    ready(h, &p, "alice").await;
+    ready(h, &p, "bob").await;
+    assert_eq!(
+        store.availability(&p, &handoff("x"), 10).await.unwrap(),
+        (2, 0)
+    );
+    assert_eq!(
+        store.availability(&p, &handoff("x"), 1).await.unwrap(),
+        (1, 0),
+        "counts up to the limit"
+    );
+    let mut fraud = handoff("x");
+    fraud.required_skills = vec![Skill::new("fraud", 1)];
+    assert_eq!(store.availability(&p, &fraud, 10).await.unwrap().0, 0);
+    let mut in_region = handoff("x");
+    in_region.region = Some("eu".into());
+    assert_eq!(
+        store.availability(&p, &in_region, 10).await.unwrap().0,
+        0,
+        "nobody may serve that region"
+    );
+    store.request(&p, handoff("c1")).await.unwrap();
+    assert_eq!(
+        store.availability(&p, &handoff("x"), 10).await.unwrap(),
+        (1, 0),
+        "an agent with an offer is not free"
+    );
+    store.request(&p, handoff("c2")).await.unwrap();
+    h.advance(100).await;
+    let (free, wait) = store.availability(&p, &handoff("x"), 10).await.unwrap();
+    assert_eq!(free, 0);
+    assert!(wait > 0, "two first offers so far give a rate: {wait}");
 }
