@@ -1,0 +1,251 @@
+//! One Redis round trip per call on the common path (request, accept,
+//! decline, complete, heartbeat), measured on the test's own `redis-server`.
+//!
+//! Two witnesses, because `INFO commandstats` alone cannot tell a client's
+//! command from one a script ran (both are counted):
+//! - `INFO commandstats`: each call adds exactly one `evalsha` (no `eval`,
+//!   no `script|load`: the script is warm).
+//! - `MONITOR` (through `redis-cli`): between two markers, the only command
+//!   a client sent is that one `EVALSHA`; everything else is the script's own
+//!   (`[0 lua]`) or the event feed following the streams on its own
+//!   connection (`XREAD`, `SMEMBERS`), which is not on the call's path.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+use switchboard_core::model::{GoOnline, Handoff, RosterEntry, Skill};
+use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId};
+use switchboard_store::Store;
+use switchboard_store_redis::RedisStore;
+use switchboard_testkit::RedisServer;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+fn agent(id: &str) -> AgentId {
+    AgentId::parse("agent_id", id).unwrap()
+}
+
+fn cid(id: &str) -> ConversationId {
+    ConversationId::parse("conversation_id", id).unwrap()
+}
+
+fn offer(id: &str, attempt: u32) -> OfferId {
+    OfferId {
+        conversation_id: cid(id),
+        attempt,
+    }
+}
+
+fn handoff(id: &str) -> Handoff {
+    Handoff {
+        conversation_id: cid(id),
+        customer_id: "customer-1".into(),
+        language: "en".into(),
+        category: "billing".into(),
+        required_skills: vec![Skill::new("billing", 2)],
+        priority: 1,
+        summary: "wants a refund".into(),
+        attributes: Default::default(),
+        customer_asked_for_human: true,
+        chat_reference: format!("chat://{id}"),
+        preferred_agent: None,
+        region: None,
+        customer_location: None,
+    }
+}
+
+fn entry(id: &str) -> RosterEntry {
+    RosterEntry {
+        agent_id: agent(id),
+        display_name: id.to_uppercase(),
+        skills: vec![Skill::new("billing", 4)],
+        languages: vec!["en".into()],
+        max_capacity: 1,
+        allowed_regions: vec![],
+        attributes: vec![],
+        token_epoch: 0,
+    }
+}
+
+/// `redis-cli MONITOR` on the test's server, read line by line.
+struct Monitor {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Monitor {
+    async fn start(server: &RedisServer) -> Monitor {
+        let mut child = Command::new("redis-cli")
+            .args(["-u", &server.url(), "monitor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `redis-cli monitor` (it comes with redis-server): {e}")
+            });
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("MONITOR answers within 10 s")
+            .expect("redis-cli output")
+            .expect("redis-cli keeps running");
+        assert_eq!(first.trim(), "OK", "MONITOR started");
+        Monitor {
+            _child: child,
+            lines,
+        }
+    }
+
+    /// The commands clients sent between `ECHO begin` and `ECHO end`
+    /// (uppercase names), leaving out the script's own and the feed's.
+    async fn client_commands_until(&mut self, end: &str) -> Vec<String> {
+        let mut commands = Vec::new();
+        let mut started = false;
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+                .await
+                .expect("the end marker within 10 s")
+                .expect("redis-cli output")
+                .expect("redis-cli keeps running");
+            // `<time> [<db> <client or lua>] "<COMMAND>" "<arg>" ...`
+            let Some((source, rest)) = line.split_once("] ") else {
+                continue;
+            };
+            let name = rest
+                .split('"')
+                .nth(1)
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            if name == "ECHO" {
+                if rest.contains(&format!("\"begin-{end}\"")) {
+                    started = true;
+                } else if rest.contains(&format!("\"{end}\"")) {
+                    return commands;
+                }
+                continue;
+            }
+            let by_script = source.ends_with(" lua");
+            let by_feed = matches!(name.as_str(), "XREAD" | "SMEMBERS");
+            if started && !by_script && !by_feed && name != "INFO" && !name.starts_with("CONFIG") {
+                commands.push(name);
+            }
+        }
+    }
+}
+
+async fn command_calls(connection: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').next()?.strip_prefix("calls=")?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs `call` between two markers and checks both witnesses.
+macro_rules! one_round_trip {
+    ($connection:expr, $monitor:expr, $name:literal, $call:expr) => {{
+        let connection = &mut $connection;
+        let before = command_calls(connection).await;
+        let _: String = redis::cmd("ECHO")
+            .arg(concat!("begin-", $name))
+            .query_async(connection)
+            .await
+            .unwrap();
+        let result = $call.await;
+        let _: String = redis::cmd("ECHO")
+            .arg($name)
+            .query_async(connection)
+            .await
+            .unwrap();
+        let after = command_calls(connection).await;
+        let delta = |command: &str| {
+            after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
+        };
+        assert_eq!(delta("evalsha"), 1, "{}: one EVALSHA", $name);
+        assert_eq!(delta("eval"), 0, "{}: no EVAL", $name);
+        assert_eq!(delta("script|load"), 0, "{}: the script is warm", $name);
+        assert_eq!(
+            $monitor.client_commands_until($name).await,
+            vec!["EVALSHA".to_owned()],
+            "{}: the only command a client sent",
+            $name
+        );
+        result
+    }};
+}
+
+#[tokio::test]
+async fn the_common_path_costs_one_evalsha_per_call() {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&server.url(), DispatchSettings::default())
+        .await
+        .expect("the store connects");
+    let mut connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test's own connection");
+    let p = PoolId::parse("pool", "p1").unwrap();
+    // Warm up: the script loaded, the pool registered, both agents ready.
+    for id in ["alice", "bob"] {
+        store.upsert_roster(&p, entry(id)).await.unwrap();
+        store
+            .go_online(&p, &agent(id), GoOnline::default(), false)
+            .await
+            .unwrap();
+        store.attach_stream(&p, &agent(id)).await.unwrap();
+        store.advance_clock(5);
+    }
+    let mut monitor = Monitor::start(&server).await;
+
+    let (c, _) = one_round_trip!(
+        connection,
+        monitor,
+        "request",
+        store.request(&p, handoff("c1"))
+    )
+    .unwrap()
+    .value;
+    assert_eq!(c.agent_id, Some(agent("alice")));
+    one_round_trip!(
+        connection,
+        monitor,
+        "decline",
+        store.decline(&p, &agent("alice"), &offer("c1", 1), "busy")
+    )
+    .unwrap();
+    let c = one_round_trip!(
+        connection,
+        monitor,
+        "accept",
+        store.accept(&p, &agent("bob"), &offer("c1", 2))
+    )
+    .unwrap()
+    .value;
+    assert_eq!(c.agent_id, Some(agent("bob")));
+    one_round_trip!(
+        connection,
+        monitor,
+        "complete",
+        store.complete(&p, &agent("bob"), &cid("c1"), "resolved")
+    )
+    .unwrap();
+    one_round_trip!(
+        connection,
+        monitor,
+        "heartbeat",
+        store.heartbeat(&p, &agent("alice"), None)
+    )
+    .unwrap();
+}
