@@ -1,10 +1,12 @@
 //! The Redis key layout: every key of a pool carries the pool as its hash
 //! tag, so a script touches one slot and Redis Cluster can spread pools.
+//! This is the reference for operators (docs/ links here).
 //!
 //! # Layout
 //!
 //! `P` below is the pool prefix `sb:{<pool>}:`. Pool, agent and conversation
 //! ids are `[A-Za-z0-9_.:@-]`, so the first `{…}` in a key is always the pool.
+//! Rows are JSON; times are Unix milliseconds of Redis's own clock (`TIME`).
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -12,21 +14,51 @@
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |
-//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, stream, active conversations, pending offer, lease, idle since, misses, indexed score) and `shift` counters |
-//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced, the routing fields, state, offers, excluded agents, sequence number |
-//! | `P avail:<language>:<skill>` | zset | offerable agents speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
+//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score) and `shift` counters |
+//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced, the routing fields, state, offers, excluded agents, sequence number, and while queued its group and queue member |
+//! | `P avail:<language>:<skill>` | zset | offerable agents (stream attached, available, not draining, not in wrap-up, no pending offer, spare capacity) speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
 //! | `P groups` | set | ids of the non-empty queue groups |
 //! | `P glang:<primary subtag>` | set | ids of the non-empty groups whose language starts with that subtag (what a free agent looks at) |
 //! | `P queue:<group>` | zset | waiting conversations of one group (identical language, skills, region); every score 0 and the member `9-priority|queued since|arrival|id` in fixed width, so ZRANGE order is priority, then waiting time, then arrival, and ZRANK is the queue position |
 //! | `P qage:<group>` | zset | the same conversations scored by queued-since (longest wait per group) |
-//! | `P deadlines` | zset | every pending deadline, scored by when it is due; members `1|conv|attempt` (undelivered offer), `2|conv|attempt` (offer timeout), `3|agent|conv|attempt` (stream-detach grace), `4|agent` (lease), `5|conv` (maximum wait), `6|conv` (retention) |
-//! | `P events` | stream | every event of the pool, field `event` = serde JSON of `switchboard_core::Event`, capped with `MAXLEN ~` |
+//! | `P deadlines` | zset | every pending deadline, scored by when it is due; members numbered in the engine's `Deadline` order: `1|conv|attempt` (undelivered offer), `2|conv|attempt` (offer timeout), `3|agent|conv|attempt` (stream-detach grace), `4|agent` (lease), `5|agent|until` (wrap-up end), `6|conv` (maximum wait), `7|conv` (retention). Entries may be stale; each is checked against the rows when it fires |
+//! | `P events` | stream | every event of the pool, field `event` = serde JSON of `switchboard_core::Event`, capped with `MAXLEN ~` (`RedisOptions::stream_max_len`) |
 //! | `P arrivals` | string | counter: arrival order in the queue |
 //! | `P stream_ids` | string | counter: agent event stream ids |
-//! | `P first_offers` | list | times of the last 64 first offers (expected wait) |
+//! | `P first_offers` | list | times of the pool's last 64 first offers (the expected wait's fallback rate) |
+//! | `P grate:<group>` | list | times of the group's last 64 first offers (its own rate, used from 4 on) |
+//! | `P rate_groups` | set | groups with a `grate:` list; at 10 000 they are all dropped and start over (as the engine bounds its map) |
+//! | `P last_contact` | string | Redis time (ms) the pool was last reached by a command or a sweep: the outage rule below |
 //!
 //! A group id is `language|skill:level,…|=region` (empty after the last `|`
 //! when the conversation names no region).
+//!
+//! # Leases after an outage
+//!
+//! Every command and sweep first compares Redis's `TIME` with
+//! `P last_contact` and writes it. A gap longer than
+//! `RedisOptions::outage_threshold` (default 1 s; every replica's sweeper
+//! reaches every pool many times a second, so only Redis being unreachable
+//! or every replica being down makes one) means agents could not heartbeat
+//! either: before any deadline is acted on, every lease of the pool is
+//! pushed to at least now + lease (the script reports it and the replica
+//! logs a warning). So no lease expires until a full lease interval after
+//! Redis is back; an agent who does not come back lapses then, as usual.
+//! Offer deadlines are not extended: an offer that ran out during the
+//! outage times out and requeues on the next sweep.
+//!
+//! # Durability
+//!
+//! Everything above is the state; nothing lives only in a replica. Run
+//! Redis with AOF (`appendonly yes`, `appendfsync everysec`) and without
+//! eviction (`maxmemory-policy noeviction`): an evicted row would be a lost
+//! conversation. A Redis crash may lose about the last second of
+//! acknowledged changes (everysec); every command is idempotent on its ids
+//! (a repeated hand-off, accept, decline, complete or cancel returns the
+//! first result), so a gateway that retries until a watch event confirms
+//! loses nothing. A restarted Redis has no scripts cached: the first call
+//! gets NOSCRIPT and reloads it (one extra round trip). Conversations are
+//! deleted `retention_ms` after they finish; the event stream is capped.
 
 use switchboard_core::PoolId;
 

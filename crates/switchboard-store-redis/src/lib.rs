@@ -8,9 +8,24 @@
 //!   translated), atomic, through `redis::Script::invoke_async` (EVALSHA,
 //!   reloaded after NOSCRIPT). Nothing is decided in this process, so two
 //!   replicas racing for one agent or one conversation cannot both win.
-//! - Time is Redis's own `TIME`, read inside the script; the only local input
-//!   is a test-only offset ([`RedisOptions::clock_offset_ms`],
-//!   [`RedisStore::advance_clock`]).
+//! - Time is Redis's own `TIME`, read inside the script, and [`Store::now`]
+//!   reports the same clock. No replica's clock enters a decision:
+//!   [`RedisOptions::clock_offset_ms`] (a test-only skew of the replica's
+//!   local clock) is never passed to a script, because a replica whose skew
+//!   moved the shared deadlines would expire every agent's lease early.
+//!   Tests move the store's time with [`RedisStore::advance_clock`],
+//!   [`RedisStore::pin_clock`] and [`RedisStore::simulate_outage`], which
+//!   production never calls.
+//! - After an outage (no script reached the pool for longer than
+//!   [`RedisOptions::outage_threshold`]), no lease expires until a full
+//!   lease interval after Redis is back: the first script pushes every lease
+//!   of the pool to at least now + lease before acting on any deadline (see
+//!   [`keys`], "Leases after an outage").
+//! - Drain, wrap-up, supervisor reassignment and the availability check run
+//!   in the same script with the engine's semantics; the shared conformance
+//!   suite and a differential test against the in-memory store (random
+//!   command sequences, results and events compared step by step) hold the
+//!   two to the same behaviour.
 //! - Every key of a pool carries the pool as hash tag (see [`keys`]), so each
 //!   script touches one slot.
 //! - Matching never scans: offerable agents sit in sorted sets per
@@ -26,7 +41,9 @@
 //!   [`Store::subscribe`] by a background task that follows the streams on
 //!   its own connection (see `feed.rs`).
 //!
-//! Round trips: one EVALSHA per command on the common path. Extra, once:
+//! Round trips: one EVALSHA per command on the common path (request,
+//! accept, decline, complete, heartbeat: `tests/redis_round_trips.rs`
+//! checks it with `INFO commandstats` and `MONITOR`). Extra, once:
 //! the script load after a (re)connect (NOSCRIPT, SCRIPT LOAD), and one SADD
 //! the first time this process writes to a pool. [`Store::sweep`] is one
 //! SMEMBERS plus one EVALSHA per pool.
