@@ -16,8 +16,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::model::{
-    AgentSnapshot, Conversation, GoOnline, Handoff, Location, Presence, QueueStats, RosterEntry,
-    ShiftView, Skill, StatusChoice,
+    AgentSnapshot, Conversation, ConversationState, GoOnline, Handoff, Location, Presence,
+    QueueStats, RosterEntry, ShiftView, Skill, StatusChoice,
 };
 use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
 use switchboard_store::{Applied, ManualClock, MemoryStore, Store, StoreResult};
@@ -123,7 +123,12 @@ fn handoff(rng: &mut Rng, id: &str) -> Handoff {
         customer_id: format!("customer-{}", rng.below(3)),
         language: (*rng.pick(&LANGUAGES)).to_owned(),
         category: "billing".into(),
-        required_skills: skills(rng, 1).into_iter().take(2).collect(),
+        // Mostly requirements some agent meets, so offers happen often.
+        required_skills: skills(rng, 1)
+            .into_iter()
+            .take(if rng.chance(70) { 1 } else { 2 })
+            .map(|s| Skill::new(s.name, s.level.min(3)))
+            .collect(),
         priority: rng.below(3) as u8,
         summary: "wants a human".into(),
         attributes: Default::default(),
@@ -282,9 +287,35 @@ macro_rules! both {
     }};
 }
 
-/// The offer a random answer should use: mostly the conversation's current
-/// one (through the memory store), sometimes a stale or foreign one.
+/// The conversations (through the memory store) in `state`.
+async fn in_state(pair: &Pair, p: &PoolId, state: ConversationState) -> Vec<Conversation> {
+    let mut out = Vec::new();
+    for id in CONVERSATIONS {
+        if let Ok(c) = pair.memory.conversation(p, &cid(id)).await
+            && c.state == state
+        {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The offer a random answer should use: mostly a pending one, else the
+/// conversation's latest, sometimes a stale or foreign one.
 async fn some_offer(pair: &Pair, rng: &mut Rng, p: &PoolId) -> (AgentId, OfferId) {
+    let offered = in_state(pair, p, ConversationState::Offered).await;
+    if !offered.is_empty() && rng.chance(70) {
+        let c = rng.pick(&offered);
+        if let Some(pending) = c.pending_offer() {
+            return (
+                pending.agent_id.clone(),
+                OfferId {
+                    conversation_id: c.id().clone(),
+                    attempt: pending.attempt,
+                },
+            );
+        }
+    }
     let id = *rng.pick(&CONVERSATIONS);
     if let Ok(c) = pair.memory.conversation(p, &cid(id)).await
         && let Some(last) = c.offers.last()
@@ -307,7 +338,18 @@ async fn some_offer(pair: &Pair, rng: &mut Rng, p: &PoolId) -> (AgentId, OfferId
     )
 }
 
-async fn run_sequence(pair: &Pair, seed: u64) {
+/// How often the newer commands succeeded, so the comparison is known not
+/// to be vacuous for them.
+#[derive(Debug, Default)]
+struct Coverage {
+    /// Each starts a wrap-up (wrap_up_ms > 0) unless the agent drains.
+    completions: u32,
+    drains: u32,
+    reassigns: u32,
+    agents_found_free: u32,
+}
+
+async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let p = PoolId::parse("pool", &format!("seed-{seed}")).unwrap();
     let mut streams: std::collections::HashMap<&str, u64> = Default::default();
@@ -337,11 +379,19 @@ async fn run_sequence(pair: &Pair, seed: u64) {
                     location: None,
                 };
                 let self_register = rng.chance(20);
-                let _ = both!(
+                let online = both!(
                     pair,
                     context(&format!("go_online {a} {request:?} {self_register}")),
                     |s| s.go_online(&p, &agent(a), request.clone(), self_register)
                 );
+                // The app attaches its stream right after, mostly.
+                if online.is_ok() && rng.chance(70) {
+                    let result = both!(pair, context(&format!("attach_stream {a}")), |s| s
+                        .attach_stream(&p, &agent(a)));
+                    if let Ok(applied) = result {
+                        streams.insert(a, applied.value.0);
+                    }
+                }
             }
             22..=31 => {
                 let result = both!(pair, context(&format!("attach_stream {a}")), |s| s
@@ -406,13 +456,20 @@ async fn run_sequence(pair: &Pair, seed: u64) {
                     .decline(&p, &who, &offer, reason));
             }
             77..=82 => {
-                let id = *rng.pick(&CONVERSATIONS);
+                let assigned = in_state(pair, &p, ConversationState::Assigned).await;
+                let mut id = *rng.pick(&CONVERSATIONS);
+                if !assigned.is_empty() && rng.chance(70) {
+                    id = rng.pick(&assigned).id().as_str();
+                }
                 let who = match pair.memory.conversation(&p, &cid(id)).await {
                     Ok(c) if rng.chance(80) => c.agent_id.unwrap_or_else(|| agent(a)),
                     _ => agent(a),
                 };
-                let _ = both!(pair, context(&format!("complete {who} {id}")), |s| s
+                let result = both!(pair, context(&format!("complete {who} {id}")), |s| s
                     .complete(&p, &who, &cid(id), "resolved"));
+                if result.is_ok_and(|applied| !applied.events.is_empty()) {
+                    coverage.completions += 1;
+                }
             }
             83..=85 => {
                 let id = *rng.pick(&CONVERSATIONS);
@@ -432,27 +489,30 @@ async fn run_sequence(pair: &Pair, seed: u64) {
                 );
             }
             100..=102 => {
-                let _ = both!(pair, context(&format!("drain {a}")), |s| s
+                let result = both!(pair, context(&format!("drain {a}")), |s| s
                     .drain(&p, &agent(a)));
+                coverage.drains += u32::from(result.is_ok());
             }
             103..=107 => {
                 let id = *rng.pick(&CONVERSATIONS);
                 let target = rng.chance(50).then(|| agent(a));
                 let reason = if rng.chance(50) { "" } else { "supervisor" };
-                let _ = both!(
+                let result = both!(
                     pair,
                     context(&format!("reassign {id} to {target:?}")),
                     |s| s.reassign(&p, &cid(id), target.as_ref(), reason)
                 );
+                coverage.reassigns += u32::from(result.is_ok());
             }
             108..=110 => {
                 let h = handoff(&mut rng, "probe");
                 let limit = 1 + rng.below(4);
-                let _ = both!(
+                let result = both!(
                     pair,
                     context(&format!("availability {h:?} limit {limit}")),
                     |s| s.availability(&p, &h, limit)
                 );
+                coverage.agents_found_free += u32::from(result.is_ok_and(|(free, _)| free > 0));
             }
             _ => {
                 let id = *rng.pick(&CONVERSATIONS);
@@ -460,6 +520,33 @@ async fn run_sequence(pair: &Pair, seed: u64) {
                     .conversation(&p, &cid(id)));
                 let _ = both!(pair, context(&format!("agent_snapshot {a}")), |s| s
                     .agent_snapshot(&p, &agent(a)));
+            }
+        }
+        // Apps mostly keep their leases alive (5 steps between heartbeats
+        // would lapse one).
+        for presence in pair.memory.agents(&p).await.unwrap() {
+            if rng.chance(75) {
+                let who = presence.agent_id;
+                let _ = both!(pair, context(&format!("heartbeat {who}")), |s| s
+                    .heartbeat(&p, &who, None));
+            }
+        }
+        // Apps mostly show their offers at once (else they are withdrawn as
+        // undelivered and the agent's stream is dropped).
+        if rng.chance(70) {
+            for c in in_state(pair, &p, ConversationState::Offered).await {
+                if let Some(pending) = c.pending_offer() {
+                    let offer = OfferId {
+                        conversation_id: c.id().clone(),
+                        attempt: pending.attempt,
+                    };
+                    let who = pending.agent_id.clone();
+                    let _ = both!(
+                        pair,
+                        context(&format!("offer_delivered {who} {offer}")),
+                        |s| s.offer_delivered(&p, &who, &offer)
+                    );
+                }
             }
         }
         // After every step the whole visible state must agree too.
@@ -501,8 +588,16 @@ async fn random_sequences_match_the_in_memory_store() {
         redis,
         redis_start,
     };
+    let mut coverage = Coverage::default();
     for seed in 0..SEEDS {
-        run_sequence(&pair, seed).await;
+        run_sequence(&pair, seed, &mut coverage).await;
     }
-    let _: Timestamp = pair.redis.now().await.unwrap();
+    println!("{coverage:?}");
+    assert!(
+        coverage.completions > 0
+            && coverage.drains > 0
+            && coverage.reassigns > 0
+            && coverage.agents_found_free > 0,
+        "the random sequences exercised every command: {coverage:?}"
+    );
 }
