@@ -196,6 +196,9 @@ pub struct RoutingConfig {
     pub queues: BTreeMap<String, QueuePolicy>,
     /// Category → queue name (each queue's own name included).
     pub(crate) categories: BTreeMap<String, String>,
+    /// FNV-1a 64 of the source text: the same file gives the same value on
+    /// every replica, so replicas can report which policy they run.
+    pub fingerprint: u64,
 }
 
 impl RoutingConfig {
@@ -212,6 +215,12 @@ impl RoutingConfig {
 
     pub fn queue(&self, name: &str) -> Option<&QueuePolicy> {
         self.queues.get(name)
+    }
+
+    /// [`RoutingConfig::fingerprint`] as 16 hex digits, for logs and admin
+    /// replies.
+    pub fn version(&self) -> String {
+        format!("{:016x}", self.fingerprint)
     }
 
     /// Whether, after `waited_ms`, the offer is still reserved for the

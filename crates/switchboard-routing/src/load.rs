@@ -573,6 +573,7 @@ impl<'s> Loader<'s> {
             regions,
             queues,
             categories,
+            fingerprint: fnv1a64(self.source.as_bytes()),
         }
     }
 
@@ -1190,6 +1191,13 @@ impl<'s> Loader<'s> {
             }
         }
     }
+}
+
+/// FNV-1a, 64 bits: a stable digest with no dependency; not for security.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn skill_problem(error: switchboard_core::DomainError) -> String {

@@ -97,6 +97,18 @@ fn the_example_file_loads_and_means_what_it_says() {
 }
 
 #[test]
+fn the_version_follows_the_text() {
+    let a = load("[queues.a]\n").unwrap();
+    let again = load("[queues.a]\n").unwrap();
+    let b = load("[queues.b]\n").unwrap();
+    assert_eq!(a.version(), again.version());
+    assert_ne!(a.version(), b.version());
+    assert_eq!(a.version().len(), 16);
+    // FNV-1a 64 of the empty string.
+    assert_eq!(load("").unwrap().version(), "cbf29ce484222325");
+}
+
+#[test]
 fn an_empty_file_is_the_builtin_policy() {
     let config = load("").unwrap();
     assert!(config.queues.is_empty());
@@ -520,4 +532,39 @@ relax = [
     );
     let shown = all.to_string();
     assert!(shown.starts_with("routing config has 7 errors\n  routing.toml:2:12: `defaults.strategy`: unknown strategy"), "{shown}");
+}
+
+/// The table "How requirements evolve while a conversation waits" in
+/// docs/routing.md, checked against the example file.
+#[test]
+fn the_documented_evolution_of_the_example_billing_queue() {
+    use switchboard_routing::{Requirements, requirements_at};
+    let text = include_str!("../../../deploy/routing.example.toml");
+    let config = RoutingConfig::from_toml("deploy/routing.example.toml", text).unwrap();
+    let billing = config.queue("billing").unwrap();
+    let mut base = Requirements::language_only("de-at");
+    base.require_skill("billing", 4);
+    base.regions = Some(["berlin".to_owned()].into());
+    /// (seconds, language tag, widened, billing level, regions)
+    type Row<'a> = (i64, &'a str, bool, Option<u8>, &'a [&'a str]);
+    let rows: [Row; 6] = [
+        (0, "de-at", false, Some(4), &["berlin"]),
+        (30, "de-at", false, Some(3), &["berlin"]),
+        (90, "de", true, Some(3), &["berlin"]),
+        (120, "de", true, Some(3), &["berlin", "germany"]),
+        (180, "de", true, None, &["berlin", "germany"]),
+        (299, "de", true, None, &["berlin", "germany"]),
+    ];
+    for (seconds, tag, widened, level, regions) in rows {
+        let r = requirements_at(billing, &base, seconds * 1000);
+        assert_eq!(r.language.tag, tag, "{seconds} s");
+        assert_eq!(r.language.widened, widened, "{seconds} s");
+        assert_eq!(r.skill_level("billing"), level, "{seconds} s");
+        let got: Vec<&str> = r.regions.iter().flatten().map(String::as_str).collect();
+        assert_eq!(got, regions, "{seconds} s");
+    }
+    assert_eq!(billing.max_wait.after_ms, 300_000);
+    let aging = config.aging;
+    assert_eq!(aging.starvation_bound_ms(0), Some(180_000));
+    assert_eq!(aging.starvation_bound_ms(5), Some(80_000));
 }
