@@ -9,6 +9,7 @@
 use proptest::prelude::*;
 use std::sync::OnceLock;
 use switchboard_e2e::*;
+use switchboard_proto::v1::transfer_conversation_request::Target;
 use tonic::Code;
 
 type Row = (&'static str, Result<(), tonic::Status>, Code, &'static str);
@@ -468,6 +469,117 @@ async fn every_validation_rule_has_its_status_and_names_its_field() {
             "`nope`",
         ),
         (
+            "transfer without target",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "c".into(),
+                    note: String::new(),
+                    target: None,
+                })
+                .await),
+            Code::InvalidArgument,
+            "`target`",
+        ),
+        (
+            "transfer to a bad agent id",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "c".into(),
+                    note: String::new(),
+                    target: Some(Target::AgentId("a b".into())),
+                })
+                .await),
+            Code::InvalidArgument,
+            "`target.agent_id`",
+        ),
+        (
+            "transfer to a queue with a bad level",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "c".into(),
+                    note: String::new(),
+                    target: Some(Target::Queue(TransferToQueue {
+                        category: "fraud".into(),
+                        required_skills: vec![Skill {
+                            name: "fraud".into(),
+                            level: 6,
+                        }],
+                        language: String::new(),
+                    })),
+                })
+                .await),
+            Code::InvalidArgument,
+            "`target.queue.required_skills",
+        ),
+        (
+            "transfer to a queue without category",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "c".into(),
+                    note: String::new(),
+                    target: Some(Target::Queue(TransferToQueue::default())),
+                })
+                .await),
+            Code::InvalidArgument,
+            "`target.queue.category`",
+        ),
+        (
+            "transfer to a queue with a malformed language",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "c".into(),
+                    note: String::new(),
+                    target: Some(Target::Queue(TransferToQueue {
+                        category: "fraud".into(),
+                        required_skills: vec![],
+                        language: "not a tag".into(),
+                    })),
+                })
+                .await),
+            Code::InvalidArgument,
+            "`target.queue.language`",
+        ),
+        (
+            "transfer unknown conversation",
+            ok(alice
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "nope".into(),
+                    note: String::new(),
+                    target: Some(Target::AgentId("bob".into())),
+                })
+                .await),
+            Code::NotFound,
+            "`nope`",
+        ),
+        (
+            "csat out of range",
+            ok(gateway
+                .report_csat(ReportCsatRequest {
+                    conversation_id: "c".into(),
+                    score: 6,
+                })
+                .await),
+            Code::InvalidArgument,
+            "`score`",
+        ),
+        (
+            "csat unknown conversation",
+            ok(gateway
+                .report_csat(ReportCsatRequest {
+                    conversation_id: "nope".into(),
+                    score: 3,
+                })
+                .await),
+            Code::NotFound,
+            "`nope`",
+        ),
+        (
             "watch bad id",
             {
                 let r = gateway
@@ -508,6 +620,30 @@ async fn every_validation_rule_has_its_status_and_names_its_field() {
                 .complete_conversation(CompleteConversationRequest {
                     conversation_id: "real".into(),
                     disposition: String::new(),
+                })
+                .await),
+            Code::FailedPrecondition,
+            "`real`",
+        ),
+        (
+            "transfer not held",
+            ok(bob
+                .client
+                .transfer_conversation(TransferConversationRequest {
+                    conversation_id: "real".into(),
+                    note: String::new(),
+                    target: Some(Target::AgentId("alice".into())),
+                })
+                .await),
+            Code::FailedPrecondition,
+            "`real`",
+        ),
+        (
+            "csat before completion",
+            ok(gateway
+                .report_csat(ReportCsatRequest {
+                    conversation_id: "real".into(),
+                    score: 3,
                 })
                 .await),
             Code::FailedPrecondition,
@@ -612,6 +748,9 @@ enum Garbage {
     Upsert(String, Vec<Skill>, Vec<String>, u32, Vec<String>),
     Reassign(String, String, String),
     Availability(String, Vec<Skill>, String),
+    TransferToAgent(String, String, String),
+    TransferToQueue(String, String, Vec<Skill>, String),
+    Csat(String, u32),
 }
 
 fn garbage() -> impl Strategy<Value = Garbage> {
@@ -649,6 +788,10 @@ fn garbage() -> impl Strategy<Value = Garbage> {
             .prop_map(|(a, b, c, d, e)| Garbage::Upsert(a, b, c, d, e)),
         (text(), text(), text()).prop_map(|(a, b, c)| Garbage::Reassign(a, b, c)),
         (text(), skills(), text()).prop_map(|(a, b, c)| Garbage::Availability(a, b, c)),
+        (text(), text(), text()).prop_map(|(a, b, c)| Garbage::TransferToAgent(a, b, c)),
+        (text(), text(), skills(), text())
+            .prop_map(|(a, b, c, d)| Garbage::TransferToQueue(a, b, c, d)),
+        (text(), any::<u32>()).prop_map(|(a, b)| Garbage::Csat(a, b)),
     ]
 }
 
@@ -752,6 +895,30 @@ async fn send(server: &TestServer, garbage: Garbage) -> Result<(), tonic::Status
                 language,
                 required_skills,
                 region,
+            })
+            .await),
+        Garbage::TransferToAgent(conversation_id, note, agent_id) => ok(agent
+            .transfer_conversation(TransferConversationRequest {
+                conversation_id,
+                note,
+                target: Some(Target::AgentId(agent_id)),
+            })
+            .await),
+        Garbage::TransferToQueue(conversation_id, category, required_skills, language) => ok(agent
+            .transfer_conversation(TransferConversationRequest {
+                conversation_id,
+                note: String::new(),
+                target: Some(Target::Queue(TransferToQueue {
+                    category,
+                    required_skills,
+                    language,
+                })),
+            })
+            .await),
+        Garbage::Csat(conversation_id, score) => ok(gateway
+            .report_csat(ReportCsatRequest {
+                conversation_id,
+                score,
             })
             .await),
     }

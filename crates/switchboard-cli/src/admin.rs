@@ -153,6 +153,8 @@ impl AdminSession {
             "missed",
             "completed",
             "avg handle time",
+            "transfers",
+            "CSAT (n)",
         ]);
         for shift in &shifts {
             table.add_row(shift_row(&shift.agent_id, yes_no(shift.online), shift));
@@ -320,7 +322,18 @@ fn shift_row(label: &str, online_cell: &str, shift: &AgentShift) -> Vec<String> 
         shift.missed.to_string(),
         shift.completed.to_string(),
         average_handle_time(shift).map_or_else(|| "-".to_owned(), duration_text),
+        shift.transfers.to_string(),
+        csat_text(shift.csat_average, shift.csat_count),
     ]
+}
+
+/// `4.50 (2)`, or `-` before the first report.
+fn csat_text(average: f64, count: u32) -> String {
+    if count == 0 {
+        "-".to_owned()
+    } else {
+        format!("{average:.2} ({count})")
+    }
 }
 
 /// Total handle time over completed conversations; none before the first.
@@ -340,6 +353,11 @@ fn shift_json(shift: &AgentShift) -> serde_json::Value {
         "completed": shift.completed,
         "handle_ms_total": shift.handle_ms_total,
         "average_handle_ms": average_handle_time(shift),
+        "transfers": shift.transfers,
+        "csat_count": shift.csat_count,
+        "csat_average": (shift.csat_count > 0).then_some(shift.csat_average),
+        "lifetime_csat_count": shift.lifetime_csat_count,
+        "lifetime_csat_average": (shift.lifetime_csat_count > 0).then_some(shift.lifetime_csat_average),
     })
 }
 

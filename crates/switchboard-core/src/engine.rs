@@ -27,8 +27,8 @@ use crate::event::{Event, EventKind};
 use crate::ids::{AgentId, ConversationId, OfferId, PoolId};
 use crate::model::{
     AgentSnapshot, AgentStatus, Conversation, ConversationState, GoOnline, Handoff, Location,
-    OfferOutcome, OfferRecord, Presence, QueueStat, QueueStats, RosterEntry, Shift, ShiftView,
-    Skill, StatusChoice,
+    OfferOutcome, OfferRecord, Presence, Quality, QueueStat, QueueStats, RosterEntry, Shift,
+    ShiftView, Skill, StatusChoice, TransferRecord, TransferTarget,
 };
 use crate::settings::DispatchSettings;
 use crate::time::Timestamp;
@@ -160,6 +160,8 @@ impl Session {
 struct AgentRecord {
     session: Option<Session>,
     shift: Shift,
+    /// Customer satisfaction over every shift.
+    quality: Quality,
 }
 
 /// Whether an online agent may take a conversation, capacity aside: skills
@@ -563,6 +565,8 @@ impl PoolState {
             disposition: String::new(),
             queue_position: 0,
             expected_wait_ms: 0,
+            transfers: Vec::new(),
+            csat: None,
         };
         self.conversations.insert(id.clone(), conversation);
         self.deadlines.insert((
@@ -860,24 +864,49 @@ impl PoolState {
             )));
         }
         if let Some(target) = target {
-            let session = self.session(target).ok_or_else(|| offline_error(target))?;
-            let already_holder = conversation.agent_id.as_ref() == Some(target);
-            if already_holder || !session.offerable() {
-                return Err(DomainError::precondition(format!(
-                    "agent `{target}` cannot take an offer now (status {:?}, stream attached: {})",
-                    session.status(),
-                    session.stream.is_some()
-                )));
-            }
+            self.check_target(conversation, target)?;
         }
         let why = if reason.is_empty() {
             "reassigned by supervisor".to_owned()
         } else {
             format!("reassigned by supervisor: {reason}")
         };
+        self.move_conversation(conversation_id, target, &why, now)
+    }
+
+    /// Checks that `target` can be offered a conversation now (for a
+    /// supervisor's reassignment or an agent's transfer).
+    fn check_target(
+        &self,
+        conversation: &Conversation,
+        target: &AgentId,
+    ) -> Result<(), DomainError> {
+        let session = self.session(target).ok_or_else(|| offline_error(target))?;
+        let already_holder = conversation.agent_id.as_ref() == Some(target);
+        if already_holder || !session.offerable() {
+            return Err(DomainError::precondition(format!(
+                "agent `{target}` cannot take an offer now (status {:?}, stream attached: {})",
+                session.status(),
+                session.stream.is_some()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes a conversation from whoever has it (who is excluded from then
+    /// on) and offers it to `target`, or queues it for anyone eligible.
+    /// The gateway and the previous holder see `why`.
+    fn move_conversation(
+        &mut self,
+        conversation_id: &ConversationId,
+        target: Option<&AgentId>,
+        why: &str,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
         let state = conversation.state;
         let holder = conversation.agent_id.clone();
-        self.release_holder(conversation_id, &why, now);
+        self.release_holder(conversation_id, why, now);
         if let Some(previous) = &holder {
             self.conversation_mut(conversation_id)?
                 .excluded
@@ -886,13 +915,13 @@ impl PoolState {
         if state == ConversationState::Queued {
             // Already queued: only the reason changes (a new event says so).
             let c = self.conversation_mut(conversation_id)?;
-            c.reason = why.clone();
+            c.reason = why.to_owned();
             c.updated_at = now;
             self.emit(conversation_id, None, now, |c| EventKind::Requeued {
                 conversation: c,
             });
         } else {
-            self.requeue_for(conversation_id, &why, holder.as_ref(), now);
+            self.requeue_for(conversation_id, why, holder.as_ref(), now);
         }
         match target {
             Some(target) => self.make_offer(conversation_id, target, now),
@@ -903,6 +932,110 @@ impl PoolState {
         {
             self.reindex(previous);
             self.dispatch_agent(previous, now);
+        }
+        self.view(conversation_id, now)
+    }
+
+    /// The agent holding a conversation hands it on: to a named agent (an
+    /// offer that agent may decline, after which it queues as usual) or to
+    /// the queue with new requirements. The summary, attributes and every
+    /// earlier transfer travel with it; the note is added. The transferring
+    /// agent is excluded from it and counts a transfer, not a completion.
+    pub fn transfer(
+        &mut self,
+        agent_id: &AgentId,
+        conversation_id: &ConversationId,
+        target: TransferTarget,
+        note: &str,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
+        if conversation.state != ConversationState::Assigned
+            || conversation.agent_id.as_ref() != Some(agent_id)
+        {
+            return Err(DomainError::precondition(format!(
+                "conversation `{conversation_id}` is not assigned to agent `{agent_id}`"
+            )));
+        }
+        if let TransferTarget::Agent(to) = &target {
+            if to == agent_id {
+                return Err(DomainError::precondition(format!(
+                    "agent `{agent_id}` cannot transfer a conversation to itself"
+                )));
+            }
+            self.check_target(conversation, to)?;
+        }
+        let to = target.describe();
+        let why = if note.is_empty() {
+            format!("transferred by agent `{agent_id}` to {to}")
+        } else {
+            format!("transferred by agent `{agent_id}` to {to}: {note}")
+        };
+        let conversation = self.conversation_mut(conversation_id)?;
+        conversation.transfers.push(TransferRecord {
+            from_agent: agent_id.clone(),
+            to,
+            note: note.to_owned(),
+            at: now,
+        });
+        if let TransferTarget::Queue {
+            category,
+            required_skills,
+            language,
+        } = &target
+        {
+            // Requirements change while nothing holds it in a queue group:
+            // it is assigned until `move_conversation` requeues it.
+            let handoff = &mut conversation.handoff;
+            handoff.category = category.clone();
+            handoff.required_skills = required_skills.clone();
+            if let Some(language) = language {
+                handoff.language = language.clone();
+            }
+        }
+        if let Some(record) = self.agents.get_mut(agent_id) {
+            record.shift.transfers += 1;
+        }
+        let target_agent = match &target {
+            TransferTarget::Agent(to) => Some(to),
+            TransferTarget::Queue { .. } => None,
+        };
+        self.move_conversation(conversation_id, target_agent, &why, now)
+    }
+
+    /// The gateway reports the customer's satisfaction (1..=5) with a
+    /// completed conversation; it counts for the agent who completed it.
+    /// Reporting the same score again is a no-op; a different one is refused.
+    pub fn report_csat(
+        &mut self,
+        conversation_id: &ConversationId,
+        score: u8,
+        now: Timestamp,
+    ) -> Result<Conversation, DomainError> {
+        let conversation = self.conversation_ref(conversation_id)?;
+        if conversation.state != ConversationState::Completed {
+            return Err(DomainError::precondition(format!(
+                "conversation `{conversation_id}` is {}: CSAT is reported for completed conversations",
+                conversation.state.as_str()
+            )));
+        }
+        match conversation.csat {
+            Some(existing) if existing == score => return self.view(conversation_id, now),
+            Some(existing) => {
+                return Err(DomainError::precondition(format!(
+                    "conversation `{conversation_id}` already has CSAT {existing}"
+                )));
+            }
+            None => {}
+        }
+        let agent = conversation.agent_id.clone();
+        let conversation = self.conversation_mut(conversation_id)?;
+        conversation.csat = Some(score);
+        if let Some(record) = agent.and_then(|a| self.agents.get_mut(&a)) {
+            record.shift.csat_count += 1;
+            record.shift.csat_total += u32::from(score);
+            record.quality.csat_count += 1;
+            record.quality.csat_total += u32::from(score);
         }
         self.view(conversation_id, now)
     }
@@ -927,6 +1060,8 @@ impl PoolState {
             disposition: String::new(),
             queue_position: 0,
             expected_wait_ms: 0,
+            transfers: Vec::new(),
+            csat: None,
         };
         let mut seen = HashSet::new();
         for language in language_lookup_keys(&handoff.language) {
@@ -1185,6 +1320,7 @@ impl PoolState {
                     online: record.session.is_some(),
                     online_ms: end.millis_since(record.shift.started_at),
                     shift: record.shift.clone(),
+                    quality: record.quality,
                 }
             })
             .collect();

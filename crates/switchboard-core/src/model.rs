@@ -242,6 +242,65 @@ pub struct Conversation {
     pub queue_position: u32,
     /// Filled in views while queued: expected wait until an offer.
     pub expected_wait_ms: i64,
+    /// Every transfer so far, oldest first: the context that travels with
+    /// the conversation to the next agent.
+    #[serde(default)]
+    pub transfers: Vec<TransferRecord>,
+    /// The customer's satisfaction score (1..=5), once the gateway reported it.
+    #[serde(default)]
+    pub csat: Option<u8>,
+}
+
+/// Where an agent transfers a conversation it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferTarget {
+    /// Straight to a named agent, as an offer.
+    Agent(AgentId),
+    /// Back to the queue with new requirements (another category, other
+    /// skills, optionally another language).
+    Queue {
+        category: String,
+        /// Sorted by name, one entry per skill (as in a hand-off).
+        required_skills: Vec<Skill>,
+        /// Lower-cased BCP 47 tag; `None` keeps the conversation's language.
+        language: Option<String>,
+    },
+}
+
+impl TransferTarget {
+    /// `agent:<id>` or `queue:<category>`, as the gateway and the next agent
+    /// see it.
+    pub fn describe(&self) -> String {
+        match self {
+            TransferTarget::Agent(agent) => format!("agent:{agent}"),
+            TransferTarget::Queue { category, .. } => format!("queue:{category}"),
+        }
+    }
+}
+
+/// One transfer, kept with the conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub from_agent: AgentId,
+    /// `agent:<id>` or `queue:<category>`.
+    pub to: String,
+    pub note: String,
+    pub at: Timestamp,
+}
+
+/// An agent's customer-satisfaction record over all its shifts: what the
+/// quality-weighted strategy ranks by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quality {
+    pub csat_count: u32,
+    pub csat_total: u32,
+}
+
+impl Quality {
+    /// The mean score, `None` before the first report.
+    pub fn average(&self) -> Option<f64> {
+        (self.csat_count > 0).then(|| f64::from(self.csat_total) / f64::from(self.csat_count))
+    }
 }
 
 impl Conversation {
@@ -305,6 +364,14 @@ pub struct Shift {
     pub missed: u32,
     pub completed: u32,
     pub handle_ms_total: i64,
+    /// Conversations this agent transferred away.
+    #[serde(default)]
+    pub transfers: u32,
+    /// CSAT reports received during this shift, and their sum.
+    #[serde(default)]
+    pub csat_count: u32,
+    #[serde(default)]
+    pub csat_total: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,4 +380,7 @@ pub struct ShiftView {
     pub online: bool,
     pub online_ms: i64,
     pub shift: Shift,
+    /// Over every shift, not only this one.
+    #[serde(default)]
+    pub quality: Quality,
 }

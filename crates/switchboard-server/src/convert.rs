@@ -4,7 +4,7 @@
 use crate::error::{domain_status, missing};
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, ConversationState, GoOnline, Handoff, Location,
-    OfferRecord, Presence, QueueStats, RosterEntry, ShiftView, Skill, StatusChoice,
+    OfferRecord, Presence, QueueStats, RosterEntry, ShiftView, Skill, StatusChoice, TransferTarget,
 };
 use switchboard_core::validate;
 use switchboard_core::{AgentId, ConversationId, DomainError, OfferId};
@@ -132,6 +132,38 @@ pub fn handoff(raw: pb::RequestAgentRequest) -> Result<Handoff> {
         region,
         customer_location: location("customer_location", raw.customer_location.as_ref())?,
     })
+}
+
+/// The target of an agent's transfer, validated like a hand-off's fields.
+pub fn transfer_target(
+    raw: Option<pb::transfer_conversation_request::Target>,
+) -> Result<TransferTarget> {
+    use pb::transfer_conversation_request::Target;
+    match raw.ok_or_else(|| missing("target"))? {
+        Target::AgentId(id) => Ok(TransferTarget::Agent(agent_id("target.agent_id", &id)?)),
+        Target::Queue(queue) => Ok(TransferTarget::Queue {
+            category: check(validate::required_text(
+                "target.queue.category",
+                &queue.category,
+                validate::MAX_TEXT_BYTES,
+            ))?,
+            required_skills: skills("target.queue.required_skills", &queue.required_skills)?,
+            language: match queue.language.as_str() {
+                "" => None,
+                tag => Some(check(validate::language("target.queue.language", tag))?),
+            },
+        }),
+    }
+}
+
+/// A CSAT score: 1..=5.
+pub fn csat_score(raw: u32) -> Result<u8> {
+    match u8::try_from(raw) {
+        Ok(score @ 1..=5) => Ok(score),
+        _ => Err(Status::invalid_argument(format!(
+            "invalid `score`: {raw} is outside 1..=5"
+        ))),
+    }
 }
 
 /// A would-be hand-off for an availability check: only the requirements
@@ -279,6 +311,17 @@ pub fn pb_conversation(c: &Conversation, audience: Audience) -> pb::Conversation
             .map(ToString::to_string)
             .unwrap_or_default(),
         region: h.region.clone().unwrap_or_default(),
+        transfers: c
+            .transfers
+            .iter()
+            .map(|t| pb::Transfer {
+                from_agent_id: t.from_agent.to_string(),
+                to: t.to.clone(),
+                note: t.note.clone(),
+                at_ms: t.at.as_wire(),
+            })
+            .collect(),
+        csat: c.csat.map(u32::from).unwrap_or(0),
     }
 }
 
@@ -373,6 +416,19 @@ pub fn pb_shift(v: &ShiftView) -> pb::AgentShift {
         completed: v.shift.completed,
         handle_ms_total: u64::try_from(v.shift.handle_ms_total).unwrap_or(0),
         online: v.online,
+        transfers: v.shift.transfers,
+        csat_count: v.shift.csat_count,
+        csat_average: mean(v.shift.csat_total, v.shift.csat_count),
+        lifetime_csat_count: v.quality.csat_count,
+        lifetime_csat_average: v.quality.average().unwrap_or(0.0),
+    }
+}
+
+fn mean(total: u32, count: u32) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        f64::from(total) / f64::from(count)
     }
 }
 
@@ -392,7 +448,29 @@ pub fn pb_shift_total(rows: &[pb::AgentShift]) -> pb::AgentShift {
             t.completed += r.completed;
             t.handle_ms_total += r.handle_ms_total;
             t.online |= r.online;
+            t.transfers += r.transfers;
+            // Weighted by the number of reports, so the total's mean is
+            // the mean of every report.
+            t.csat_average = weighted(t.csat_average, t.csat_count, r.csat_average, r.csat_count);
+            t.csat_count += r.csat_count;
+            t.lifetime_csat_average = weighted(
+                t.lifetime_csat_average,
+                t.lifetime_csat_count,
+                r.lifetime_csat_average,
+                r.lifetime_csat_count,
+            );
+            t.lifetime_csat_count += r.lifetime_csat_count;
             t
         },
     )
+}
+
+/// The mean of two groups of reports, each given by its mean and size.
+fn weighted(mean_a: f64, count_a: u32, mean_b: f64, count_b: u32) -> f64 {
+    let count = count_a + count_b;
+    if count == 0 {
+        0.0
+    } else {
+        (mean_a * f64::from(count_a) + mean_b * f64::from(count_b)) / f64::from(count)
+    }
 }

@@ -20,7 +20,7 @@ pub use memory::MemoryStore;
 use async_trait::async_trait;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
-    RosterEntry, ShiftView, StatusChoice,
+    RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{AgentId, ConversationId, DomainError, Event, OfferId, PoolId, Timestamp};
 use thiserror::Error;
@@ -154,6 +154,33 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Applied<Conversation>> {
         let _ = (pool, conversation, target, reason);
         Err(StoreError::Unsupported("reassign"))
+    }
+
+    /// The agent holding a conversation hands it to a named agent (as an
+    /// offer) or back to the queue with new requirements; the note and the
+    /// context travel with it. Not the holder: FailedPrecondition.
+    async fn transfer(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        conversation: &ConversationId,
+        target: TransferTarget,
+        note: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        let _ = (pool, agent, conversation, target, note);
+        Err(StoreError::Unsupported("transfer"))
+    }
+
+    /// The customer's satisfaction (1..=5) with a completed conversation,
+    /// counted for the agent who completed it; once per conversation.
+    async fn report_csat(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        score: u8,
+    ) -> StoreResult<Applied<Conversation>> {
+        let _ = (pool, conversation, score);
+        Err(StoreError::Unsupported("report_csat"))
     }
 
     /// Eligible agents free now for a would-be hand-off (up to `limit`), and

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use switchboard_core::engine::PoolState;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
-    RosterEntry, ShiftView, StatusChoice,
+    RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
 use tokio::sync::broadcast;
@@ -195,6 +195,28 @@ impl Store for MemoryStore {
         reason: &str,
     ) -> StoreResult<Applied<Conversation>> {
         self.command(pool, |s, now| s.reassign(conversation, target, reason, now))
+    }
+
+    async fn transfer(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        conversation: &ConversationId,
+        target: TransferTarget,
+        note: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        self.command(pool, |s, now| {
+            s.transfer(agent, conversation, target, note, now)
+        })
+    }
+
+    async fn report_csat(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        score: u8,
+    ) -> StoreResult<Applied<Conversation>> {
+        self.command(pool, |s, now| s.report_csat(conversation, score, now))
     }
 
     async fn availability(

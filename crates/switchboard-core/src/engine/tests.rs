@@ -473,6 +473,8 @@ enum Op {
     Delivered(usize),
     Drain(usize),
     Reassign(usize, Option<usize>),
+    Transfer(usize, Option<usize>),
+    Csat(usize, u8),
     Advance(i64),
 }
 
@@ -497,6 +499,8 @@ fn op() -> impl Strategy<Value = Op> {
         (0..AGENTS).prop_map(Op::Delivered),
         (0..AGENTS).prop_map(Op::Drain),
         (0..CONVERSATIONS, proptest::option::of(0..AGENTS)).prop_map(|(c, a)| Op::Reassign(c, a)),
+        (0..CONVERSATIONS, proptest::option::of(0..AGENTS)).prop_map(|(c, a)| Op::Transfer(c, a)),
+        (0..CONVERSATIONS, 1u8..=5).prop_map(|(c, score)| Op::Csat(c, score)),
         (1i64..40_000).prop_map(Op::Advance),
     ]
 }
@@ -559,6 +563,21 @@ proptest! {
                     let target = a.map(|a| agent(&format!("a{a}")));
                     let _ = s.reassign(&cid(&format!("c{c}")), target.as_ref(), "supervisor", t);
                 }
+                Op::Transfer(c, a) => {
+                    if let Ok(view) = s.view(&cid(&format!("c{c}")), t)
+                        && let Some(holder) = view.agent_id {
+                            let target = match a {
+                                Some(a) => TransferTarget::Agent(agent(&format!("a{a}"))),
+                                None => TransferTarget::Queue {
+                                    category: "fraud".into(),
+                                    required_skills: vec![Skill::new("fraud", 2)],
+                                    language: None,
+                                },
+                            };
+                            let _ = s.transfer(&holder, &view.handoff.conversation_id, target, "note", t);
+                        }
+                }
+                Op::Csat(c, score) => { let _ = s.report_csat(&cid(&format!("c{c}")), score, t); }
                 Op::Advance(ms) => { now += ms; s.sweep(Timestamp(now)); }
             }
             s.take_events();
@@ -701,4 +720,131 @@ fn availability_counts_eligible_free_agents() {
     assert_eq!((available, wait), (1, 0));
     let (available, _) = s.availability(&handoff("x", "fr", &[], 0), 100, Timestamp(1));
     assert_eq!(available, 0);
+}
+
+#[test]
+fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
+    let mut s = pool();
+    online(&mut s, "first", &[("billing", 3)], &["en"], 1, 0);
+    online(&mut s, "fraud", &[("fraud", 4)], &["en"], 1, 10);
+    online(&mut s, "other", &[("billing", 3)], &["en"], 1, 20);
+    s.request(handoff("c1", "en", &[("billing", 2)], 0), Timestamp(30))
+        .unwrap();
+    s.accept(&agent("first"), &offer("c1", 1), Timestamp(31))
+        .unwrap();
+    s.take_events();
+
+    // Only the holder may transfer; not to itself.
+    let err = s
+        .transfer(
+            &agent("other"),
+            &cid("c1"),
+            TransferTarget::Agent(agent("fraud")),
+            "",
+            Timestamp(32),
+        )
+        .unwrap_err();
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+    let err = s
+        .transfer(
+            &agent("first"),
+            &cid("c1"),
+            TransferTarget::Agent(agent("first")),
+            "",
+            Timestamp(32),
+        )
+        .unwrap_err();
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+
+    // To the fraud queue: only the fraud specialist is eligible.
+    let c = s
+        .transfer(
+            &agent("first"),
+            &cid("c1"),
+            TransferTarget::Queue {
+                category: "fraud".into(),
+                required_skills: vec![Skill::new("fraud", 3)],
+                language: None,
+            },
+            "card used abroad",
+            Timestamp(33),
+        )
+        .unwrap();
+    assert_eq!(
+        c.reason,
+        "transferred by agent `first` to queue:fraud: card used abroad"
+    );
+    assert_eq!(offered_to(&s, "c1"), Some(agent("fraud")));
+    let c = s.view(&cid("c1"), Timestamp(33)).unwrap();
+    assert_eq!(c.handoff.category, "fraud");
+    assert_eq!(c.handoff.summary, "summary", "the context travels");
+    assert_eq!(c.transfers.len(), 1);
+    assert_eq!(c.transfers[0].note, "card used abroad");
+    let events = s.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Requeued { .. })
+                && e.agent_id == Some(agent("first"))),
+        "the transferring agent is told its part ended"
+    );
+    s.accept(&agent("fraud"), &offer("c1", 2), Timestamp(34))
+        .unwrap();
+
+    // To a named colleague: an offer to that agent.
+    s.transfer(
+        &agent("fraud"),
+        &cid("c1"),
+        TransferTarget::Agent(agent("other")),
+        "back to billing",
+        Timestamp(35),
+    )
+    .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("other")));
+    let c = s.view(&cid("c1"), Timestamp(35)).unwrap();
+    assert_eq!(c.transfers.len(), 2);
+    assert!(c.excluded.contains(&agent("first")) && c.excluded.contains(&agent("fraud")));
+    let shifts = s.shift_stats(Timestamp(36));
+    let transfers = |id: &str| {
+        shifts
+            .iter()
+            .find(|v| v.agent_id == agent(id))
+            .unwrap()
+            .shift
+            .transfers
+    };
+    assert_eq!((transfers("first"), transfers("fraud")), (1, 1));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn csat_counts_once_for_the_agent_who_completed() {
+    let mut s = pool();
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    s.request(handoff("c1", "en", &[], 0), Timestamp(1))
+        .unwrap();
+    let err = s.report_csat(&cid("c1"), 5, Timestamp(2)).unwrap_err();
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(2))
+        .unwrap();
+    s.complete(&agent("a"), &cid("c1"), "resolved", Timestamp(3))
+        .unwrap();
+    let c = s.report_csat(&cid("c1"), 4, Timestamp(4)).unwrap();
+    assert_eq!(c.csat, Some(4));
+    // The same report again is a no-op; a different score is refused.
+    s.report_csat(&cid("c1"), 4, Timestamp(5)).unwrap();
+    let err = s.report_csat(&cid("c1"), 2, Timestamp(5)).unwrap_err();
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+    let view = s.shift_stats(Timestamp(6)).remove(0);
+    assert_eq!((view.shift.csat_count, view.shift.csat_total), (1, 4));
+    assert_eq!(view.quality.average(), Some(4.0));
+    // Quality outlives the shift.
+    s.go_offline(&agent("a"), "done", Timestamp(7));
+    s.go_online(&agent("a"), GoOnline::default(), false, Timestamp(8))
+        .unwrap();
+    let view = s.shift_stats(Timestamp(9)).remove(0);
+    assert_eq!(view.shift.csat_count, 0);
+    assert_eq!(view.quality.csat_count, 1);
+    let err = s.report_csat(&cid("nope"), 4, Timestamp(9)).unwrap_err();
+    assert!(matches!(err, DomainError::NotFound { .. }));
 }

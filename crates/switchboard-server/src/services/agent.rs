@@ -362,6 +362,29 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "transfer_conversation"))]
+    async fn transfer_conversation(
+        &self,
+        request: Request<pb::TransferConversationRequest>,
+    ) -> Result<Response<pb::TransferConversationResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.into_inner();
+        let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
+        let note = convert::short_text("note", &body.note)?;
+        let target = convert::transfer_target(body.target)?;
+        let conversation = self
+            .state
+            .store
+            .transfer(&caller.pool, caller.agent()?, &id, target, &note)
+            .await
+            .map_err(status)?
+            .value;
+        // The transferring agent no longer holds it: no chat reference.
+        Ok(Response::new(pb::TransferConversationResponse {
+            conversation: Some(convert::pb_conversation(&conversation, Audience::Other)),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "go_offline"))]
     async fn go_offline(
         &self,

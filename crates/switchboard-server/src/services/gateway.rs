@@ -171,6 +171,27 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(rpc = "report_csat"))]
+    async fn report_csat(
+        &self,
+        request: Request<pb::ReportCsatRequest>,
+    ) -> Result<Response<pb::ReportCsatResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = request.get_ref();
+        let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
+        let score = convert::csat_score(body.score)?;
+        let view = self
+            .state
+            .store
+            .report_csat(&caller.pool, &id, score)
+            .await
+            .map_err(status)?
+            .value;
+        Ok(Response::new(pb::ReportCsatResponse {
+            conversation: Some(convert::pb_conversation(&view, Audience::Gateway)),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(rpc = "check_availability"))]
     async fn check_availability(
         &self,
