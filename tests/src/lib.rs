@@ -6,6 +6,8 @@
 // Test support: failures should panic with their message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod replicas;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -388,10 +390,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The real `switchboard` binary, killed on drop.
+/// The real `switchboard` binary, killed on drop. Its stderr (the log) is
+/// read all along, so a chatty server never blocks on a full pipe, and kept
+/// for [`ServerProcess::log`].
 pub struct ServerProcess {
     pub child: tokio::process::Child,
     pub url: String,
+    log: Arc<std::sync::Mutex<String>>,
 }
 
 impl ServerProcess {
@@ -409,11 +414,34 @@ impl ServerProcess {
         for (k, v) in env {
             command.env(k, v);
         }
-        let child = command.kill_on_drop(true).spawn().unwrap();
+        let mut child = command.kill_on_drop(true).spawn().unwrap();
         let url = format!("http://{listen}");
-        let process = ServerProcess { child, url };
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let process = ServerProcess { child, url, log };
         process.wait_serving().await;
         process
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills the server now (SIGKILL), as a crash would, and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Waits until the standard health service answers SERVING.

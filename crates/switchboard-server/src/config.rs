@@ -26,6 +26,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     pub auth: AuthConfig,
     pub dispatch: DispatchSettings,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -36,7 +37,54 @@ impl Default for Config {
             shutdown_grace_ms: 10_000,
             auth: AuthConfig::default(),
             dispatch: DispatchSettings::default(),
+            store: StoreConfig::default(),
         }
+    }
+}
+
+/// Where the dispatch state lives: the embedded in-memory store (the
+/// default: one node, nothing else needed) or Redis (any number of
+/// replicas share it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    /// Empty: the embedded in-memory store.
+    pub redis_url: String,
+    /// At startup, how long to keep retrying an unreachable Redis (with
+    /// backoff, logging each failure) before exiting with code 69. Once
+    /// serving, a lost Redis is retried forever and calls get UNAVAILABLE.
+    pub redis_startup_timeout_ms: u64,
+    /// Test only: milliseconds added to this replica's clock, so tests can
+    /// run a replica whose clock is skewed. Zero in production.
+    pub test_clock_offset_ms: i64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            redis_url: String::new(),
+            redis_startup_timeout_ms: 30_000,
+            test_clock_offset_ms: 0,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The Redis URL when Redis is configured.
+    pub fn redis(&self) -> Option<&str> {
+        Some(self.redis_url.as_str()).filter(|url| !url.is_empty())
+    }
+}
+
+/// `redis://user:secret@host:6379/0` → `redis://***@host:6379/0`, for logs
+/// and messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -84,6 +132,8 @@ impl std::error::Error for ConfigErrors {}
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    /// `--redis URL`: use Redis at this URL.
+    pub redis_url: Option<String>,
 }
 
 impl Config {
@@ -113,6 +163,9 @@ impl Config {
         };
         if let Some(listen) = overrides.listen {
             config.listen = listen;
+        }
+        if let Some(url) = &overrides.redis_url {
+            config.store.redis_url = url.clone();
         }
         let keyring = config.validate(env, &mut problems);
         match keyring {
@@ -156,6 +209,15 @@ impl Config {
         ] {
             if value < min {
                 problems.push(format!("{key}: {value} is below the minimum {min}"));
+            }
+        }
+        if let Some(url) = self.store.redis() {
+            use redis::IntoConnectionInfo;
+            if let Err(e) = url.into_connection_info() {
+                problems.push(format!(
+                    "store.redis_url: `{}` is not a Redis URL (redis://host:port[/db] or rediss://...): {e}",
+                    redact_url(url)
+                ));
             }
         }
         if d.heartbeat_interval_ms >= d.lease_ms {
@@ -305,6 +367,7 @@ mod tests {
         ]);
         let flags = Overrides {
             listen: Some("127.0.0.1:7001".parse().unwrap()),
+            ..Overrides::default()
         };
         let (config, _) = Config::load(Some(("a.toml", file)), &vars, &flags).unwrap();
         assert_eq!(config.dispatch.offer_timeout_ms, 7000);
@@ -354,6 +417,64 @@ mod tests {
             config.dispatch,
             DispatchSettings::default(),
             "the example documents the defaults"
+        );
+        assert_eq!(
+            config.store.redis(),
+            None,
+            "the embedded store is the default"
+        );
+        assert_eq!(
+            config.store.redis_startup_timeout_ms,
+            StoreConfig::default().redis_startup_timeout_ms
+        );
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_redis_is_configured() {
+        let (config, _) = Config::load(None, &HashMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config.store.redis(), None);
+
+        let file = "[store]\nredis_url = \"redis://file:6379\"\n";
+        let (config, _) = Config::load(
+            Some(("s.toml", file)),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.store.redis(), Some("redis://file:6379"));
+
+        let vars = env(&[("SWITCHBOARD_STORE__REDIS_URL", "redis://env:6379/2")]);
+        let (config, _) =
+            Config::load(Some(("s.toml", file)), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.store.redis(), Some("redis://env:6379/2"));
+
+        let flags = Overrides {
+            redis_url: Some("redis://flag:6379".into()),
+            ..Overrides::default()
+        };
+        let (config, _) = Config::load(Some(("s.toml", file)), &vars, &flags).unwrap();
+        assert_eq!(config.store.redis(), Some("redis://flag:6379"));
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_a_config_error_without_its_password() {
+        for bad in [
+            "http://localhost:6379",
+            "redis://user:hunter2@[::1",
+            "localhost:6379",
+        ] {
+            let flags = Overrides {
+                redis_url: Some(bad.into()),
+                ..Overrides::default()
+            };
+            let err = Config::load(None, &HashMap::new(), &flags).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("store.redis_url"), "{bad}: {text}");
+            assert!(!text.contains("hunter2"), "{bad}: {text}");
+        }
+        assert_eq!(
+            redact_url("redis://user:secret@db:6379/0"),
+            "redis://***@db:6379/0"
         );
     }
 

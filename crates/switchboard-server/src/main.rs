@@ -2,7 +2,8 @@
 //!
 //! `switchboard serve` starts the server (embedded in-memory store, or
 //! Redis when configured); `switchboard token` mints a bearer token with the
-//! configured signing key. Bad configuration exits with code 64.
+//! configured signing key. Bad configuration exits with code 64; a Redis
+//! still unreachable after `store.redis_startup_timeout_ms` exits with 69.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -13,13 +14,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_auth::Role;
-use switchboard_server::config::{Config, Overrides};
+use switchboard_server::config::{Config, Overrides, redact_url};
 use switchboard_server::{ServerOptions, serve};
-use switchboard_store::{MemoryStore, SystemClock};
+use switchboard_store::{MemoryStore, Store, StoreError, SystemClock};
+use switchboard_store_redis::{RedisOptions, RedisStore};
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for bad configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code when Redis stays unreachable at startup (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+/// Startup retries of an unreachable Redis: first pause and longest pause.
+const REDIS_RETRY_MIN: Duration = Duration::from_millis(100);
+const REDIS_RETRY_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +49,11 @@ enum Command {
         /// Address to listen on (overrides the file and SWITCHBOARD_LISTEN).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Keep the dispatch state in the Redis at this URL, shared with any
+        /// number of replicas (overrides `store.redis_url` and
+        /// SWITCHBOARD_STORE__REDIS_URL). Default: the embedded store.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
     },
     /// Mint a bearer token with the configured signing key.
     Token {
@@ -130,14 +142,17 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
              self-register; serving loopback only. Set auth.mode = \"keys\" for anything else."
         );
     }
-    let store = Arc::new(MemoryStore::new(
-        config.dispatch.clone(),
-        Arc::new(SystemClock::default()),
-    ));
+    let store = tokio::select! {
+        store = open_store(&config) => store?,
+        () = shutdown_signal() => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, store = "memory", "switchboard serving");
+    tracing::info!(listen = %listener.local_addr()?, "switchboard serving");
     serve(
         listener,
         ServerOptions {
@@ -152,11 +167,120 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
     .await
 }
 
+/// Redis stayed unreachable for the whole startup timeout.
+#[derive(Debug)]
+struct RedisUnreachable(String);
+
+impl std::fmt::Display for RedisUnreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RedisUnreachable {}
+
+/// The configured store: Redis when `store.redis_url` is set, else the
+/// embedded in-memory one. Logs which.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let offset_ms = config.store.test_clock_offset_ms;
+    if offset_ms != 0 {
+        tracing::warn!(
+            offset_ms,
+            "TEST ONLY: this replica's clock is skewed by store.test_clock_offset_ms"
+        );
+    }
+    let Some(url) = config.store.redis() else {
+        tracing::info!(
+            store = "memory",
+            "dispatch state in the embedded in-memory store (one node; lost on restart)"
+        );
+        return Ok(Arc::new(MemoryStore::new(
+            config.dispatch.clone(),
+            Arc::new(SystemClock { offset_ms }),
+        )));
+    };
+    let address = redact_url(url);
+    let options = RedisOptions {
+        clock_offset_ms: offset_ms,
+        ..RedisOptions::default()
+    };
+    let within = Duration::from_millis(config.store.redis_startup_timeout_ms);
+    let store = connect_redis(url, &address, config, options, within).await?;
+    tracing::info!(store = "redis", redis = %address, "dispatch state in redis, shared with every replica using it");
+    Ok(Arc::new(store))
+}
+
+/// Connects to Redis, retrying with backoff for up to `within`: in a fresh
+/// deployment Redis may come up after the replicas, and an orchestrator
+/// restart loop would only add delay. After that, exits (code 69) rather
+/// than serve nothing while reporting healthy.
+async fn connect_redis(
+    url: &str,
+    address: &str,
+    config: &Config,
+    options: RedisOptions,
+    within: Duration,
+) -> anyhow::Result<RedisStore> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = REDIS_RETRY_MIN;
+    let mut attempt = 1u32;
+    loop {
+        // One attempt may itself retry for seconds (the connection
+        // manager's own backoff): bound it by what is left of the timeout.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempted = tokio::time::timeout(
+            left.max(REDIS_RETRY_MIN),
+            RedisStore::connect_with(url, config.dispatch.clone(), options.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "no connection within {} ms",
+                left.as_millis()
+            )))
+        });
+        match attempted {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Unavailable(message)) => {
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(RedisUnreachable(format!(
+                        "redis at `{address}` still unreachable after {attempt} attempt(s) in {} ms \
+                         (store.redis_startup_timeout_ms): {message}",
+                        within.as_millis()
+                    ))
+                    .into());
+                }
+                tracing::warn!(
+                    redis = %address,
+                    attempt,
+                    retry_in_ms = pause.as_millis() as u64,
+                    error = %message,
+                    "redis unreachable at startup; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REDIS_RETRY_MAX);
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot use redis at `{address}`"));
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, listen } => {
-            let (config, keyring) = match load_config(config.as_ref(), &Overrides { listen }) {
+        Command::Serve {
+            config,
+            listen,
+            redis,
+        } => {
+            let overrides = Overrides {
+                listen,
+                redis_url: redis,
+            };
+            let (config, keyring) = match load_config(config.as_ref(), &overrides) {
                 Ok(loaded) => loaded,
                 Err(message) => {
                     eprintln!("switchboard: {message}");
@@ -179,7 +303,11 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "switchboard failed");
                     eprintln!("switchboard: {e:#}");
-                    ExitCode::FAILURE
+                    if e.downcast_ref::<RedisUnreachable>().is_some() {
+                        ExitCode::from(EXIT_UNAVAILABLE)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

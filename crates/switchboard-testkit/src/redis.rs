@@ -1,5 +1,8 @@
 //! A `redis-server` of the test's own: a free port, a temporary directory,
-//! no persistence, killed on drop. Never the machine's Redis on 6379.
+//! killed on drop. Never the machine's Redis on 6379. No persistence by
+//! default; [`RedisServer::start_with_aof`] runs it as production should
+//! (AOF, fsync every second), and [`RedisServer::restart`] brings a crashed
+//! one back on the same port and directory, so it reloads what it had.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -16,20 +19,46 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: TempDir,
+    persistence: Persistence,
+}
+
+/// How the server keeps its data across a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Persistence {
+    /// Nothing on disk: a restart starts empty.
+    None,
+    /// `--appendonly yes --appendfsync everysec`: a crash loses at most
+    /// about the last second of writes.
+    AofEverySec,
 }
 
 impl RedisServer {
     /// Starts `redis-server` and returns once it answers PING. Fails the test
     /// (never skips it) when `redis-server` is missing or does not come up.
     pub async fn start() -> RedisServer {
+        Self::start_persisting(Persistence::None).await
+    }
+
+    /// Like [`RedisServer::start`], with the append-only file on and fsync
+    /// every second (the durability the deployment docs promise).
+    pub async fn start_with_aof() -> RedisServer {
+        Self::start_persisting(Persistence::AofEverySec).await
+    }
+
+    async fn start_persisting(persistence: Persistence) -> RedisServer {
         // A port found free may be taken before the server binds it: then
         // the server exits and we try another.
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
             let port = free_port();
-            let child = spawn(port, dir.path());
-            let mut server = RedisServer { child, port, dir };
+            let child = spawn(port, dir.path(), persistence);
+            let mut server = RedisServer {
+                child,
+                port,
+                dir,
+                persistence,
+            };
             match server.wait_ready().await {
                 Ok(()) => return server,
                 Err(log) => last_log = log,
@@ -40,6 +69,35 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new connection to this server (for tests that inspect its state).
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("a valid redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test redis at {}: {e}", self.url()))
+    }
+
+    /// Starts the server again on the same port and directory (killing it
+    /// first if it still runs) and returns once it answers PING; with AOF it
+    /// has reloaded its data by then (Redis answers LOADING until it has).
+    pub async fn restart(&mut self) {
+        self.kill();
+        // The port was ours a moment ago; Redis binds with SO_REUSEADDR, so
+        // only another process grabbing it in between could fail this.
+        self.child = spawn(self.port, self.dir.path(), self.persistence);
+        if let Err(log) = self.wait_ready().await {
+            panic!(
+                "redis-server did not come back on port {}; its log:\n{log}",
+                self.port
+            );
+        }
     }
 
     /// Retries the connection until PING answers; no fixed sleep. `Err`
@@ -87,7 +145,11 @@ fn free_port() -> u16 {
     listener.local_addr().expect("the port's address").port()
 }
 
-fn spawn(port: u16, dir: &Path) -> Child {
+fn spawn(port: u16, dir: &Path, persistence: Persistence) -> Child {
+    let aof: &[&str] = match persistence {
+        Persistence::None => &["--appendonly", "no"],
+        Persistence::AofEverySec => &["--appendonly", "yes", "--appendfsync", "everysec"],
+    };
     Command::new("redis-server")
         .args([
             "--port",
@@ -96,9 +158,8 @@ fn spawn(port: u16, dir: &Path) -> Child {
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
         ])
+        .args(aof)
         .arg("--dir")
         .arg(dir)
         .args(["--logfile", "redis.log"])
