@@ -193,13 +193,21 @@ local function render_offer_record(o)
     .. ',"delivered":' .. jb(o.delivered) .. ',"outcome":' .. js(o.outcome) .. '}'
 end
 
+local function render_transfer(t)
+  return '{"from_agent":' .. js(t.from_agent) .. ',"to":' .. js(t.to) .. ',"note":' .. js(t.note)
+    .. ',"at":' .. ji(t.at) .. '}'
+end
+
+-- Rows written before transfers and CSAT existed lack those fields: they
+-- render as serde's defaults (no transfers, no score).
 local function render_conversation(c, position, wait)
   return '{"handoff":' .. c.handoff .. ',"state":' .. js(c.state) .. ',"agent_id":' .. jos(c.agent)
     .. ',"reason":' .. js(c.reason) .. ',"created_at":' .. ji(c.created_at) .. ',"updated_at":' .. ji(c.updated_at)
     .. ',"queued_since":' .. ji(c.queued_since) .. ',"assigned_at":' .. joi(c.assigned_at)
     .. ',"attempts":' .. ji(c.attempts) .. ',"seq":' .. ji(c.seq) .. ',"excluded":' .. jarr(c.excluded, js)
     .. ',"offers":' .. jarr(c.offers, render_offer_record) .. ',"disposition":' .. js(c.disposition)
-    .. ',"queue_position":' .. ji(position) .. ',"expected_wait_ms":' .. ji(wait) .. '}'
+    .. ',"queue_position":' .. ji(position) .. ',"expected_wait_ms":' .. ji(wait)
+    .. ',"transfers":' .. jarr(c.transfers or {}, render_transfer) .. ',"csat":' .. joi(c.csat) .. '}'
 end
 
 local function render_roster(e)
@@ -207,6 +215,62 @@ local function render_roster(e)
     .. ',"skills":' .. jarr(e.skills, render_skill) .. ',"languages":' .. jarr(e.languages, js)
     .. ',"max_capacity":' .. ji(e.max_capacity) .. ',"allowed_regions":' .. jarr(e.allowed_regions, js)
     .. ',"attributes":' .. jarr(e.attributes, js) .. ',"token_epoch":' .. ji(e.token_epoch) .. '}'
+end
+
+-- Where the JSON value starting at byte `i` of `doc` ends (one past it).
+-- No validation: the documents are serde's own output.
+local function json_value_end(doc, i)
+  local first = string.sub(doc, i, i)
+  if first == '"' then
+    local j = i + 1
+    while true do
+      local at = string.find(doc, '["\\]', j)
+      if not at then return #doc + 1 end
+      if string.sub(doc, at, at) == '"' then return at + 1 end
+      j = at + 2
+    end
+  elseif first == '{' or first == '[' then
+    local depth, j = 0, i
+    while j <= #doc do
+      local at = string.find(doc, '["{}%[%]]', j)
+      if not at then return #doc + 1 end
+      local ch = string.sub(doc, at, at)
+      if ch == '"' then
+        j = json_value_end(doc, at)
+      else
+        if ch == '{' or ch == '[' then depth = depth + 1 else depth = depth - 1 end
+        j = at + 1
+        if depth == 0 then return j end
+      end
+    end
+    return j
+  end
+  return string.find(doc, '[,}%]%s]', i) or (#doc + 1)
+end
+
+-- `doc` (a JSON object) with the top-level fields named in `values`
+-- replaced by the raw JSON given there, every other byte kept as it was
+-- (cjson would re-encode the floats of the hand-off and lose digits).
+local function json_set_fields(doc, values)
+  local open = string.find(doc, '{', 1, true)
+  local out, pos = { string.sub(doc, 1, open) }, open + 1
+  while true do
+    local key_start = string.find(doc, '[^%s,]', pos)
+    if not key_start or string.sub(doc, key_start, key_start) == '}' then break end
+    local key_end = json_value_end(doc, key_start)
+    local key = string.sub(doc, key_start + 1, key_end - 2)
+    local colon = string.find(doc, ':', key_end, true)
+    local value_start = string.find(doc, '%S', colon + 1)
+    local value_end = json_value_end(doc, value_start)
+    if values[key] ~= nil then
+      out[#out + 1] = string.sub(doc, pos, value_start - 1) .. values[key]
+    else
+      out[#out + 1] = string.sub(doc, pos, value_end - 1)
+    end
+    pos = value_end
+  end
+  out[#out + 1] = string.sub(doc, pos)
+  return table.concat(out)
 end
 
 -- ------------------------------------------------------------ errors
@@ -1016,8 +1080,10 @@ function commands.go_online()
       choice = 'available', away_reason = '', active = {}, online_since = now,
       last_heartbeat = now, lease_expires = now + settings.lease, idle_since = now, misses = 0,
     }
+    -- A new shift; lifetime quality (`r.quality`) carries over.
     r.shift = {
       started_at = now, offers = 0, accepted = 0, declined = 0, missed = 0, completed = 0, handle_ms_total = 0,
+      transfers = 0, csat_count = 0, csat_total = 0,
     }
     lease_deadline(id, now + settings.lease)
     redis.call('SADD', K_ONLINE, id)
@@ -1290,28 +1356,24 @@ function commands.drain()
   return 'false'
 end
 
--- A supervisor moves a conversation: back to the queue (no target; the
--- current agent is excluded so it goes elsewhere), or straight to a named
--- agent as an offer. The gateway sees the reason.
-function commands.reassign()
-  local cid, target, reason = arg(1), arg(2), arg(3)
-  if target == '' then target = nil end
+-- engine::check_target: whether `target` can be offered the conversation
+-- now (a supervisor's reassignment, an agent's transfer). Returns the
+-- refusal, or nil.
+local function check_target(c, target)
+  local s = session_of(target)
+  if not s then return offline_error(target) end
+  if c.agent == target or not offerable(s) then
+    return err_precondition('agent `' .. target .. '` cannot take an offer now (status '
+      .. status_of(s) .. ', stream attached: ' .. jb(s.stream ~= nil) .. ')')
+  end
+  return nil
+end
+
+-- engine::move_conversation: takes a conversation from whoever has it (who
+-- is excluded from then on) and offers it to `target`, or queues it for
+-- anyone eligible. The gateway and the previous holder see `why`.
+local function move_conversation(cid, target, why)
   local c = conversation(cid)
-  if not c then return nil, err_not_found('conversation', cid) end
-  if is_terminal(c.state) then
-    return nil, err_precondition('conversation `' .. cid .. '` is ' .. string.lower(c.state)
-      .. ' and cannot be reassigned')
-  end
-  if target then
-    local s = session_of(target)
-    if not s then return nil, offline_error(target) end
-    if c.agent == target or not offerable(s) then
-      return nil, err_precondition('agent `' .. target .. '` cannot take an offer now (status '
-        .. status_of(s) .. ', stream attached: ' .. jb(s.stream ~= nil) .. ')')
-    end
-  end
-  local why = 'reassigned by supervisor'
-  if reason ~= '' then why = 'reassigned by supervisor: ' .. reason end
   local state = c.state
   local holder = c.agent
   release_holder(cid, why)
@@ -1332,6 +1394,112 @@ function commands.reassign()
   if holder and not finish_drain_if_done(holder) then
     reindex(holder)
     dispatch_agent(holder)
+  end
+  return view(c)
+end
+
+-- A supervisor moves a conversation: back to the queue (no target; the
+-- current agent is excluded so it goes elsewhere), or straight to a named
+-- agent as an offer. The gateway sees the reason.
+function commands.reassign()
+  local cid, target, reason = arg(1), arg(2), arg(3)
+  if target == '' then target = nil end
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if is_terminal(c.state) then
+    return nil, err_precondition('conversation `' .. cid .. '` is ' .. string.lower(c.state)
+      .. ' and cannot be reassigned')
+  end
+  if target then
+    local err = check_target(c, target)
+    if err then return nil, err end
+  end
+  local why = 'reassigned by supervisor'
+  if reason ~= '' then why = 'reassigned by supervisor: ' .. reason end
+  return move_conversation(cid, target, why)
+end
+
+-- engine::transfer: the agent holding a conversation hands it on, to a
+-- named agent (an offer) or to the queue with new requirements. The
+-- hand-off keeps every other field byte for byte; the transfer is recorded
+-- with the conversation and counted in the agent's shift.
+-- Arguments: agent, conversation, `agent` or `queue`, the target agent
+-- (agent) or `{"category","required_skills","language"}` (queue), note.
+function commands.transfer()
+  local agent_id, cid, kind, target, note = arg(1), arg(2), arg(3), arg(4), arg(5)
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if c.state ~= 'Assigned' or c.agent ~= agent_id then
+    return nil, err_precondition('conversation `' .. cid .. '` is not assigned to agent `' .. agent_id .. '`')
+  end
+  local to, queue = nil, nil
+  if kind == 'agent' then
+    if target == agent_id then
+      return nil, err_precondition('agent `' .. agent_id .. '` cannot transfer a conversation to itself')
+    end
+    local err = check_target(c, target)
+    if err then return nil, err end
+    to = 'agent:' .. target
+  else
+    queue = cjson.decode(target)
+    to = 'queue:' .. queue.category
+  end
+  local why = 'transferred by agent `' .. agent_id .. '` to ' .. to
+  if note ~= '' then why = why .. ': ' .. note end
+  c.transfers = c.transfers or {}
+  c.transfers[#c.transfers + 1] = { from_agent = agent_id, to = to, note = note, at = now }
+  if queue then
+    -- Requirements change while nothing holds it in a queue group: it is
+    -- assigned until `move_conversation` requeues it (into its new group).
+    local fields = {
+      category = js(queue.category),
+      required_skills = jarr(queue.required_skills, render_skill),
+    }
+    c.skills = queue.required_skills
+    local language = null_to_nil(queue.language)
+    if language ~= nil then
+      fields.language = js(language)
+      c.language = language
+    end
+    c.handoff = json_set_fields(c.handoff, fields)
+  end
+  touch_conversation(cid)
+  local r = agent_record(agent_id)
+  if r then
+    r.shift.transfers = (r.shift.transfers or 0) + 1
+    touch_agent(agent_id)
+  end
+  if queue then target = nil end
+  return move_conversation(cid, target, why)
+end
+
+-- engine::report_csat: the customer's score for a completed conversation,
+-- once, counted for the agent who completed it in its shift and in its
+-- lifetime quality (kept in the agent row across sessions). The same score
+-- again is a no-op; another is refused.
+function commands.report_csat()
+  local cid, score = arg(1), tonumber(arg(2))
+  local c = conversation(cid)
+  if not c then return nil, err_not_found('conversation', cid) end
+  if c.state ~= 'Completed' then
+    return nil, err_precondition('conversation `' .. cid .. '` is ' .. string.lower(c.state)
+      .. ': CSAT is reported for completed conversations')
+  end
+  if c.csat ~= nil then
+    if c.csat == score then return view(c) end
+    return nil, err_precondition('conversation `' .. cid .. '` already has CSAT ' .. ji(c.csat))
+  end
+  c.csat = score
+  touch_conversation(cid)
+  local r = c.agent and agent_record(c.agent)
+  if r then
+    r.shift.csat_count = (r.shift.csat_count or 0) + 1
+    r.shift.csat_total = (r.shift.csat_total or 0) + score
+    local quality = r.quality or { csat_count = 0, csat_total = 0 }
+    quality.csat_count = quality.csat_count + 1
+    quality.csat_total = quality.csat_total + score
+    r.quality = quality
+    touch_agent(c.agent)
   end
   return view(c)
 end
@@ -1465,6 +1633,11 @@ function queries.queue_stats()
     .. ',"agents_online":' .. ji(online) .. ',"agents_available":' .. ji(available) .. '}'
 end
 
+local function render_quality(q)
+  q = q or {}
+  return '{"csat_count":' .. ji(q.csat_count or 0) .. ',"csat_total":' .. ji(q.csat_total or 0) .. '}'
+end
+
 function queries.shift_stats()
   local out = {}
   for _, id in ipairs(redis.call('SMEMBERS', K_AGENTS)) do
@@ -1477,7 +1650,9 @@ function queries.shift_stats()
         .. ji(math.max(stop - shift.started_at, 0)) .. ',"shift":{"started_at":' .. ji(shift.started_at)
         .. ',"ended_at":' .. joi(shift.ended_at) .. ',"offers":' .. ji(shift.offers) .. ',"accepted":'
         .. ji(shift.accepted) .. ',"declined":' .. ji(shift.declined) .. ',"missed":' .. ji(shift.missed)
-        .. ',"completed":' .. ji(shift.completed) .. ',"handle_ms_total":' .. ji(shift.handle_ms_total) .. '}}'
+        .. ',"completed":' .. ji(shift.completed) .. ',"handle_ms_total":' .. ji(shift.handle_ms_total)
+        .. ',"transfers":' .. ji(shift.transfers or 0) .. ',"csat_count":' .. ji(shift.csat_count or 0)
+        .. ',"csat_total":' .. ji(shift.csat_total or 0) .. '},"quality":' .. render_quality(r.quality) .. '}'
     end
   end
   return '[' .. table.concat(out, ',') .. ']'

@@ -67,7 +67,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
-    RosterEntry, ShiftView, StatusChoice,
+    RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{
     AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, Timestamp,
@@ -589,6 +589,56 @@ impl Store for RedisStore {
             reason.to_owned(),
         ];
         self.command(pool, Command::Reassign, &args).await
+    }
+
+    async fn transfer(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        conversation: &ConversationId,
+        target: TransferTarget,
+        note: &str,
+    ) -> StoreResult<Applied<Conversation>> {
+        // The script takes the target apart itself: an agent id, or the new
+        // requirements as JSON (it renders them into the stored hand-off).
+        let (kind, target) = match target {
+            TransferTarget::Agent(to) => ("agent", to.to_string()),
+            TransferTarget::Queue {
+                category,
+                required_skills,
+                language,
+            } => (
+                "queue",
+                serde_json::json!({
+                    "category": category,
+                    "required_skills": required_skills,
+                    "language": language,
+                })
+                .to_string(),
+            ),
+        };
+        let args = [
+            agent.to_string(),
+            conversation.to_string(),
+            kind.to_owned(),
+            target,
+            note.to_owned(),
+        ];
+        self.command(pool, Command::Transfer, &args).await
+    }
+
+    async fn report_csat(
+        &self,
+        pool: &PoolId,
+        conversation: &ConversationId,
+        score: u8,
+    ) -> StoreResult<Applied<Conversation>> {
+        self.command(
+            pool,
+            Command::ReportCsat,
+            &[conversation.to_string(), score.to_string()],
+        )
+        .await
     }
 
     async fn availability(

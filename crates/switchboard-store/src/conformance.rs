@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchboard_core::model::{
-    AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, Skill, StatusChoice,
+    AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, ShiftView, Skill, StatusChoice,
+    TransferTarget,
 };
 use switchboard_core::{
     AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId,
@@ -80,6 +81,9 @@ macro_rules! conformance_suite {
             available_cancels_a_drain,
             reassign_to_the_queue_or_a_named_agent,
             reassign_refusals,
+            transfer_to_a_queue_or_a_named_agent,
+            transfer_refusals,
+            csat_counts_once_in_the_shift_and_for_life,
             availability_counts_free_eligible_agents_and_estimates_the_wait
         );
     };
@@ -1033,4 +1037,344 @@ pub async fn availability_counts_free_eligible_agents_and_estimates_the_wait(h: 
     let (free, wait) = store.availability(&p, &handoff("x"), 10).await.unwrap();
     assert_eq!(free, 0);
     assert!(wait > 0, "two first offers so far give a rate: {wait}");
+}
+
+/// Roster + online + stream attached for an agent with only `skill` at 4.
+async fn ready_with_skill(h: &dyn Harness, p: &PoolId, id: &str, skill: &str) {
+    let store = h.store();
+    let mut specialist = entry(id);
+    specialist.skills = vec![Skill::new(skill, 4)];
+    store.upsert_roster(p, specialist).await.unwrap();
+    store
+        .go_online(
+            p,
+            &agent(id),
+            GoOnline {
+                capacity: Some(1),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    store.attach_stream(p, &agent(id)).await.unwrap();
+    h.advance(5).await;
+}
+
+async fn shift_of(h: &dyn Harness, p: &PoolId, id: &str) -> ShiftView {
+    h.store()
+        .shift_stats(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|view| view.agent_id == agent(id))
+        .unwrap_or_else(|| panic!("no shift for `{id}`"))
+}
+
+fn to_queue(category: &str, skills: Vec<Skill>, language: Option<&str>) -> TransferTarget {
+    TransferTarget::Queue {
+        category: category.into(),
+        required_skills: skills,
+        language: language.map(str::to_owned),
+    }
+}
+
+pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    ready(h, &p, "bob").await;
+    ready_with_skill(h, &p, "fred", "fraud").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+
+    // To the fraud queue: bob is free but lacks the skill, fred has it.
+    let moved = store
+        .transfer(
+            &p,
+            &agent("alice"),
+            &cid("c1"),
+            to_queue("fraud", vec![Skill::new("fraud", 3)], None),
+            "card used abroad",
+        )
+        .await
+        .unwrap();
+    let c = &moved.value;
+    assert_eq!(
+        c.reason,
+        "transferred by agent `alice` to queue:fraud: card used abroad"
+    );
+    assert_eq!(
+        (c.state, c.agent_id.clone()),
+        (ConversationState::Offered, Some(agent("fred"))),
+        "only the eligible agent gets it"
+    );
+    assert_eq!(c.handoff.category, "fraud");
+    assert_eq!(c.handoff.required_skills, vec![Skill::new("fraud", 3)]);
+    assert_eq!(
+        (c.handoff.summary.as_str(), c.handoff.language.as_str()),
+        ("wants a refund", "en"),
+        "the context travels; the language stays"
+    );
+    assert_eq!(c.transfers.len(), 1);
+    assert_eq!(
+        (
+            c.transfers[0].from_agent.as_str(),
+            c.transfers[0].to.as_str(),
+            c.transfers[0].note.as_str()
+        ),
+        ("alice", "queue:fraud", "card used abroad")
+    );
+    assert!(c.excluded.contains(&agent("alice")));
+    let requeued = moved
+        .events
+        .iter()
+        .find(|e| matches!(e.kind, EventKind::Requeued { .. }))
+        .expect("a requeued event");
+    assert_eq!(
+        requeued.agent_id,
+        Some(agent("alice")),
+        "the transferring agent is told its part ended"
+    );
+    assert!(
+        moved
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Offered { .. })
+                && e.agent_id == Some(agent("fred"))),
+        "{:?}",
+        moved.events
+    );
+    let presence = store.agents(&p).await.unwrap();
+    assert_eq!(presence[0].agent_id, agent("alice"));
+    assert_eq!(presence[0].active_conversations, 0);
+
+    // To a named colleague: an offer to that agent.
+    store
+        .accept(&p, &agent("fred"), &offer("c1", 2))
+        .await
+        .unwrap();
+    let moved = store
+        .transfer(
+            &p,
+            &agent("fred"),
+            &cid("c1"),
+            TransferTarget::Agent(agent("bob")),
+            "back to billing",
+        )
+        .await
+        .unwrap();
+    let c = &moved.value;
+    assert_eq!(
+        (c.state, c.agent_id.clone()),
+        (ConversationState::Offered, Some(agent("bob")))
+    );
+    assert_eq!(
+        c.reason,
+        "transferred by agent `fred` to agent:bob: back to billing"
+    );
+    assert_eq!(c.transfers.len(), 2);
+    assert_eq!(c.transfers[1].to, "agent:bob");
+    assert!(c.excluded.contains(&agent("alice")) && c.excluded.contains(&agent("fred")));
+
+    // Back to a queue in another language nobody speaks, with no skills
+    // and no note: it waits.
+    store
+        .accept(&p, &agent("bob"), &offer("c1", 3))
+        .await
+        .unwrap();
+    let moved = store
+        .transfer(
+            &p,
+            &agent("bob"),
+            &cid("c1"),
+            to_queue("german", vec![], Some("de")),
+            "",
+        )
+        .await
+        .unwrap();
+    let c = &moved.value;
+    assert_eq!(c.state, ConversationState::Queued);
+    assert_eq!(c.reason, "transferred by agent `bob` to queue:german");
+    assert_eq!(
+        (
+            c.handoff.language.as_str(),
+            c.handoff.category.as_str(),
+            c.handoff.required_skills.len()
+        ),
+        ("de", "german", 0)
+    );
+    assert_eq!(c.handoff.chat_reference, "chat://c1");
+    assert_eq!(c.transfers.len(), 3);
+    assert_eq!(
+        store.conversation(&p, &cid("c1")).await.unwrap().transfers,
+        c.transfers,
+        "the transfers are stored"
+    );
+    for (id, transfers) in [("alice", 1), ("fred", 1), ("bob", 1)] {
+        let view = shift_of(h, &p, id).await;
+        assert_eq!(
+            (view.shift.transfers, view.shift.completed),
+            (transfers, 0),
+            "`{id}` counts a transfer, not a completion"
+        );
+    }
+}
+
+pub async fn transfer_refusals(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    ready(h, &p, "bob").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let refused = |target: TransferTarget, who: &'static str| {
+        let store = store.clone();
+        let p = p.clone();
+        async move {
+            domain(
+                store
+                    .transfer(&p, &agent(who), &cid("c1"), target, "note")
+                    .await
+                    .unwrap_err(),
+            )
+            .to_string()
+        }
+    };
+    assert_eq!(
+        refused(TransferTarget::Agent(agent("alice")), "bob").await,
+        DomainError::precondition("conversation `c1` is not assigned to agent `bob`").to_string(),
+        "only the holder transfers"
+    );
+    assert_eq!(
+        refused(TransferTarget::Agent(agent("alice")), "alice").await,
+        DomainError::precondition("agent `alice` cannot transfer a conversation to itself")
+            .to_string()
+    );
+    assert_eq!(
+        refused(TransferTarget::Agent(agent("nobody")), "alice").await,
+        DomainError::precondition("agent `nobody` is offline: go online first").to_string()
+    );
+    store
+        .set_status(
+            &p,
+            &agent("bob"),
+            StatusChoice::Away {
+                reason: "lunch".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(TransferTarget::Agent(agent("bob")), "alice").await,
+        DomainError::precondition(
+            "agent `bob` cannot take an offer now (status Away, stream attached: true)"
+        )
+        .to_string()
+    );
+    // Nothing changed.
+    let c = store.conversation(&p, &cid("c1")).await.unwrap();
+    assert_eq!(
+        (c.state, c.agent_id.clone(), c.transfers.len()),
+        (ConversationState::Assigned, Some(agent("alice")), 0)
+    );
+    assert_eq!(shift_of(h, &p, "alice").await.shift.transfers, 0);
+    // A queued conversation has no holder.
+    store.request(&p, handoff("c2")).await.unwrap();
+    let err = domain(
+        store
+            .transfer(
+                &p,
+                &agent("alice"),
+                &cid("c2"),
+                to_queue("billing", vec![], None),
+                "",
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err.to_string(),
+        DomainError::precondition("conversation `c2` is not assigned to agent `alice`").to_string()
+    );
+    let err = domain(
+        store
+            .transfer(
+                &p,
+                &agent("alice"),
+                &cid("never"),
+                to_queue("billing", vec![], None),
+                "",
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+}
+
+pub async fn csat_counts_once_in_the_shift_and_for_life(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    let err = domain(store.report_csat(&p, &cid("c1"), 5).await.unwrap_err());
+    assert_eq!(
+        err.to_string(),
+        DomainError::precondition(
+            "conversation `c1` is offered: CSAT is reported for completed conversations"
+        )
+        .to_string()
+    );
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c1"), "resolved")
+        .await
+        .unwrap();
+    let reported = store.report_csat(&p, &cid("c1"), 4).await.unwrap();
+    assert_eq!(reported.value.csat, Some(4));
+    assert!(reported.events.is_empty(), "{:?}", reported.events);
+    assert_eq!(
+        store.conversation(&p, &cid("c1")).await.unwrap().csat,
+        Some(4)
+    );
+    // The same report again is a no-op; a different score is refused.
+    let again = store.report_csat(&p, &cid("c1"), 4).await.unwrap();
+    assert_eq!(again.value.csat, Some(4));
+    let err = domain(store.report_csat(&p, &cid("c1"), 2).await.unwrap_err());
+    assert_eq!(
+        err.to_string(),
+        DomainError::precondition("conversation `c1` already has CSAT 4").to_string()
+    );
+    let view = shift_of(h, &p, "alice").await;
+    assert_eq!((view.shift.csat_count, view.shift.csat_total), (1, 4));
+    assert_eq!((view.quality.csat_count, view.quality.csat_total), (1, 4));
+
+    // Quality outlives the shift; the next shift counts from zero.
+    store.go_offline(&p, &agent("alice"), "done").await.unwrap();
+    ready(h, &p, "alice").await;
+    let view = shift_of(h, &p, "alice").await;
+    assert_eq!((view.shift.csat_count, view.shift.csat_total), (0, 0));
+    assert_eq!((view.quality.csat_count, view.quality.csat_total), (1, 4));
+    store.request(&p, handoff("c2")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c2", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c2"), "resolved")
+        .await
+        .unwrap();
+    store.report_csat(&p, &cid("c2"), 2).await.unwrap();
+    let view = shift_of(h, &p, "alice").await;
+    assert_eq!((view.shift.csat_count, view.shift.csat_total), (1, 2));
+    assert_eq!((view.quality.csat_count, view.quality.csat_total), (2, 6));
+    assert_eq!(view.quality.average(), Some(3.0));
+    let err = domain(store.report_csat(&p, &cid("never"), 4).await.unwrap_err());
+    assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
 }
