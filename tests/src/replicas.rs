@@ -72,32 +72,46 @@ fn token(role: Role, agent: Option<&str>) -> String {
     mint(&Keyring::development(), role, POOL, agent, 0)
 }
 
+/// A gateway client of the replica at `url`.
+pub async fn gateway_at(url: &str) -> GatewayServiceClient<Authed> {
+    GatewayServiceClient::with_interceptor(connect(url).await, bearer(&token(Role::Gateway, None)))
+}
+
+/// An admin client of the replica at `url`.
+pub async fn admin_at(url: &str) -> AdminServiceClient<Authed> {
+    AdminServiceClient::with_interceptor(connect(url).await, bearer(&token(Role::Admin, None)))
+}
+
+/// Agent `agent`'s client of the replica at `url`.
+pub async fn agent_client_at(url: &str, agent: &str) -> AgentServiceClient<Authed> {
+    AgentServiceClient::with_interceptor(
+        connect(url).await,
+        bearer(&token(Role::Agent, Some(agent))),
+    )
+}
+
 impl ServerProcess {
     pub async fn gateway(&self) -> GatewayServiceClient<Authed> {
-        GatewayServiceClient::with_interceptor(
-            connect(&self.url).await,
-            bearer(&token(Role::Gateway, None)),
-        )
+        gateway_at(&self.url).await
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Authed> {
-        AdminServiceClient::with_interceptor(
-            connect(&self.url).await,
-            bearer(&token(Role::Admin, None)),
-        )
+        admin_at(&self.url).await
     }
 
     pub async fn agent_client(&self, agent: &str) -> AgentServiceClient<Authed> {
-        AgentServiceClient::with_interceptor(
-            connect(&self.url).await,
-            bearer(&token(Role::Agent, Some(agent))),
-        )
+        agent_client_at(&self.url, agent).await
     }
 
     /// An agent app on this replica: online with `skills`, capacity 1,
     /// stream subscribed and its snapshot read.
     pub async fn agent(&self, id: &str, skills: &[(&str, u32)]) -> AgentApp {
         AgentApp::online(id, self.agent_client(id).await, skills).await
+    }
+
+    /// Whether the process is still running (it did not crash or panic).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
+use switchboard_core::DispatchSettings;
 use switchboard_e2e::replicas::*;
 use switchboard_e2e::*;
 use switchboard_proto::v1::agent_event::Kind;
@@ -16,10 +17,26 @@ use switchboard_testkit::RedisServer;
 /// Generous for a loaded 2-core machine; the happy path takes milliseconds.
 const LONG_WAIT: Duration = Duration::from_secs(10);
 
+/// Fast settings where no offer times out or is withdrawn as undelivered
+/// merely because the machine is busy.
+fn patient_settings() -> DispatchSettings {
+    DispatchSettings {
+        offer_timeout_ms: 5_000,
+        offer_delivery_grace_ms: 2_000,
+        ..fast_settings()
+    }
+}
+
 async fn two_replicas(redis: &RedisServer) -> (ServerProcess, ServerProcess) {
-    let settings = fast_settings();
-    let a = start_replica(&redis.url(), &settings, &[]).await;
-    let b = start_replica(&redis.url(), &settings, &[]).await;
+    two_replicas_with(redis, &patient_settings()).await
+}
+
+async fn two_replicas_with(
+    redis: &RedisServer,
+    settings: &DispatchSettings,
+) -> (ServerProcess, ServerProcess) {
+    let a = start_replica(&redis.url(), settings, &[]).await;
+    let b = start_replica(&redis.url(), settings, &[]).await;
     (a, b)
 }
 
@@ -219,7 +236,14 @@ async fn writes_through_one_replica_are_read_through_the_other_at_once() {
 #[tokio::test]
 async fn the_sweepers_of_two_replicas_never_requeue_twice() {
     let redis = RedisServer::start().await;
-    let (a, b) = two_replicas(&redis).await;
+    // First offers time out (that is the test); delivery is not what is
+    // tested, so the grace is long enough for a busy machine.
+    let settings = DispatchSettings {
+        offer_timeout_ms: 1_000,
+        offer_delivery_grace_ms: 900,
+        ..fast_settings()
+    };
+    let (a, b) = two_replicas_with(&redis, &settings).await;
     let mut gateway = a.gateway().await;
 
     // Agents on both replicas that ignore first offers and accept later ones.
@@ -339,7 +363,7 @@ async fn the_binary_refuses_a_bad_redis_url_and_gives_up_on_an_unreachable_one()
 #[tokio::test]
 async fn a_replica_logs_which_store_it_uses() {
     let redis = RedisServer::start().await;
-    let replica = start_replica(&redis.url(), &fast_settings(), &[]).await;
+    let replica = start_replica(&redis.url(), &patient_settings(), &[]).await;
     let log = replica.log();
     assert!(log.contains("\"store\":\"redis\""), "{log}");
     assert!(log.contains(&redis.url()), "{log}");

@@ -201,13 +201,27 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     };
     let address = redact_url(url);
     let options = RedisOptions {
+        // The Redis store reads no local clock; the offset only warns.
         clock_offset_ms: offset_ms,
+        outage_threshold: outage_threshold(&config.dispatch),
         ..RedisOptions::default()
     };
     let within = Duration::from_millis(config.store.redis_startup_timeout_ms);
     let store = connect_redis(url, &address, config, options, within).await?;
     tracing::info!(store = "redis", redis = %address, "dispatch state in redis, shared with every replica using it");
     Ok(Arc::new(store))
+}
+
+/// How long no replica may reach a pool before the store treats the gap as
+/// an outage and extends every lease (agents could not heartbeat either).
+/// It must stay below the lease minus the heartbeat interval, or a gap that
+/// already cost a heartbeat would not count; and well above the sweepers'
+/// pace (every pool many times a second), or a busy moment would count.
+fn outage_threshold(settings: &switchboard_core::DispatchSettings) -> Duration {
+    let default = RedisOptions::default().outage_threshold;
+    let slack_ms = settings.lease_ms - settings.heartbeat_interval_ms;
+    let half_slack = Duration::from_millis(u64::try_from(slack_ms / 2).unwrap_or(0));
+    half_slack.max(Duration::from_millis(200)).min(default)
 }
 
 /// Connects to Redis, retrying with backoff for up to `within`: in a fresh
