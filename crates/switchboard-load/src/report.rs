@@ -1,0 +1,240 @@
+//! The readable end-of-run tables (the same data `--json` prints).
+
+use comfy_table::Table;
+
+use crate::echo::{EchoReport, EchoStep};
+use crate::metrics::{LatencySummary, Series};
+use crate::redis_ceiling::RedisReport;
+use crate::run::RunReport;
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.set_header(header.to_vec());
+    table
+}
+
+fn latency_row(name: &str, latency: &LatencySummary) -> Vec<String> {
+    vec![
+        name.to_owned(),
+        latency.count.to_string(),
+        format!("{:.3}", latency.p50_ms),
+        format!("{:.3}", latency.p90_ms),
+        format!("{:.3}", latency.p99_ms),
+        format!("{:.3}", latency.p999_ms),
+        format!("{:.3}", latency.max_ms),
+    ]
+}
+
+const LATENCY_HEADER: [&str; 7] = ["ms", "count", "p50", "p90", "p99", "p99.9", "max"];
+
+pub fn print_run(report: &RunReport) {
+    let verdict = if report.valid { "VALID" } else { "INVALID" };
+    println!(
+        "hand-off load against {}: {} agents ({} per connection, online after {:.1} s), {:.0}/s for {:.0} s (+{:.0} s warm-up): {verdict}",
+        report.server,
+        report.agents,
+        report.agents_per_connection,
+        report.agents_online_after_secs,
+        report.throughput.target_rate,
+        report.duration_secs,
+        report.warmup_secs,
+    );
+    for reason in &report.invalid_reasons {
+        println!("  invalid: {reason}");
+    }
+    let throughput = &report.throughput;
+    let totals = &report.totals;
+    let mut counts = table(&[
+        "throughput (measured window)",
+        "per second",
+        "total (whole run)",
+    ]);
+    let rows = [
+        ("requested", throughput.requested_per_sec, totals.requested),
+        ("offers", throughput.offers_per_sec, totals.offered),
+        ("assigned", throughput.assigned_per_sec, totals.assigned),
+        (
+            "hand-offs completed",
+            throughput.completed_per_sec,
+            totals.handoffs_completed,
+        ),
+        ("unary calls (all)", throughput.unary_calls_per_sec, 0),
+    ];
+    for (name, rate, total) in rows {
+        counts.add_row(vec![
+            name.to_owned(),
+            format!("{rate:.1}"),
+            total.to_string(),
+        ]);
+    }
+    for (name, total) in [
+        ("cancelled", totals.cancelled),
+        ("declined", totals.declined),
+        ("missed", totals.missed),
+        ("churned offline", totals.churned_offline),
+        ("errors", totals.errors),
+    ] {
+        counts.add_row(vec![name.to_owned(), String::new(), total.to_string()]);
+    }
+    println!("{counts}");
+
+    let mut latencies = table(&LATENCY_HEADER);
+    for series in Series::ALL {
+        latencies.add_row(latency_row(series.name(), &report.metrics.latency(series)));
+    }
+    for (method, latency) in &report.metrics.rpcs {
+        latencies.add_row(latency_row(&format!("rpc {method}"), latency));
+    }
+    println!("{latencies}");
+
+    if let Some(echo) = &report.echo {
+        let mut comparison = table(&["vs bare tonic echo, same rate", "p50 ms", "p99 ms"]);
+        let offer = report.metrics.latency(Series::RequestToOffer);
+        comparison.add_row(vec![
+            "request → offer".to_owned(),
+            format!("{:.3}", offer.p50_ms),
+            format!("{:.3}", offer.p99_ms),
+        ]);
+        comparison.add_row(vec![
+            "echo call → push".to_owned(),
+            format!("{:.3}", echo.echo.push.p50_ms),
+            format!("{:.3}", echo.echo.push.p99_ms),
+        ]);
+        comparison.add_row(vec![
+            "ratio".to_owned(),
+            format!("{:.2}", echo.offer_p50_ratio),
+            format!("{:.2}", echo.offer_p99_ratio),
+        ]);
+        println!("{comparison}");
+    }
+
+    if !report.metrics.errors.is_empty() || !report.metrics.expected_refusals.is_empty() {
+        let mut errors = table(&["call and status", "errors", "provoked (cancel races)"]);
+        let mut keys: Vec<&String> = report
+            .metrics
+            .errors
+            .keys()
+            .chain(report.metrics.expected_refusals.keys())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            errors.add_row(vec![
+                key.clone(),
+                report
+                    .metrics
+                    .errors
+                    .get(key)
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+                report
+                    .metrics
+                    .expected_refusals
+                    .get(key)
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+            ]);
+        }
+        println!("{errors}");
+    }
+
+    let settlement = &report.settlement;
+    println!(
+        "conversations: {} requested, {} assigned, {} cancelled, {} refused, {} unservable, {} still waiting",
+        settlement.requested,
+        settlement.assigned,
+        settlement.cancelled,
+        settlement.failed_requests,
+        settlement.unservable,
+        settlement.outstanding
+    );
+    if let Some(server) = &report.server_resources {
+        println!(
+            "server pid {}: RSS {:.1} MiB with agents online ({:.1} KiB per agent), {:.1} MiB at the end (peak {:.1} MiB), CPU {:.0}% of a core during the load",
+            server.pid,
+            server.rss_agents_online_mib,
+            server.rss_per_agent_kib,
+            server.rss_end_mib,
+            server.peak_rss_mib,
+            server.cpu_percent_during_load
+        );
+    }
+    println!("load tool CPU: {:.0}% of a core", report.tool_cpu_percent);
+    let invariants = &report.invariants;
+    if invariants.total() == 0 {
+        println!(
+            "invariants: held (no conversation lost, no agent over capacity, no ineligible offer)"
+        );
+    } else {
+        println!(
+            "INVARIANTS BROKEN: {} lost conversations, {} over capacity, {} ineligible offers",
+            invariants.lost_conversations, invariants.over_capacity, invariants.ineligible_offers
+        );
+        for example in &invariants.examples {
+            println!("  {example}");
+        }
+    }
+}
+
+fn echo_row(step: &EchoStep) -> Vec<String> {
+    vec![
+        format!("{:.0}", step.target_rate),
+        format!("{:.0}", step.achieved_calls_per_sec),
+        format!("{:.3}", step.push.p50_ms),
+        format!("{:.3}", step.push.p99_ms),
+        format!("{:.3}", step.call.p99_ms),
+        format!("{:.3}", step.schedule_lag.p99_ms),
+        step.errors.to_string(),
+        if !step.valid {
+            "INVALID (lag)".to_owned()
+        } else if step.within_ceiling {
+            "yes".to_owned()
+        } else {
+            "no".to_owned()
+        },
+    ]
+}
+
+pub fn print_echo(report: &EchoReport) {
+    let mut steps = table(&[
+        "target/s",
+        "achieved/s",
+        "push p50 ms",
+        "push p99 ms",
+        "call p99 ms",
+        "lag p99 ms",
+        "errors",
+        "within ceiling",
+    ]);
+    for step in &report.steps {
+        steps.add_row(echo_row(step));
+    }
+    println!("{steps}");
+    match report.ceiling_calls_per_sec {
+        Some(ceiling) => println!("echo ceiling: {ceiling:.0} calls/s (push p99 ≤ 50 ms)"),
+        None => println!("echo ceiling: no rate tried stayed within push p99 ≤ 50 ms"),
+    }
+}
+
+pub fn print_redis(report: &RedisReport) {
+    let mut result = table(&[
+        "EVALSHA claim",
+        "calls/s",
+        "avg ms",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+    ]);
+    result.add_row(vec![
+        format!("{} clients, pipeline {}", report.clients, report.pipeline),
+        format!("{:.0}", report.calls_per_sec),
+        format!("{:.3}", report.avg_ms),
+        format!("{:.3}", report.p50_ms),
+        format!("{:.3}", report.p99_ms),
+        format!("{:.3}", report.max_ms),
+    ]);
+    println!("{}", report.command);
+    println!("{result}");
+}

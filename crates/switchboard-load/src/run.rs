@@ -1,0 +1,587 @@
+//! `switchboard-load run`: the hand-off load against a running server.
+//! Brings the agents online, runs the open-loop gateway for the duration,
+//! waits for the work to drain, checks the invariants and reports.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::Serialize;
+use switchboard_auth::Role;
+use switchboard_proto::v1::agent_service_client::AgentServiceClient;
+use switchboard_proto::v1::gateway_service_client::GatewayServiceClient;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::agents::SimulatedAgent;
+use crate::client::{TokenMint, connect_many};
+use crate::echo::{self, EchoStep};
+use crate::ledger::{Ledger, Settlement, Violations};
+use crate::metrics::{Counters, Metrics, MetricsSummary, Series};
+use crate::procstat::{self, Resources, mib};
+use crate::profile::{CATEGORIES, LANGUAGES, Profile, Requirement};
+use crate::progress::Progress;
+use crate::schedule;
+
+/// A run whose generator lagged more than this at p99 measured the tool,
+/// not the server: it is reported as invalid.
+pub const MAX_SCHEDULE_LAG_P99_MS: f64 = 1.0;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// The server's URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The server's process id, to report its RSS and CPU from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    #[arg(long, default_value = "load")]
+    pub pool: String,
+    /// Simulated agents.
+    #[arg(long, default_value_t = 100)]
+    pub agents: usize,
+    /// Agents sharing one HTTP/2 connection (1 = each its own, like apps).
+    #[arg(long, default_value_t = 1)]
+    pub agents_per_connection: usize,
+    /// Connections the gateway spreads its calls over.
+    #[arg(long, default_value_t = 2)]
+    pub gateway_connections: usize,
+    /// Hand-offs per second (Poisson arrivals).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// How long the gateway hands over (e.g. 60s, 2m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Leading part of the load left out of the histograms.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// After the load, how long to wait for every conversation to be
+    /// assigned before calling the rest lost.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain: Duration,
+    #[arg(long, default_value_t = 1)]
+    pub capacity: u32,
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub think: Duration,
+    /// Think time is uniform in think ± jitter.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub think_jitter: Duration,
+    /// Mean of the exponential handle time.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub handle_mean: Duration,
+    /// Heartbeat interval (default: what GoOnline answers, 10 s by default).
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat: Option<Duration>,
+    /// Fraction of offers declined after the think time.
+    #[arg(long, default_value_t = 0.02)]
+    pub decline_fraction: f64,
+    /// Fraction of offers left to time out (the server's offer timeout,
+    /// 20 s by default, so only useful in long runs).
+    #[arg(long, default_value_t = 0.0)]
+    pub miss_fraction: f64,
+    /// Fraction of hand-offs the gateway cancels soon after.
+    #[arg(long, default_value_t = 0.02)]
+    pub cancel_fraction: f64,
+    /// A cancel comes uniformly within this long after the request.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub cancel_within: Duration,
+    /// Fraction of agents going offline (when idle) per minute, each coming
+    /// back after --offline-pause.
+    #[arg(long, default_value_t = 0.02)]
+    pub churn_per_minute: f64,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub offline_pause: Duration,
+    /// Skills each agent has, of the 8 categories.
+    #[arg(long, default_value_t = 4)]
+    pub skills_per_agent: usize,
+    /// Probability an agent also speaks each non-English language.
+    #[arg(long, default_value_t = 0.3)]
+    pub second_language: f64,
+    /// Hand over English conversations only.
+    #[arg(long)]
+    pub english_only: bool,
+    /// Fraction of conversations the gateway watches until assigned.
+    #[arg(long, default_value_t = 0.02)]
+    pub watch_fraction: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// How long agents may take to come online before the run gives up.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    pub online_timeout: Duration,
+    /// Agents going online at the same time.
+    #[arg(long, default_value_t = 64)]
+    pub onboarding_parallelism: usize,
+    /// Leave the agents online at the end (default: each goes offline).
+    #[arg(long)]
+    pub no_offline_at_end: bool,
+    /// Key id of --token-secret (a server in `keys` mode); without both,
+    /// tokens are signed with the development key.
+    #[arg(long, env = "SWITCHBOARD_LOAD_TOKEN_KEY_ID", requires = "token_secret")]
+    pub token_key_id: Option<String>,
+    #[arg(long, env = "SWITCHBOARD_LOAD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// After the run, run the bare tonic echo ceiling at the same rate and
+    /// number of streams, and quote each latency as a ratio to it.
+    #[arg(long)]
+    pub compare_echo: bool,
+    /// Pin the echo server of --compare-echo to this CPU (taskset).
+    #[arg(long)]
+    pub echo_server_cpu: Option<usize>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Everything the agents and the gateway share during a run.
+pub struct RunContext {
+    pub metrics: Metrics,
+    pub ledger: Ledger,
+    pub profile: Profile,
+    pub capacity: u32,
+    pub heartbeat_every: Option<Duration>,
+    pub churn_mean: Option<Duration>,
+    pub offline_pause: Duration,
+    pub offline_at_end: bool,
+    pub agents_stop: CancellationToken,
+    pub tracker: TaskTracker,
+    /// Limits how many agents go online at once, so a 10k ramp does not
+    /// open 10k calls in one burst.
+    pub onboarding: Semaphore,
+    pub seed: u64,
+    pub watch_fraction: f64,
+    measure_from: OnceLock<Instant>,
+    /// Highest level any agent of the run has, per [category][language].
+    best_level: Vec<Vec<u32>>,
+}
+
+impl RunContext {
+    /// Whether a conversation sent at `intended` is past the warm-up.
+    pub fn is_measured(&self, intended: Instant) -> bool {
+        self.measure_from
+            .get()
+            .is_some_and(|from| intended >= *from)
+    }
+
+    /// Whether some agent of this run can serve it (if none can, waiting
+    /// forever is the right answer and not a lost conversation).
+    pub fn servable(&self, requirement: &Requirement) -> bool {
+        self.best_level[requirement.category][requirement.language] >= requirement.min_level
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Throughput {
+    pub target_rate: f64,
+    pub requested_per_sec: f64,
+    pub offers_per_sec: f64,
+    pub assigned_per_sec: f64,
+    pub completed_per_sec: f64,
+    /// Unary calls (all methods) per second over the measured window.
+    pub unary_calls_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Totals {
+    pub requested: u64,
+    pub offered: u64,
+    pub assigned: u64,
+    pub handoffs_completed: u64,
+    pub cancelled: u64,
+    pub declined: u64,
+    pub missed: u64,
+    pub churned_offline: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EchoComparison {
+    pub echo: EchoStep,
+    /// Hand-off request→offer p50 ÷ echo request→push p50 (same rate).
+    pub offer_p50_ratio: f64,
+    pub offer_p99_ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub valid: bool,
+    pub invalid_reasons: Vec<String>,
+    pub server: String,
+    pub agents: usize,
+    pub agents_per_connection: usize,
+    pub agents_online_after_secs: f64,
+    pub duration_secs: f64,
+    pub warmup_secs: f64,
+    pub throughput: Throughput,
+    pub totals: Totals,
+    pub settlement: Settlement,
+    pub metrics: MetricsSummary,
+    pub invariants: Violations,
+    pub server_resources: Option<Resources>,
+    /// The load tool's own CPU during the load, percent of one core.
+    pub tool_cpu_percent: f64,
+    pub echo: Option<EchoComparison>,
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 500ms, 10s, 2m)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use ms, s or m"
+            ));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("`{text}` is not a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn validate(args: &RunArgs) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if args.agents == 0 {
+        problems.push("--agents must be at least 1".to_owned());
+    }
+    if args.agents_per_connection == 0 || args.gateway_connections == 0 {
+        problems.push(
+            "--agents-per-connection and --gateway-connections must be at least 1".to_owned(),
+        );
+    }
+    if !(args.rate > 0.0 && args.rate.is_finite()) {
+        problems.push(format!("--rate {} must be a positive number", args.rate));
+    }
+    for (name, value) in [
+        ("--decline-fraction", args.decline_fraction),
+        ("--miss-fraction", args.miss_fraction),
+        ("--cancel-fraction", args.cancel_fraction),
+        ("--watch-fraction", args.watch_fraction),
+        ("--second-language", args.second_language),
+        ("--churn-per-minute", args.churn_per_minute),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            problems.push(format!("{name} {value} must be within 0..1"));
+        }
+    }
+    if args.decline_fraction + args.miss_fraction > 1.0 {
+        problems.push("--decline-fraction plus --miss-fraction exceeds 1".to_owned());
+    }
+    if args.capacity == 0 {
+        problems.push("--capacity must be at least 1".to_owned());
+    }
+    if !problems.is_empty() {
+        bail!("invalid arguments: {}", problems.join("; "));
+    }
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
+    validate(&args)?;
+    let profile = Profile {
+        skills_per_agent: args.skills_per_agent,
+        second_language_probability: args.second_language,
+        english_only: args.english_only,
+        think_time_mean: args.think,
+        think_time_jitter: args.think_jitter,
+        handle_time_mean: args.handle_mean,
+        decline_fraction: args.decline_fraction,
+        miss_fraction: args.miss_fraction,
+        cancel_fraction: args.cancel_fraction,
+        cancel_within: args.cancel_within,
+    };
+    let run_id = format!("load{}-{}", std::process::id(), args.seed);
+    let lifetime = args.duration + args.drain + args.online_timeout + Duration::from_secs(3600);
+    let secret = args.token_key_id.clone().zip(args.token_secret.clone());
+    let mint = TokenMint::new(secret, args.pool.clone(), lifetime);
+
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let agent_profiles: Vec<_> = (0..args.agents).map(|_| profile.agent(&mut rng)).collect();
+    let mut best_level = vec![vec![0u32; LANGUAGES.len()]; CATEGORIES.len()];
+    for agent in &agent_profiles {
+        for &(skill, level) in &agent.skills {
+            for &language in &agent.languages {
+                best_level[skill][language] = best_level[skill][language].max(level);
+            }
+        }
+    }
+    let context = Arc::new(RunContext {
+        metrics: Metrics::default(),
+        ledger: Ledger::new(run_id.clone()),
+        profile,
+        capacity: args.capacity,
+        heartbeat_every: args.heartbeat,
+        churn_mean: (args.churn_per_minute > 0.0)
+            .then(|| Duration::from_secs_f64(60.0 / args.churn_per_minute)),
+        offline_pause: args.offline_pause,
+        offline_at_end: !args.no_offline_at_end,
+        agents_stop: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        onboarding: Semaphore::new(args.onboarding_parallelism.max(1)),
+        seed: args.seed,
+        watch_fraction: args.watch_fraction,
+        measure_from: OnceLock::new(),
+        best_level,
+    });
+    let progress = Progress::new(!(args.quiet || args.json));
+
+    // Agents: connect, then go online in the background.
+    let agent_connections = args.agents.div_ceil(args.agents_per_connection);
+    progress.phase(&format!("connecting {agent_connections} agent connections"));
+    let agent_channels = connect_many(&args.server, agent_connections).await?;
+    let gateway_channels = connect_many(&args.server, args.gateway_connections).await?;
+    let onboarding_started = Instant::now();
+    for (index, agent_profile) in agent_profiles.into_iter().enumerate() {
+        let id = format!("{run_id}-agent-{index}");
+        let bearer = mint.bearer(Role::Agent, Some(&id))?;
+        let channel = agent_channels[index / args.agents_per_connection].clone();
+        let agent = SimulatedAgent {
+            client: AgentServiceClient::with_interceptor(channel, bearer),
+            id,
+            profile: agent_profile,
+            seed: args.seed.wrapping_mul(1_000_003).wrapping_add(index as u64),
+        };
+        context.tracker.spawn(agent.run(Arc::clone(&context)));
+    }
+    let wanted = args.agents as u64;
+    let online_deadline = onboarding_started + args.online_timeout;
+    loop {
+        let online = Counters::get(&context.metrics.counters.agents_online);
+        progress.onboarding(online, wanted);
+        if online >= wanted {
+            break;
+        }
+        if Instant::now() > online_deadline {
+            context.agents_stop.cancel();
+            bail!(
+                "only {online} of {wanted} agents came online within {:?} (errors: {:?})",
+                args.online_timeout,
+                context.metrics.summary().errors
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let agents_online_after = onboarding_started.elapsed();
+    let server_pid = args.server_pid.map(|pid| pid.to_string());
+    // Let the last streams settle before reading the server's memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server_idle = server_pid.as_deref().and_then(procstat::sample);
+
+    // The open-loop gateway.
+    let gateway_bearer = mint.bearer(Role::Gateway, None)?;
+    let gateway_clients: Vec<_> = gateway_channels
+        .into_iter()
+        .map(|channel| GatewayServiceClient::with_interceptor(channel, gateway_bearer.clone()))
+        .collect();
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + args.warmup;
+    let _ = context.measure_from.set(measure_from);
+    let gateway_stop = CancellationToken::new();
+    let runtime = tokio::runtime::Handle::current();
+    let schedule_context = Arc::clone(&context);
+    let schedule = schedule::poisson(
+        args.rate,
+        start,
+        args.warmup + args.duration,
+        args.seed,
+        gateway_stop.clone(),
+        move |arrival| {
+            let client = gateway_clients[arrival.sequence as usize % gateway_clients.len()].clone();
+            let work = crate::gateway::hand_over(Arc::clone(&schedule_context), client, arrival);
+            runtime.spawn(schedule_context.tracker.track_future(work));
+        },
+    )
+    .context("cannot start the arrival schedule thread")?;
+
+    let mut window_start: Option<(
+        Totals,
+        u64,
+        Option<procstat::Sample>,
+        Option<procstat::Sample>,
+    )> = None;
+    let load_end = start + args.warmup + args.duration;
+    progress.load_started(args.warmup + args.duration);
+    while !schedule.is_finished() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if window_start.is_none() && Instant::now() >= measure_from {
+            window_start = Some((
+                totals(&context.metrics),
+                unary_calls(&context.metrics),
+                server_pid.as_deref().and_then(procstat::sample),
+                procstat::sample("self"),
+            ));
+        }
+        progress.load(start, &context.metrics);
+    }
+    let window_end_at = Instant::now().min(load_end).max(measure_from);
+    let end_totals = totals(&context.metrics);
+    let end_calls = unary_calls(&context.metrics);
+    let server_end = server_pid.as_deref().and_then(procstat::sample);
+    let self_end = procstat::sample("self");
+    let (start_totals, start_calls, server_start, self_start) =
+        window_start.unwrap_or((Totals::default(), 0, server_idle, None));
+
+    // Drain: every conversation should find an agent.
+    progress.phase("draining");
+    let drain_deadline = Instant::now() + args.drain;
+    while context.ledger.settlement().outstanding > 0 && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let invariants = context.ledger.finish();
+    let settlement = context.ledger.settlement();
+    context.agents_stop.cancel();
+    progress.phase("agents going offline");
+    context.tracker.close();
+    if tokio::time::timeout(Duration::from_secs(30), context.tracker.wait())
+        .await
+        .is_err()
+    {
+        progress.phase("some agents did not finish within 30 s");
+    }
+    progress.finish();
+
+    let window = window_end_at
+        .saturating_duration_since(measure_from)
+        .as_secs_f64()
+        .max(1e-3);
+    let per_sec = |end: u64, begin: u64| end.saturating_sub(begin) as f64 / window;
+    let throughput = Throughput {
+        target_rate: args.rate,
+        requested_per_sec: per_sec(end_totals.requested, start_totals.requested),
+        offers_per_sec: per_sec(end_totals.offered, start_totals.offered),
+        assigned_per_sec: per_sec(end_totals.assigned, start_totals.assigned),
+        completed_per_sec: per_sec(
+            end_totals.handoffs_completed,
+            start_totals.handoffs_completed,
+        ),
+        unary_calls_per_sec: per_sec(end_calls, start_calls),
+    };
+    let ticks = procstat::ticks_per_second();
+    let server_resources = match (server_idle, server_end) {
+        (Some(idle), Some(end)) => Some(Resources {
+            pid: server_pid.clone().unwrap_or_default(),
+            rss_agents_online_mib: mib(idle.rss_kib),
+            rss_per_agent_kib: idle.rss_kib as f64 / args.agents as f64,
+            rss_end_mib: mib(end.rss_kib),
+            peak_rss_mib: mib(end.peak_rss_kib),
+            cpu_percent_during_load: server_start
+                .map(|start| procstat::cpu_percent(&start, &end, ticks))
+                .unwrap_or(0.0),
+        }),
+        _ => None,
+    };
+    let tool_cpu_percent = match (self_start, self_end) {
+        (Some(start), Some(end)) => procstat::cpu_percent(&start, &end, ticks),
+        _ => 0.0,
+    };
+    let metrics = context.metrics.summary();
+    let mut invalid_reasons = Vec::new();
+    let lag = metrics.latency(Series::ScheduleLag);
+    if lag.p99_ms > MAX_SCHEDULE_LAG_P99_MS {
+        invalid_reasons.push(format!(
+            "generator schedule lag p99 {:.3} ms exceeds {MAX_SCHEDULE_LAG_P99_MS} ms: the tool, not the server, set the pace",
+            lag.p99_ms
+        ));
+    }
+    let echo = if args.compare_echo {
+        progress.phase("echo ceiling at the same rate");
+        let step = echo::compare_at(
+            args.rate,
+            args.agents,
+            args.agents_per_connection,
+            args.warmup,
+            args.duration,
+            args.echo_server_cpu,
+            args.seed,
+        )
+        .await?;
+        let offer = metrics.latency(Series::RequestToOffer);
+        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
+        Some(EchoComparison {
+            offer_p50_ratio: ratio(offer.p50_ms, step.push.p50_ms),
+            offer_p99_ratio: ratio(offer.p99_ms, step.push.p99_ms),
+            echo: step,
+        })
+    } else {
+        None
+    };
+    Ok(RunReport {
+        valid: invalid_reasons.is_empty(),
+        invalid_reasons,
+        server: args.server.clone(),
+        agents: args.agents,
+        agents_per_connection: args.agents_per_connection,
+        agents_online_after_secs: agents_online_after.as_secs_f64(),
+        duration_secs: args.duration.as_secs_f64(),
+        warmup_secs: args.warmup.as_secs_f64(),
+        throughput,
+        totals: end_totals_with_errors(&context.metrics),
+        settlement,
+        metrics,
+        invariants,
+        server_resources,
+        tool_cpu_percent,
+        echo,
+    })
+}
+
+fn totals(metrics: &Metrics) -> Totals {
+    let counters = &metrics.counters;
+    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    Totals {
+        requested: get(&counters.requested),
+        offered: get(&counters.offered),
+        assigned: get(&counters.assigned),
+        handoffs_completed: get(&counters.completed),
+        cancelled: get(&counters.cancelled),
+        declined: get(&counters.declined),
+        missed: get(&counters.missed),
+        churned_offline: get(&counters.churned_offline),
+        errors: get(&counters.errors),
+    }
+}
+
+fn end_totals_with_errors(metrics: &Metrics) -> Totals {
+    totals(metrics)
+}
+
+fn unary_calls(metrics: &Metrics) -> u64 {
+    metrics
+        .summary()
+        .rpcs
+        .iter()
+        .filter(|(method, _)| !matches!(method.as_str(), "Subscribe" | "WatchConversation"))
+        .map(|(_, latency)| latency.count)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

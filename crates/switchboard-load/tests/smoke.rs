@@ -1,0 +1,166 @@
+//! CI smoke run of the load tool: the real `switchboard` binary on a free
+//! port, `switchboard-load run` against it for a few seconds with small
+//! numbers, and the JSON report checked for completed hand-offs and held
+//! invariants. The full measurements are manual (docs/performance.md).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `switchboard` server binary, built next to this test's deps folder
+/// (`cargo build --bins` first; scripts/test does).
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("switchboard");
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts the server and waits until it accepts TCP connections.
+fn start_server() -> (Server, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(server_binary())
+        .args(["serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the switchboard server");
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server not listening on {listen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, format!("http://{listen}"))
+}
+
+#[test]
+fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
+    let (server, url) = start_server();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+        .args([
+            "run",
+            "--server",
+            &url,
+            "--server-pid",
+            &server.0.id().to_string(),
+            "--agents",
+            "20",
+            "--agents-per-connection",
+            "5",
+            "--rate",
+            "20",
+            "--duration",
+            "3s",
+            "--think",
+            "50ms",
+            "--think-jitter",
+            "10ms",
+            "--handle-mean",
+            "300ms",
+            "--drain",
+            "10s",
+            "--churn-per-minute",
+            "0.2",
+            "--offline-pause",
+            "500ms",
+            "--skills-per-agent",
+            "8",
+            "--english-only",
+            "--watch-fraction",
+            "0.2",
+            "--json",
+        ])
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run switchboard-load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "switchboard-load exited with {:?}: {stderr}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("the report is not JSON ({error}): {stderr}"));
+    let completed = report["totals"]["handoffs_completed"].as_u64().unwrap();
+    assert!(completed > 0, "no hand-off completed: {report:#}");
+    for violation in ["lost_conversations", "over_capacity", "ineligible_offers"] {
+        assert_eq!(
+            report["invariants"][violation].as_u64(),
+            Some(0),
+            "{violation}: {report:#}"
+        );
+    }
+    assert!(
+        report["metrics"]["latencies"]["request_to_offer"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(
+        report["server_resources"]["rss_agents_online_mib"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    drop(server);
+}
+
+/// The echo ceiling's own server and load work end to end.
+#[test]
+fn the_echo_ceiling_runs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+        .args([
+            "echo",
+            "--listeners",
+            "10",
+            "--rates",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--json",
+        ])
+        .output()
+        .expect("run switchboard-load echo");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let step = &report["steps"][0];
+    assert!(step["push"]["count"].as_u64().unwrap() > 0, "{report:#}");
+    assert_eq!(step["errors"].as_u64(), Some(0), "{report:#}");
+}
