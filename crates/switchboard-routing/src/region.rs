@@ -200,11 +200,30 @@ pub(crate) fn parse_region(
     text: &str,
     agents_without_location: NoLocationPolicy,
 ) -> Result<Region, Vec<PolygonProblem>> {
+    if text.len() > MAX_POLYGON_BYTES {
+        return Err(vec![(
+            ConfigErrorKind::BadPolygon,
+            format!(
+                "is {} bytes; the limit is {MAX_POLYGON_BYTES} (simplify the outline)",
+                text.len()
+            ),
+        )]);
+    }
     let raw = match format {
         PolygonFormat::Wkt => raw_from_wkt(text),
         PolygonFormat::GeoJson => raw_from_geojson(text),
     }
     .map_err(|message| vec![(ConfigErrorKind::BadPolygon, message)])?;
+    let points: usize = raw.iter().flatten().map(Vec::len).sum();
+    if points > MAX_REGION_POINTS {
+        return Err(vec![(
+            ConfigErrorKind::BadPolygon,
+            format!(
+                "has {points} points; the limit is {MAX_REGION_POINTS} per region \
+                 (simplify the outline, e.g. Douglas-Peucker with a tolerance of ~100 m)"
+            ),
+        )]);
+    }
     let mut problems = Vec::new();
     if raw.is_empty() {
         problems.push((ConfigErrorKind::BadPolygon, "has no polygons".to_owned()));
@@ -362,7 +381,42 @@ fn check_ring(label: &str, ring: &RawRing, problems: &mut Vec<PolygonProblem>) {
     }
 }
 
+/// Deepest parenthesis nesting a region's WKT may have: MULTIPOLYGON needs
+/// 3. The WKT parser recurses per level, so unbounded nesting would
+/// overflow the stack (an abort, not an error).
+const MAX_WKT_DEPTH: usize = 4;
+
+/// Most points a region may have, over all its rings. `geo`'s validation
+/// checks each ring for self-intersections pairwise (quadratic): 5,000
+/// points load in about 0.2 s (release build), 50,000 would take most of a
+/// minute. Geofences for routing need no border-survey precision.
+pub const MAX_REGION_POINTS: usize = 5_000;
+
+/// Longest polygon text accepted, in bytes.
+pub(crate) const MAX_POLYGON_BYTES: usize = 4 << 20;
+
+fn wkt_depth(text: &str) -> usize {
+    let mut depth: usize = 0;
+    let mut deepest = 0;
+    for c in text.bytes() {
+        match c {
+            b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 fn raw_from_wkt(text: &str) -> Result<Vec<RawPolygon>, String> {
+    if wkt_depth(text) > MAX_WKT_DEPTH {
+        return Err(format!(
+            "nests parentheses deeper than {MAX_WKT_DEPTH} levels; a region must be a POLYGON or MULTIPOLYGON"
+        ));
+    }
     let parsed: wkt::Wkt<f64> = text
         .parse()
         .map_err(|e: &str| format!("is not valid WKT: {e}"))?;
@@ -586,6 +640,40 @@ mod tests {
                 "{case}: {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn too_many_points_is_refused_before_the_quadratic_check() {
+        let ring: Vec<String> = (0..=MAX_REGION_POINTS)
+            .map(|i| format!("{} 0", i as f64 * 1e-4))
+            .chain(["0 1".to_owned(), "0 0".to_owned()])
+            .collect();
+        let text = format!("POLYGON(({}))", ring.join(", "));
+        let found = problems(PolygonFormat::Wkt, &text);
+        assert!(
+            found
+                .iter()
+                .any(|(_, m)| m.contains("the limit is 5000 per region")),
+            "{found:?}"
+        );
+    }
+
+    /// Regression: deeply nested WKT overflowed the stack in the WKT
+    /// parser (found by feeding the loader nested GEOMETRYCOLLECTIONs).
+    #[test]
+    fn deeply_nested_wkt_is_refused_not_a_stack_overflow() {
+        let text = format!(
+            "{}POINT(1 2){}",
+            "GEOMETRYCOLLECTION(".repeat(50_000),
+            ")".repeat(50_000)
+        );
+        let found = problems(PolygonFormat::Wkt, &text);
+        assert!(
+            found
+                .iter()
+                .any(|(_, m)| m.contains("nests parentheses deeper")),
+            "{found:?}"
+        );
     }
 
     #[test]
