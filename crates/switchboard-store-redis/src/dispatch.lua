@@ -18,7 +18,9 @@
 -- (`flush`). Replies are JSON built by hand in the shapes serde gives the
 -- core types, because cjson cannot tell an empty array from an empty object
 -- and prints numbers with 14 significant digits; the hand-off itself is kept
--- as the exact serde JSON the Rust side sent and is never re-encoded.
+-- as the exact serde JSON the Rust side sent and is never re-encoded (a
+-- transfer to a queue splices new `category`, `required_skills` and
+-- `language` values into it, leaving every other byte as it was).
 --
 -- Time is Redis's own (TIME). <clock> is `0` in production; tests pass an
 -- offset added to TIME, or `=<ms>` for a pinned time. <contact offset> is `0`

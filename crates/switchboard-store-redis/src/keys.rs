@@ -14,8 +14,8 @@
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |
-//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score) and `shift` counters |
-//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced, the routing fields, state, offers, excluded agents, sequence number, and while queued its group and queue member |
+//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score), `shift` counters (reset by each go-online) and `quality` (CSAT reports and their sum over every shift; kept when the session ends, so it outlives go-offline/go-online; absent until the first report) |
+//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced (a transfer to a queue rewrites only its `category`, `required_skills` and `language` values in place, every other byte kept), the routing fields, state, offers, excluded agents, transfers, CSAT score, sequence number, and while queued its group and queue member |
 //! | `P avail:<language>:<skill>` | zset | offerable agents (stream attached, available, not draining, not in wrap-up, no pending offer, spare capacity) speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
 //! | `P groups` | set | ids of the non-empty queue groups |
 //! | `P glang:<primary subtag>` | set | ids of the non-empty groups whose language starts with that subtag (what a free agent looks at) |

@@ -21,11 +21,16 @@
 //!   lease interval after Redis is back: the first script pushes every lease
 //!   of the pool to at least now + lease before acting on any deadline (see
 //!   [`keys`], "Leases after an outage").
-//! - Drain, wrap-up, supervisor reassignment and the availability check run
-//!   in the same script with the engine's semantics; the shared conformance
-//!   suite and a differential test against the in-memory store (random
-//!   command sequences, results and events compared step by step) hold the
-//!   two to the same behaviour.
+//! - Drain, wrap-up, supervisor reassignment, agent transfers, CSAT reports
+//!   and the availability check run in the same script with the engine's
+//!   semantics (a transfer and a reassignment share one `move_conversation`,
+//!   as in the engine); the shared conformance suite and a differential
+//!   test against the in-memory store (random command sequences, results
+//!   and events compared step by step) hold the two to the same behaviour.
+//! - Rows are JSON, and fields added later (a conversation's `transfers` and
+//!   `csat`, a shift's `transfers` and CSAT counts, an agent's lifetime
+//!   `quality`) are read as absent = zero/empty, so rows written by an older
+//!   version need no migration.
 //! - Every key of a pool carries the pool as hash tag (see [`keys`]), so each
 //!   script touches one slot.
 //! - Matching never scans: offerable agents sit in sorted sets per

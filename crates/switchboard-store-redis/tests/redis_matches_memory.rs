@@ -16,8 +16,8 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::model::{
-    AgentSnapshot, Conversation, ConversationState, GoOnline, Handoff, Location, Presence,
-    QueueStats, RosterEntry, ShiftView, Skill, StatusChoice,
+    AgentSnapshot, AgentStatus, Conversation, ConversationState, GoOnline, Handoff, Location,
+    Presence, QueueStats, RosterEntry, ShiftView, Skill, StatusChoice, TransferTarget,
 };
 use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
 use switchboard_store::{Applied, ManualClock, MemoryStore, Store, StoreResult};
@@ -338,6 +338,89 @@ async fn some_offer(pair: &Pair, rng: &mut Rng, p: &PoolId) -> (AgentId, OfferId
     )
 }
 
+/// Every pending offer (through the memory store), with its agent.
+async fn pending_offers(pair: &Pair, p: &PoolId) -> Vec<(AgentId, OfferId)> {
+    in_state(pair, p, ConversationState::Offered)
+        .await
+        .iter()
+        .filter_map(|c| {
+            c.pending_offer().map(|pending| {
+                (
+                    pending.agent_id.clone(),
+                    OfferId {
+                        conversation_id: c.id().clone(),
+                        attempt: pending.attempt,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// Agents who could take an offer now (through the memory store).
+async fn free_agents(pair: &Pair, p: &PoolId) -> Vec<AgentId> {
+    pair.memory
+        .agents(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|presence| presence.status == AgentStatus::Available && presence.stream_attached)
+        .map(|presence| presence.agent_id)
+        .collect()
+}
+
+/// Makes an assignment, through commands compared on both stores like any
+/// other: the holder of a pending offer accepts it; with none, a supervisor
+/// hands a queued conversation to a free agent, who accepts. Random
+/// requirements rarely meet random agents, so without this the commands
+/// that need a held conversation (transfer, complete, CSAT) would mostly be
+/// refused. Returns whether something is assigned now.
+async fn stage_assignment(pair: &Pair, p: &PoolId, context: &str) -> bool {
+    if !in_state(pair, p, ConversationState::Assigned)
+        .await
+        .is_empty()
+    {
+        return true;
+    }
+    let offer = match pending_offers(pair, p).await.first().cloned() {
+        Some(offer) => Some(offer),
+        None => {
+            let queued = in_state(pair, p, ConversationState::Queued).await;
+            match (queued.first(), free_agents(pair, p).await.first()) {
+                (Some(c), Some(to)) => {
+                    let (id, to) = (c.id().clone(), to.clone());
+                    let moved = both!(
+                        pair,
+                        format!("{context}: staged reassign {id} to {to}"),
+                        |s| s.reassign(p, &id, Some(&to), "staged")
+                    );
+                    moved.ok().and_then(|applied| {
+                        let pending = applied.value.pending_offer()?;
+                        Some((
+                            pending.agent_id.clone(),
+                            OfferId {
+                                conversation_id: id.clone(),
+                                attempt: pending.attempt,
+                            },
+                        ))
+                    })
+                }
+                _ => None,
+            }
+        }
+    };
+    if let Some((who, offer)) = offer {
+        let _ = both!(
+            pair,
+            format!("{context}: staged accept {who} {offer}"),
+            |s| s.accept(p, &who, &offer)
+        );
+    }
+    !in_state(pair, p, ConversationState::Assigned)
+        .await
+        .is_empty()
+}
+
 /// How often the newer commands succeeded, so the comparison is known not
 /// to be vacuous for them.
 #[derive(Debug, Default)]
@@ -347,6 +430,10 @@ struct Coverage {
     drains: u32,
     reassigns: u32,
     agents_found_free: u32,
+    transfers_to_agents: u32,
+    transfers_to_queues: u32,
+    /// Reports that set a score (not the repeats).
+    csat_reports: u32,
 }
 
 async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
@@ -357,7 +444,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
         pair.advance(STEP_MS);
         let a = *rng.pick(&AGENTS);
         let context = |what: &str| format!("seed {seed} step {step}: {what}");
-        match rng.below(112) {
+        match rng.below(120) {
             0..=9 => {
                 let entry = roster_entry(&mut rng, a);
                 let _ = both!(pair, context(&format!("upsert_roster {a}")), |s| s
@@ -488,6 +575,111 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                     |s| sweep(s)
                 );
             }
+            94..=97 | 112..=119 => {
+                // Mostly an assigned conversation by its holder; sometimes
+                // anyone, anything (refusals must match too).
+                if rng.chance(85) {
+                    stage_assignment(pair, &p, &context("transfer")).await;
+                }
+                let assigned = in_state(pair, &p, ConversationState::Assigned).await;
+                let mut id = *rng.pick(&CONVERSATIONS);
+                if !assigned.is_empty() && rng.chance(80) {
+                    id = rng.pick(&assigned).id().as_str();
+                }
+                let who = match pair.memory.conversation(&p, &cid(id)).await {
+                    Ok(c) if rng.chance(85) => c.agent_id.unwrap_or_else(|| agent(a)),
+                    _ => agent(a),
+                };
+                // A named colleague: mostly one who is free now; with
+                // nobody free, an online colleague reopens its app first.
+                let colleagues = |free: Vec<AgentId>| -> Vec<AgentId> {
+                    free.into_iter().filter(|id| *id != who).collect()
+                };
+                let mut free = colleagues(free_agents(pair, &p).await);
+                if free.is_empty()
+                    && rng.chance(60)
+                    && let Some(colleague) = pair
+                        .memory
+                        .agents(&p)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .map(|presence| presence.agent_id)
+                        .find(|id| *id != who)
+                {
+                    let _ = both!(pair, context(&format!("attach_stream {colleague}")), |s| s
+                        .attach_stream(&p, &colleague));
+                    let _ = both!(pair, context(&format!("set_status {colleague}")), |s| s
+                        .set_status(&p, &colleague, StatusChoice::Available));
+                    free = colleagues(free_agents(pair, &p).await);
+                }
+                let target = if rng.chance(50) {
+                    if !free.is_empty() && rng.chance(75) {
+                        TransferTarget::Agent(rng.pick(&free).clone())
+                    } else {
+                        TransferTarget::Agent(agent(a))
+                    }
+                } else {
+                    TransferTarget::Queue {
+                        category: (*rng.pick(&["fraud", "billing", "tech support/α"])).to_owned(),
+                        required_skills: skills(&mut rng, 1)
+                            .into_iter()
+                            .take(1)
+                            .map(|s| Skill::new(s.name, s.level.min(3)))
+                            .collect(),
+                        language: rng.chance(30).then(|| (*rng.pick(&LANGUAGES)).to_owned()),
+                    }
+                };
+                let note = if rng.chance(50) {
+                    ""
+                } else {
+                    "needs \"fraud\" desk"
+                };
+                let to_agent = matches!(target, TransferTarget::Agent(_));
+                let result = both!(
+                    pair,
+                    context(&format!("transfer {id} by {who} to {target:?}")),
+                    |s| s.transfer(&p, &who, &cid(id), target.clone(), note)
+                );
+                if result.is_ok() {
+                    if to_agent {
+                        coverage.transfers_to_agents += 1;
+                    } else {
+                        coverage.transfers_to_queues += 1;
+                    }
+                }
+            }
+            98..=99 => {
+                // Completions are scarce too: with none, a holder
+                // completes first (the gateway reports after the end).
+                let mut completed = in_state(pair, &p, ConversationState::Completed).await;
+                if completed.is_empty()
+                    && stage_assignment(pair, &p, &context("report_csat")).await
+                    && let Some(c) = in_state(pair, &p, ConversationState::Assigned)
+                        .await
+                        .first()
+                    && let Some(holder) = c.agent_id.clone()
+                {
+                    let id = c.id().clone();
+                    let result = both!(pair, context(&format!("complete {holder} {id}")), |s| s
+                        .complete(&p, &holder, &id, "resolved"));
+                    if result.is_ok_and(|applied| !applied.events.is_empty()) {
+                        coverage.completions += 1;
+                    }
+                    completed = in_state(pair, &p, ConversationState::Completed).await;
+                }
+                let mut id = *rng.pick(&CONVERSATIONS);
+                if !completed.is_empty() && rng.chance(80) {
+                    id = rng.pick(&completed).id().as_str();
+                }
+                let score = 1 + rng.below(5) as u8;
+                let before = pair.memory.conversation(&p, &cid(id)).await;
+                let result = both!(pair, context(&format!("report_csat {id} {score}")), |s| s
+                    .report_csat(&p, &cid(id), score));
+                if result.is_ok() && before.is_ok_and(|c| c.csat.is_none()) {
+                    coverage.csat_reports += 1;
+                }
+            }
             100..=102 => {
                 let result = both!(pair, context(&format!("drain {a}")), |s| s
                     .drain(&p, &agent(a)));
@@ -597,7 +789,10 @@ async fn random_sequences_match_the_in_memory_store() {
         coverage.completions > 0
             && coverage.drains > 0
             && coverage.reassigns > 0
-            && coverage.agents_found_free > 0,
+            && coverage.agents_found_free > 0
+            && coverage.transfers_to_agents > 0
+            && coverage.transfers_to_queues > 0
+            && coverage.csat_reports > 0,
         "the random sequences exercised every command: {coverage:?}"
     );
 }

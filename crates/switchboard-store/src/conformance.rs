@@ -1084,7 +1084,19 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
     ready(h, &p, "alice").await;
     ready(h, &p, "bob").await;
     ready_with_skill(h, &p, "fred", "fraud").await;
-    store.request(&p, handoff("c1")).await.unwrap();
+    // Context that must travel untouched, including look-alikes of the
+    // fields a transfer rewrites.
+    let mut c1 = handoff("c1");
+    c1.summary = r#"said "category":"x", {[\]} and left"#.into();
+    c1.attributes = [("category", "vip"), ("language", "fr")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    c1.customer_location = Some(switchboard_core::model::Location {
+        latitude: 48.208_176_1,
+        longitude: 16.373_819,
+    });
+    store.request(&p, c1.clone()).await.unwrap();
     store
         .accept(&p, &agent("alice"), &offer("c1", 1))
         .await
@@ -1113,10 +1125,15 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
     );
     assert_eq!(c.handoff.category, "fraud");
     assert_eq!(c.handoff.required_skills, vec![Skill::new("fraud", 3)]);
+    assert_eq!(c.handoff.language, "en", "no language given: it stays");
     assert_eq!(
-        (c.handoff.summary.as_str(), c.handoff.language.as_str()),
-        ("wants a refund", "en"),
-        "the context travels; the language stays"
+        (
+            &c.handoff.summary,
+            &c.handoff.attributes,
+            &c.handoff.customer_location
+        ),
+        (&c1.summary, &c1.attributes, &c1.customer_location),
+        "the context travels untouched"
     );
     assert_eq!(c.transfers.len(), 1);
     assert_eq!(
