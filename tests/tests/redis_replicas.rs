@@ -368,3 +368,122 @@ async fn a_replica_logs_which_store_it_uses() {
     assert!(log.contains("\"store\":\"redis\""), "{log}");
     assert!(log.contains(&redis.url()), "{log}");
 }
+
+/// Two replicas hammering one pool: conversations handed off through both,
+/// agents on both accepting, declining and completing concurrently. A
+/// checker replays the pool's event log (one Redis stream, totally ordered)
+/// and the final state: no conversation ever held by two agents, no agent
+/// over its capacity, every conversation completed (none lost).
+#[tokio::test]
+async fn two_replicas_hammering_one_pool_double_book_nobody_and_lose_nothing() {
+    let redis = RedisServer::start().await;
+    let (a, b) = two_replicas(&redis).await;
+    let conversations: Vec<String> = (0..40).map(|i| format!("conv-{i}")).collect();
+
+    let mut agents = Vec::new();
+    for i in 0..8 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let mut app = replica
+            .agent(&format!("agent-{i}"), &[("billing", 3)])
+            .await;
+        agents.push(tokio::spawn(async move {
+            let mut handled = 0u32;
+            while let Some(kind) = app.next_within(LONG_WAIT).await {
+                let Kind::Offer(offer) = kind else { continue };
+                let id = offer.offer_id.clone().unwrap();
+                handled += 1;
+                // Some first offers are declined, so requeues race too.
+                if id.attempt == 1 && (handled + i).is_multiple_of(4) {
+                    let _ = app.decline(&offer).await;
+                    continue;
+                }
+                if app.accept(&offer).await.is_ok() {
+                    app.complete(&id.conversation_id).await.unwrap();
+                }
+            }
+        }));
+    }
+    let mut requests = Vec::new();
+    for (i, id) in conversations.iter().enumerate() {
+        let url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        let id = id.clone();
+        requests.push(tokio::spawn(async move {
+            gateway_at(&url)
+                .await
+                .request_agent(handoff(&id, "billing", 3))
+                .await
+                .unwrap();
+        }));
+    }
+    for request in requests {
+        request.await.unwrap();
+    }
+    let mut gateway = a.gateway().await;
+    for id in &conversations {
+        wait_conversation(&mut gateway, id, LONG_WAIT, |v| {
+            v.state == ConversationState::Completed as i32
+        })
+        .await;
+    }
+    for agent in &agents {
+        agent.abort();
+    }
+
+    // Replay the log.
+    let events = pool_events(&redis).await;
+    let mut holder: std::collections::HashMap<String, String> = Default::default();
+    let mut load: std::collections::HashMap<String, u32> = Default::default();
+    let mut completed = std::collections::HashSet::new();
+    for event in &events {
+        let Some(conversation) = event.conversation_id().map(|c| c.to_string()) else {
+            continue;
+        };
+        match event.kind.name() {
+            "assigned" => {
+                let agent = event.agent_id.as_ref().unwrap().to_string();
+                if let Some(other) = holder.insert(conversation.clone(), agent.clone()) {
+                    panic!("{conversation} assigned to {agent} while {other} held it");
+                }
+                let n = load.entry(agent.clone()).or_default();
+                *n += 1;
+                assert!(*n <= 1, "{agent} over capacity 1 with {conversation}");
+            }
+            "requeued" | "completed" | "abandoned" | "expired" => {
+                if let Some(agent) = holder.remove(&conversation) {
+                    *load.get_mut(&agent).unwrap() -= 1;
+                }
+                if event.kind.name() == "completed" {
+                    assert!(
+                        completed.insert(conversation.clone()),
+                        "{conversation} completed twice"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for id in &conversations {
+        assert!(completed.contains(id), "{id} never completed in the log");
+        assert_eq!(count_events(&events, id, "assigned"), 1, "{id}");
+    }
+    assert!(holder.is_empty(), "still held after completion: {holder:?}");
+    let agents_now = a
+        .admin()
+        .await
+        .list_agents(ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    for agent in agents_now {
+        assert_eq!(agent.active_conversations, 0, "{agent:?}");
+    }
+    assert!(
+        events.iter().any(|e| e.kind.name() == "requeued"),
+        "declines made requeues race with offers"
+    );
+}
