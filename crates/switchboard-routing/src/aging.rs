@@ -43,6 +43,14 @@ impl EffectivePriority {
     }
 }
 
+/// Where a waiting conversation stands in its queue: greater is served
+/// first (higher effective priority, then the longer wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueKey {
+    pub effective_priority: EffectivePriority,
+    pub waited_ms: i64,
+}
+
 /// The aging policy of a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Aging {
@@ -72,6 +80,15 @@ impl Aging {
         let ceiling = u128::from(self.ceiling) * u128::from(MICRO);
         let capped = aged.min(ceiling).max(u128::from(base));
         EffectivePriority(u64::try_from(capped).unwrap_or(u64::MAX))
+    }
+
+    /// The queue position key of a conversation of base `priority` that has
+    /// waited `waited_ms`: compare keys, the greatest goes first.
+    pub fn queue_key(&self, priority: u8, waited_ms: i64) -> QueueKey {
+        QueueKey {
+            effective_priority: self.effective_priority(priority, waited_ms),
+            waited_ms: waited_ms.max(0),
+        }
     }
 
     /// The starvation bound `W(priority)` in milliseconds: after waiting
@@ -143,6 +160,21 @@ mod tests {
         assert_eq!(
             a.effective_priority(7, 60_000),
             EffectivePriority(7 * MICRO)
+        );
+    }
+
+    #[test]
+    fn queue_keys_order_by_effective_priority_then_wait() {
+        let a = aging(0.05, 9);
+        assert!(a.queue_key(5, 0) > a.queue_key(4, 10_000));
+        assert!(a.queue_key(4, 20_000) > a.queue_key(5, 0), "aged past");
+        assert!(
+            a.queue_key(9, 2_000) > a.queue_key(9, 1_000),
+            "tie: longer wait"
+        );
+        assert!(
+            a.queue_key(0, 180_000) > a.queue_key(9, 179_999),
+            "at the ceiling"
         );
     }
 

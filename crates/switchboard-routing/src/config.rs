@@ -7,6 +7,7 @@ use crate::region::Regions;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use switchboard_core::model::Skill;
+use switchboard_core::time::Timestamp;
 
 /// How an agent is picked among the eligible ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -154,6 +155,11 @@ impl QueuePolicy {
         }
     }
 
+    /// The maximum-wait action due after `waited_ms` in this queue, if any.
+    pub fn max_wait_due(&self, waited_ms: i64) -> Option<&MaxWaitAction> {
+        (waited_ms >= self.max_wait.after_ms).then_some(&self.max_wait.action)
+    }
+
     /// The conversation's base priority in this queue: the higher of the
     /// hand-off's and the queue's floor.
     pub fn base_priority(&self, handoff_priority: u8) -> u8 {
@@ -168,6 +174,14 @@ pub struct Penalties {
     pub misses_before_away: u32,
     /// After a decline, the agent is offered nothing for this long.
     pub reject_delay_ms: i64,
+}
+
+impl Penalties {
+    /// Until when an agent who declined at `declined_at` gets no offers;
+    /// `None` when there is no reject delay.
+    pub fn reject_delay_until(&self, declined_at: Timestamp) -> Option<Timestamp> {
+        (self.reject_delay_ms > 0).then(|| declined_at.plus_millis(self.reject_delay_ms))
+    }
 }
 
 impl Default for Penalties {

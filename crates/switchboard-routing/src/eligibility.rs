@@ -3,14 +3,15 @@
 //! The rules, checked in this order (the first failure is reported):
 //! status available, spare capacity, not excluded from this conversation
 //! (declined or missed it), not in a reject delay, language, every required
-//! skill at its level, every required attribute, region.
+//! skill at its level, every required attribute, region (roster, then
+//! geofence).
 
 use crate::region::Regions;
 use crate::requirements::Requirements;
 use std::collections::BTreeSet;
 use std::fmt;
 use switchboard_core::ids::AgentId;
-use switchboard_core::model::{AgentStatus, Location, Skill};
+use switchboard_core::model::{AgentStatus, Location, Presence, RosterEntry, Skill};
 use switchboard_core::time::Timestamp;
 
 /// The agent side of an eligibility check, borrowed from the roster entry
@@ -27,13 +28,34 @@ pub struct AgentProfile<'a> {
     pub languages: &'a [String],
     /// Roster attributes (hard constraints such as `kyc_cleared`).
     pub attributes: &'a [String],
-    /// Regions the roster lets the agent serve. Empty: the roster puts no
-    /// limit and the geofence alone decides; otherwise a region must also
-    /// be listed here.
+    /// Regions the roster lets the agent serve; how an empty list counts
+    /// is the config's `roster_allowed_regions`
+    /// ([`RosterRegionPolicy`](crate::region::RosterRegionPolicy)).
     pub allowed_regions: &'a [String],
     pub location: Option<Location>,
     /// The agent declined an offer and gets none before this instant.
     pub reject_delay_until: Option<Timestamp>,
+}
+
+impl<'a> AgentProfile<'a> {
+    /// The profile of an online agent: skills, languages, capacity and
+    /// status in force from its presence (the app's narrowing applied),
+    /// attributes and allowed regions from its roster entry. Location and
+    /// reject delay are not in either; set them from the session.
+    pub fn new(roster: &'a RosterEntry, presence: &'a Presence) -> AgentProfile<'a> {
+        AgentProfile {
+            agent_id: &presence.agent_id,
+            status: presence.status,
+            active_conversations: presence.active_conversations,
+            capacity: presence.capacity,
+            skills: &presence.skills,
+            languages: &presence.languages,
+            attributes: &roster.attributes,
+            allowed_regions: &roster.allowed_regions,
+            location: None,
+            reject_delay_until: None,
+        }
+    }
 }
 
 /// The conversation side beyond its requirements.
@@ -185,9 +207,7 @@ pub fn check_requirements(
         let permitted: Vec<&str> = wanted
             .iter()
             .map(String::as_str)
-            .filter(|r| {
-                agent.allowed_regions.is_empty() || agent.allowed_regions.iter().any(|a| a == r)
-            })
+            .filter(|r| regions.roster_policy.permits(agent.allowed_regions, r))
             .collect();
         if permitted.is_empty() {
             return Err(Ineligible::RegionNotInRoster);

@@ -26,14 +26,14 @@ pub mod region;
 pub mod requirements;
 pub mod strategy;
 
-pub use aging::{Aging, EffectivePriority, effective_priority};
+pub use aging::{Aging, EffectivePriority, QueueKey, effective_priority};
 pub use config::{
     LanguageWidening, MaxWait, MaxWaitAction, Penalties, QueuePolicy, RelaxStep, Relaxation,
     RoutingConfig, Strategy,
 };
 pub use eligibility::{AgentProfile, Ineligible, OfferContext, check_requirements, eligible};
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, RoutingError};
-pub use region::{CustomerRegion, NoLocationPolicy, Region, RegionId, Regions};
+pub use region::{CustomerRegion, NoLocationPolicy, Region, RegionId, Regions, RosterRegionPolicy};
 pub use requirements::{
     LanguageRequirement, Requirements, base_requirements, next_relaxation_ms, requirements_at,
 };

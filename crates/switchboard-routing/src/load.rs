@@ -16,7 +16,7 @@ use crate::config::{
     RoutingConfig, Strategy,
 };
 use crate::error::{ConfigError, ConfigErrorKind as Kind, ConfigErrors};
-use crate::region::{NoLocationPolicy, PolygonFormat, Regions, parse_region};
+use crate::region::{NoLocationPolicy, PolygonFormat, Regions, RosterRegionPolicy, parse_region};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use switchboard_core::model::Skill;
@@ -38,6 +38,7 @@ const ROUTING_KEYS: &[&str] = &[
     "default_queue",
     "preferred_agent_window_seconds",
     "agents_without_location",
+    "roster_allowed_regions",
 ];
 const PENALTY_KEYS: &[&str] = &["misses_before_away", "reject_delay_seconds"];
 const AGING_KEYS: &[&str] = &["rate_per_second", "ceiling"];
@@ -443,6 +444,7 @@ impl<'s> Loader<'s> {
         let mut default_queue = None;
         let mut preferred_agent_window_ms = 0;
         let mut pool_no_location = NoLocationPolicy::Exclude;
+        let mut roster_policy = RosterRegionPolicy::Required;
         if let Some((routing, _)) = self.table(root, "", "routing") {
             self.known_keys(routing, "routing", ROUTING_KEYS);
             default_queue = self.string(routing, "routing", "default_queue");
@@ -456,6 +458,17 @@ impl<'s> Loader<'s> {
             }
             if let Some(policy) = self.no_location_policy(routing, "routing") {
                 pool_no_location = policy;
+            }
+            if let Some((name, span)) = self.string(routing, "routing", "roster_allowed_regions") {
+                match RosterRegionPolicy::from_name(&name) {
+                    Some(policy) => roster_policy = policy,
+                    None => self.error(
+                        span,
+                        "routing.roster_allowed_regions",
+                        Kind::InvalidValue,
+                        format!("unknown policy `{name}`; expected `required` or `if_listed`"),
+                    ),
+                }
             }
         }
 
@@ -490,7 +503,8 @@ impl<'s> Loader<'s> {
             }
         }
 
-        let regions = self.regions(root, pool_no_location);
+        let mut regions = self.regions(root, pool_no_location);
+        regions.roster_policy = roster_policy;
 
         // Queue names first, so references to any queue can be checked.
         let queues_table = self.table(root, "", "queues").map(|(t, _)| t);

@@ -50,6 +50,34 @@ impl NoLocationPolicy {
     }
 }
 
+/// How the roster's `allowed_regions` combine with the geofence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RosterRegionPolicy {
+    /// An agent serves a region only if the roster lists it (the core's
+    /// rule: data residency is opt-in per agent), and only from inside it.
+    #[default]
+    Required,
+    /// An empty roster list puts no limit (the geofence alone decides); a
+    /// non-empty one must list the region.
+    IfListed,
+}
+
+impl RosterRegionPolicy {
+    pub fn from_name(name: &str) -> Option<RosterRegionPolicy> {
+        match name {
+            "required" => Some(RosterRegionPolicy::Required),
+            "if_listed" => Some(RosterRegionPolicy::IfListed),
+            _ => None,
+        }
+    }
+
+    /// Whether a roster listing `allowed` permits serving `region`.
+    pub fn permits(self, allowed: &[String], region: &str) -> bool {
+        allowed.iter().any(|a| a == region)
+            || (self == RosterRegionPolicy::IfListed && allowed.is_empty())
+    }
+}
+
 /// One named region.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Region {
@@ -110,6 +138,7 @@ impl Region {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Regions {
     pub(crate) by_name: BTreeMap<RegionId, Region>,
+    pub roster_policy: RosterRegionPolicy,
 }
 
 /// The customer side of a region check.

@@ -16,7 +16,7 @@ use crate::config::Strategy;
 use crate::requirements::Requirements;
 use std::cmp::Ordering;
 use switchboard_core::ids::AgentId;
-use switchboard_core::model::Skill;
+use switchboard_core::model::{Presence, Skill};
 use switchboard_core::time::Timestamp;
 
 /// The mean an agent's CSAT is pulled towards.
@@ -43,6 +43,22 @@ pub struct Candidate<'a> {
     /// Round robin: a counter value stamped on the agent when it was last
     /// offered a conversation from this queue (0 = never). Lowest goes next.
     pub last_offered_seq: u64,
+}
+
+impl<'a> Candidate<'a> {
+    /// A candidate from an agent's presence; CSAT and the round-robin
+    /// counter come from the shift stats and the queue.
+    pub fn new(presence: &'a Presence, csat: Option<Csat>, last_offered_seq: u64) -> Candidate<'a> {
+        Candidate {
+            agent_id: &presence.agent_id,
+            idle_since: presence.idle_since,
+            active_conversations: presence.active_conversations,
+            capacity: presence.capacity,
+            skills: &presence.skills,
+            csat,
+            last_offered_seq,
+        }
+    }
 }
 
 /// The smoothed CSAT the quality-weighted strategy ranks by.

@@ -237,6 +237,13 @@ fn invalid_value() {
         "`queue` applies only to action = \"overflow\"",
     );
     only_error(
+        "[routing]\nroster_allowed_regions = \"sometimes\"\n",
+        Kind::InvalidValue,
+        "routing.roster_allowed_regions",
+        2,
+        "unknown policy `sometimes`; expected `required` or `if_listed`",
+    );
+    only_error(
         "[queues.q]\nskills = { Billing = 3 }\n",
         Kind::InvalidValue,
         "queues.q.skills.Billing",

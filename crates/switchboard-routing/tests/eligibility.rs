@@ -313,3 +313,127 @@ fn relaxation_lets_more_agents_in_as_the_wait_grows() {
     let no_region_step = requirements_at(queue, &base, 120_000);
     assert!(no_region_step.regions.as_ref().unwrap().contains("germany"));
 }
+
+#[test]
+fn by_default_the_roster_must_list_the_region() {
+    let text = common::CONFIG.replace("roster_allowed_regions = \"if_listed\"\n", "");
+    let config = switchboard_routing::RoutingConfig::from_toml("test.toml", &text).unwrap();
+    assert_eq!(
+        config.regions.roster_policy,
+        switchboard_routing::RosterRegionPolicy::Required
+    );
+    let queue = config.queue("billing").unwrap();
+    let excluded = BTreeSet::new();
+    let context = OfferContext {
+        now: Timestamp::from_millis(0),
+        excluded: &excluded,
+    };
+    let berlin = base_requirements(&config, queue, &handoff("de", Some("berlin"), None)).unwrap();
+    let anywhere = base_requirements(&config, queue, &handoff("de", None, None)).unwrap();
+    // (case, roster regions, requirements, expected)
+    let cases = [
+        (
+            "empty roster list, region-bound",
+            vec![],
+            &berlin,
+            Err(Ineligible::RegionNotInRoster),
+        ),
+        ("empty roster list, no region", vec![], &anywhere, Ok(())),
+        (
+            "roster lists it",
+            vec!["berlin".to_owned()],
+            &berlin,
+            Ok(()),
+        ),
+        (
+            "roster lists another",
+            vec!["eu".to_owned()],
+            &berlin,
+            Err(Ineligible::RegionNotInRoster),
+        ),
+    ];
+    for (case, allowed, requirements, expected) in cases {
+        let mut agent = Agent::new("alice");
+        agent.allowed_regions = allowed;
+        assert_eq!(
+            eligible(&agent.profile(), requirements, &context, &config.regions),
+            expected,
+            "{case}"
+        );
+    }
+}
+
+/// The engine's view: a profile and a candidate built from the core's
+/// roster entry and presence, the reject delay from the penalties.
+#[test]
+fn profiles_from_core_types() {
+    use switchboard_core::model::{Presence, RosterEntry};
+    use switchboard_routing::{AgentProfile, Candidate, Strategy, pick};
+    let config = config();
+    let roster = RosterEntry {
+        agent_id: id("carol"),
+        display_name: "Carol".into(),
+        skills: vec![Skill::new("billing", 5), Skill::new("refunds", 3)],
+        languages: vec!["de".into(), "en".into()],
+        max_capacity: 3,
+        allowed_regions: vec!["berlin".into()],
+        attributes: vec!["kyc_cleared".into()],
+        token_epoch: 0,
+    };
+    // Online with narrowed skills and capacity.
+    let presence = Presence {
+        agent_id: id("carol"),
+        status: AgentStatus::Available,
+        away_reason: String::new(),
+        skills: vec![Skill::new("billing", 4), Skill::new("refunds", 2)],
+        languages: vec!["de".into()],
+        capacity: 2,
+        active_conversations: 1,
+        stream_attached: true,
+        online_since: Timestamp::from_millis(0),
+        last_heartbeat: Timestamp::from_millis(0),
+        lease_expires: Timestamp::from_millis(30_000),
+        idle_since: Timestamp::from_millis(500),
+        pending_offer: None,
+    };
+    let queue = config.queue("billing").unwrap();
+    let requirements =
+        base_requirements(&config, queue, &handoff("de", Some("berlin"), None)).unwrap();
+    let excluded = BTreeSet::new();
+    let declined_at = Timestamp::from_millis(1_000);
+    let penalties = switchboard_routing::Penalties {
+        misses_before_away: 3,
+        reject_delay_ms: 10_000,
+    };
+    let mut profile = AgentProfile::new(&roster, &presence);
+    profile.location = Some(loc(13.4, 52.5));
+    profile.reject_delay_until = penalties.reject_delay_until(declined_at);
+    let at = |ms| OfferContext {
+        now: Timestamp::from_millis(ms),
+        excluded: &excluded,
+    };
+    assert_eq!(
+        eligible(&profile, &requirements, &at(10_999), &config.regions),
+        Err(Ineligible::RejectDelay {
+            until: Timestamp::from_millis(11_000)
+        })
+    );
+    assert_eq!(
+        eligible(&profile, &requirements, &at(11_000), &config.regions),
+        Ok(())
+    );
+    assert_eq!(
+        switchboard_routing::Penalties::default().reject_delay_until(declined_at),
+        None
+    );
+
+    let candidates = [Candidate::new(&presence, None, 0)];
+    assert_eq!(
+        pick(Strategy::BestSkillMatch, &requirements, &candidates),
+        Some(0)
+    );
+    assert_eq!(candidates[0].capacity, 2);
+
+    assert_eq!(queue.max_wait_due(599_999), None);
+    assert!(queue.max_wait_due(600_000).is_some());
+}

@@ -15,6 +15,7 @@ use switchboard_routing::{AgentProfile, Candidate, Csat, RoutingConfig};
 pub const CONFIG: &str = r#"
 [routing]
 agents_without_location = "exclude"
+roster_allowed_regions = "if_listed"
 preferred_agent_window_seconds = 20
 
 [aging]
