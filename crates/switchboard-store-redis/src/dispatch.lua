@@ -250,12 +250,13 @@ local function json_value_end(doc, i)
   return string.find(doc, '[,}%]%s]', i) or (#doc + 1)
 end
 
--- `doc` (a JSON object) with the top-level fields named in `values`
--- replaced by the raw JSON given there, every other byte kept as it was
--- (cjson would re-encode the floats of the hand-off and lose digits).
+-- `doc` (a JSON object) with the top-level fields named in `values` set to
+-- the raw JSON given there (replaced in place, or added at the end when
+-- missing), every other byte kept as it was (cjson would re-encode the
+-- floats of the hand-off and lose digits).
 local function json_set_fields(doc, values)
   local open = string.find(doc, '{', 1, true)
-  local out, pos = { string.sub(doc, 1, open) }, open + 1
+  local out, pos, seen, fields = { string.sub(doc, 1, open) }, open + 1, {}, 0
   while true do
     local key_start = string.find(doc, '[^%s,]', pos)
     if not key_start or string.sub(doc, key_start, key_start) == '}' then break end
@@ -266,10 +267,23 @@ local function json_set_fields(doc, values)
     local value_end = json_value_end(doc, value_start)
     if values[key] ~= nil then
       out[#out + 1] = string.sub(doc, pos, value_start - 1) .. values[key]
+      seen[key] = true
     else
       out[#out + 1] = string.sub(doc, pos, value_end - 1)
     end
+    fields = fields + 1
     pos = value_end
+  end
+  local missing = {}
+  for key in pairs(values) do
+    if not seen[key] then missing[#missing + 1] = key end
+  end
+  table.sort(missing)
+  for _, key in ipairs(missing) do
+    local comma = ','
+    if fields == 0 then comma = '' end
+    out[#out + 1] = comma .. js(key) .. ':' .. values[key]
+    fields = fields + 1
   end
   out[#out + 1] = string.sub(doc, pos)
   return table.concat(out)
