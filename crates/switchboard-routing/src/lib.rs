@@ -35,7 +35,8 @@ pub use eligibility::{AgentProfile, Ineligible, OfferContext, check_requirements
 pub use error::{ConfigError, ConfigErrorKind, ConfigErrors, RoutingError};
 pub use region::{CustomerRegion, NoLocationPolicy, Region, RegionId, Regions, RosterRegionPolicy};
 pub use requirements::{
-    LanguageRequirement, Requirements, base_requirements, next_relaxation_ms, requirements_at,
+    LanguageLookup, LanguageRequirement, Requirements, base_requirements, next_relaxation_ms,
+    primary_subtag, requirements_at,
 };
 pub use strategy::{Candidate, Csat, pick};
 

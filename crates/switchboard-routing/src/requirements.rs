@@ -17,7 +17,7 @@ use crate::error::RoutingError;
 use crate::region::{CustomerRegion, RegionId};
 use std::collections::BTreeSet;
 use switchboard_core::model::{Handoff, Skill};
-use switchboard_core::validate::language_covers;
+use switchboard_core::validate::{language_covers, language_lookup_keys};
 
 /// The language an agent must speak.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +45,28 @@ impl LanguageRequirement {
             || (self.widened && language_covers(&self.tag, agent_tag))
     }
 
+    /// Where an engine that indexes agents by their exact language tag
+    /// finds every agent this requirement may accept.
+    ///
+    /// Not widened: the tag and its prefixes (`de-at` → `de-at`, `de`), the
+    /// core's `language_lookup_keys`. Widened: agents of the whole family
+    /// (`de-de`, `de-ch-1996`) qualify, which point look-ups by exact tag
+    /// cannot find; index agents also under their primary subtag
+    /// ([`primary_subtag`]) and look up that family key, then filter with
+    /// [`LanguageRequirement::accepts`].
+    pub fn lookup(&self) -> LanguageLookup {
+        if self.widened {
+            LanguageLookup::Family(primary_subtag(&self.tag).to_owned())
+        } else {
+            LanguageLookup::Tags(
+                language_lookup_keys(&self.tag)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            )
+        }
+    }
+
     fn widen(&mut self, how: LanguageWidening) {
         let cut = match how {
             LanguageWidening::Parent => self.tag.rfind('-'),
@@ -55,6 +77,20 @@ impl LanguageRequirement {
         }
         self.widened = true;
     }
+}
+
+/// See [`LanguageRequirement::lookup`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LanguageLookup {
+    /// Agents indexed under any of these exact tags.
+    Tags(Vec<String>),
+    /// Agents indexed under this primary subtag (family key).
+    Family(String),
+}
+
+/// The primary language subtag: `zh-hant-tw` → `zh`.
+pub fn primary_subtag(tag: &str) -> &str {
+    tag.split('-').next().unwrap_or(tag)
 }
 
 /// Everything an agent must have to take one conversation at one moment.
@@ -213,6 +249,24 @@ mod tests {
                 "{customer} widened {widening:?}, agent {agent}"
             );
         }
+    }
+
+    #[test]
+    fn index_lookups_find_every_accepted_agent() {
+        let exact = LanguageRequirement::exact("de-at");
+        assert_eq!(
+            exact.lookup(),
+            LanguageLookup::Tags(vec!["de-at".into(), "de".into()])
+        );
+        let mut widened = exact.clone();
+        widened.widen(LanguageWidening::Parent);
+        assert_eq!(widened.lookup(), LanguageLookup::Family("de".into()));
+        // Every agent tag the widened requirement accepts has that family.
+        for agent in ["de", "de-at", "de-de", "de-ch-1996"] {
+            assert!(widened.accepts(agent));
+            assert_eq!(primary_subtag(agent), "de");
+        }
+        assert_eq!(primary_subtag("zh-hant-tw"), "zh");
     }
 
     #[test]

@@ -12,9 +12,9 @@ use switchboard_core::model::{Location, Skill};
 use switchboard_core::time::Timestamp;
 use switchboard_routing::aging::MICRO;
 use switchboard_routing::{
-    Aging, LanguageRequirement, LanguageWidening, OfferContext, QueuePolicy, RelaxStep, Relaxation,
-    Requirements, RoutingConfig, Strategy as RoutingStrategy, check_requirements, eligible, pick,
-    requirements_at,
+    Aging, LanguageLookup, LanguageRequirement, LanguageWidening, OfferContext, QueuePolicy,
+    RelaxStep, Relaxation, Requirements, RoutingConfig, Strategy as RoutingStrategy,
+    check_requirements, eligible, pick, primary_subtag, requirements_at,
 };
 
 const SKILLS: [&str; 3] = ["billing", "refunds", "tax"];
@@ -267,6 +267,28 @@ proptest! {
             prop_assert!(eligible(&chosen.profile(), &now_requirements, &context, &config.regions).is_ok());
         } else {
             prop_assert!(eligible_agents.is_empty());
+        }
+    }
+
+    /// An engine that looks agents up by `LanguageRequirement::lookup`
+    /// finds every agent the requirement accepts, widened or not.
+    #[test]
+    fn language_lookup_never_misses_an_accepted_agent(
+        customer in prop::sample::select(LANGUAGES.to_vec()),
+        agent in prop::sample::select(LANGUAGES.to_vec()),
+        widenings in prop::collection::vec(prop_oneof![Just(LanguageWidening::Parent), Just(LanguageWidening::Primary)], 0..3),
+    ) {
+        let mut queue = QueuePolicy::builtin("q");
+        queue.relaxation = widenings
+            .into_iter()
+            .map(|how| RelaxStep { after_ms: 0, relaxation: Relaxation::WidenLanguage(how) })
+            .collect();
+        let requirement = requirements_at(&queue, &Requirements::language_only(customer), 0).language;
+        if requirement.accepts(agent) {
+            match requirement.lookup() {
+                LanguageLookup::Tags(tags) => prop_assert!(tags.iter().any(|t| t == agent)),
+                LanguageLookup::Family(family) => prop_assert_eq!(primary_subtag(agent), family.as_str()),
+            }
         }
     }
 
