@@ -48,8 +48,9 @@ impl Default for Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
-    /// Empty: the embedded in-memory store.
+    /// `redis://[user:password@]host:port[/db]`. Empty: the embedded
+    /// in-memory store. (`rediss://`, TLS, is refused: the redis client is
+    /// built without a TLS feature.)
     pub redis_url: String,
     /// At startup, how long to keep retrying an unreachable Redis (with
     /// backoff, logging each failure) before exiting with code 69. Once
@@ -215,7 +216,7 @@ impl Config {
             use redis::IntoConnectionInfo;
             if let Err(e) = url.into_connection_info() {
                 problems.push(format!(
-                    "store.redis_url: `{}` is not a Redis URL (redis://host:port[/db] or rediss://...): {e}",
+                    "store.redis_url: `{}` cannot be used (expected redis://[user:password@]host:port[/db]): {e}",
                     redact_url(url)
                 ));
             }
@@ -462,6 +463,8 @@ mod tests {
             "http://localhost:6379",
             "redis://user:hunter2@[::1",
             "localhost:6379",
+            // No TLS feature in the client: refused now, not at connect.
+            "rediss://user:hunter2@localhost:6379",
         ] {
             let flags = Overrides {
                 redis_url: Some(bad.into()),
