@@ -539,7 +539,7 @@ impl PoolState {
         now: Timestamp,
     ) -> Result<(Conversation, bool), DomainError> {
         if let Some(existing) = self.conversations.get(&handoff.conversation_id) {
-            if let Some(field) = existing.handoff.first_difference(&handoff) {
+            if let Some(field) = existing.conflicting_field(&handoff) {
                 return Err(DomainError::Conflict {
                     conversation_id: handoff.conversation_id.to_string(),
                     field: field.to_owned(),

@@ -308,6 +308,25 @@ impl Conversation {
         &self.handoff.conversation_id
     }
 
+    /// The field in which a repeated hand-off request differs from this
+    /// conversation, for the idempotency check. After a transfer to a queue
+    /// the requirements (category, skills, language) are the agent's, not
+    /// the gateway's, so a gateway's retry of the original request is not
+    /// a conflict in those fields.
+    pub fn conflicting_field(&self, submitted: &Handoff) -> Option<&'static str> {
+        let field = self.handoff.first_difference(submitted)?;
+        let moved_by_transfer = matches!(field, "language" | "category" | "required_skills")
+            && !self.transfers.is_empty();
+        if !moved_by_transfer {
+            return Some(field);
+        }
+        let mut original = submitted.clone();
+        original.language = self.handoff.language.clone();
+        original.category = self.handoff.category.clone();
+        original.required_skills = self.handoff.required_skills.clone();
+        self.handoff.first_difference(&original)
+    }
+
     /// The pending offer, if the conversation is offered.
     pub fn pending_offer(&self) -> Option<&OfferRecord> {
         if self.state != ConversationState::Offered {

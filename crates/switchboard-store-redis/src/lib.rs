@@ -680,7 +680,7 @@ impl Store for RedisStore {
             // through JSON; so does the submitted one, so equal payloads
             // compare equal even where float parsing is not exact.
             let submitted: Handoff = from_json(&handoff_json)?;
-            if let Some(field) = existing.handoff.first_difference(&submitted) {
+            if let Some(field) = existing.conflicting_field(&submitted) {
                 return Err(StoreError::Domain(DomainError::Conflict {
                     conversation_id: handoff.conversation_id.to_string(),
                     field: field.to_owned(),

@@ -775,6 +775,19 @@ fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
         "transferred by agent `first` to queue:fraud: card used abroad"
     );
     assert_eq!(offered_to(&s, "c1"), Some(agent("fraud")));
+    // The gateway retrying its original request is not a conflict: the
+    // requirements are the transfer's now; other fields still count.
+    let (_, created) = s
+        .request(handoff("c1", "en", &[("billing", 2)], 0), Timestamp(33))
+        .unwrap();
+    assert!(!created);
+    let err = s
+        .request(handoff("c1", "en", &[("billing", 2)], 7), Timestamp(33))
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::Conflict { field, .. } if field == "priority"),
+        "{err}"
+    );
     let c = s.view(&cid("c1"), Timestamp(33)).unwrap();
     assert_eq!(c.handoff.category, "fraud");
     assert_eq!(c.handoff.summary, "summary", "the context travels");
