@@ -28,7 +28,7 @@ use switchboard_proto::v1::{
     SetStatusRequest, Skill, SubscribeRequest,
 };
 use tokio::sync::mpsc;
-use tonic::Streaming;
+use tonic::{Status, Streaming};
 
 use crate::client::{Authorized, timed};
 use crate::metrics::Counters;
@@ -99,6 +99,7 @@ impl SimulatedAgent {
             calls_in_flight: 0,
         };
         let stop = context.agents_stop.clone();
+        let mut onboarded = false;
         'session: while !stop.is_cancelled() {
             let Some((heartbeat_every, mut stream)) = self.open_session(&context, &mut rng).await
             else {
@@ -124,6 +125,10 @@ impl SimulatedAgent {
                             if !online_counted && matches!(event.kind, Some(Kind::Snapshot(_))) {
                                 online_counted = true;
                                 Counters::add(&context.metrics.counters.agents_online);
+                                if !onboarded {
+                                    onboarded = true;
+                                    Counters::add(&context.metrics.counters.agents_onboarded);
+                                }
                             }
                             self.on_event(event, &mut state, &context, &outcomes, &mut rng);
                         }
@@ -135,7 +140,7 @@ impl SimulatedAgent {
                                 Err(status) => status.code(),
                                 Ok(_) => tonic::Code::Ok,
                             };
-                            context.metrics.record_error("Subscribe (stream ended)", code);
+                            context.metrics.record_error("Subscribe (stream ended)", &code);
                             if online_counted {
                                 context.metrics.counters.agents_online.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             }
@@ -193,7 +198,7 @@ impl SimulatedAgent {
             let online = match online {
                 Ok(online) => online,
                 Err(status) => {
-                    context.metrics.record_error("GoOnline", status.code());
+                    context.metrics.record_error("GoOnline", &status);
                     drop(permit);
                     tokio::time::sleep(RETRY_PAUSE.mul_f64(1.0 + rand::Rng::random::<f64>(rng)))
                         .await;
@@ -219,7 +224,7 @@ impl SimulatedAgent {
                     return Some((every, stream));
                 }
                 Err(status) => {
-                    context.metrics.record_error("Subscribe", status.code());
+                    context.metrics.record_error("Subscribe", &status);
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
@@ -234,7 +239,7 @@ impl SimulatedAgent {
         )
         .await;
         if let Err(status) = result {
-            context.metrics.record_error("GoOffline", status.code());
+            context.metrics.record_error("GoOffline", &status);
         }
     }
 
@@ -263,7 +268,7 @@ impl SimulatedAgent {
                     set_available(&mut client, &context_for_call).await;
                 }
                 Ok(_) => {}
-                Err(status) => metrics.record_error("Heartbeat", status.code()),
+                Err(status) => metrics.record_error("Heartbeat", &status),
             }
             let _ = outcomes.send(Outcome::Answered);
         });
@@ -392,7 +397,7 @@ impl SimulatedAgent {
                 {
                     Ok(_) => Outcome::Accepted(conversation_id),
                     Err(status) => {
-                        refusal(&context, "AcceptOffer", &conversation_id, status.code());
+                        refusal(&context, "AcceptOffer", &conversation_id, &status);
                         Outcome::AcceptRefused(conversation_id)
                     }
                 }
@@ -409,7 +414,7 @@ impl SimulatedAgent {
                 )
                 .await
                 {
-                    refusal(&context, "DeclineOffer", &conversation_id, status.code());
+                    refusal(&context, "DeclineOffer", &conversation_id, &status);
                 }
                 Outcome::AcceptRefused(conversation_id)
             };
@@ -473,12 +478,7 @@ impl SimulatedAgent {
                     Counters::add(&context.metrics.counters.completed);
                     context.ledger.ended(&conversation_id);
                 }
-                Err(status) => refusal(
-                    &context,
-                    "CompleteConversation",
-                    &conversation_id,
-                    status.code(),
-                ),
+                Err(status) => refusal(&context, "CompleteConversation", &conversation_id, &status),
             }
             let _ = outcomes.send(Outcome::Answered);
         });
@@ -515,11 +515,13 @@ impl SimulatedAgent {
 
 /// Classifies a refused agent call: provoked by the gateway's cancel (not
 /// an error) or a real error.
-fn refusal(context: &RunContext, method: &'static str, conversation_id: &str, code: tonic::Code) {
+fn refusal(context: &RunContext, method: &'static str, conversation_id: &str, status: &Status) {
     if context.ledger.was_cancelled(conversation_id) {
-        context.metrics.record_expected_refusal(method, code);
+        context
+            .metrics
+            .record_expected_refusal(method, status.code());
     } else {
-        context.metrics.record_error(method, code);
+        context.metrics.record_error(method, status);
     }
 }
 
@@ -529,7 +531,7 @@ async fn set_available(client: &mut AgentServiceClient<Authorized>, context: &Ru
         away_reason: String::new(),
     };
     if let Err(status) = timed(&context.metrics, "SetStatus", client.set_status(request)).await {
-        context.metrics.record_error("SetStatus", status.code());
+        context.metrics.record_error("SetStatus", &status);
     }
 }
 

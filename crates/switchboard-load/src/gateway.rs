@@ -75,7 +75,7 @@ pub async fn hand_over(
     let answer = match answer {
         Ok(answer) => answer,
         Err(status) => {
-            metrics.record_error("RequestAgent", status.code());
+            metrics.record_error("RequestAgent", &status);
             ledger.answered(arrival.sequence, Answer::Failed, metrics);
             return;
         }
@@ -115,7 +115,7 @@ pub async fn hand_over(
         )
         .await
         {
-            metrics.record_error("CancelConversation", status.code());
+            metrics.record_error("CancelConversation", &status);
         }
     }
 }
@@ -139,7 +139,7 @@ async fn watch(
     {
         Ok(stream) => stream,
         Err(status) => {
-            metrics.record_error("WatchConversation", status.code());
+            metrics.record_error("WatchConversation", &status);
             return;
         }
     };
@@ -166,7 +166,7 @@ async fn watch(
             }
             Ok(None) => return,
             Err(status) => {
-                metrics.record_error("WatchConversation (stream)", status.code());
+                metrics.record_error("WatchConversation (stream)", &status);
                 return;
             }
         }

@@ -94,6 +94,8 @@ pub struct Counters {
     pub missed: AtomicU64,
     pub errors: AtomicU64,
     pub agents_online: AtomicU64,
+    /// Agents that have had their first snapshot (churn does not lower it).
+    pub agents_onboarded: AtomicU64,
     pub churned_offline: AtomicU64,
 }
 
@@ -116,6 +118,32 @@ struct Recorded {
     /// (method, code) → count of refusals the simulation provoked on
     /// purpose (e.g. accepting an offer the gateway just cancelled).
     expected_refusals: BTreeMap<(&'static str, &'static str), u64>,
+    /// The first few error messages, to tell errors of one code apart.
+    error_examples: Vec<String>,
+}
+
+/// A failed call: its code and, when the server sent one, its message.
+pub trait Failure {
+    fn code(&self) -> Code;
+    fn message(&self) -> &str;
+}
+
+impl Failure for Code {
+    fn code(&self) -> Code {
+        *self
+    }
+    fn message(&self) -> &str {
+        "(no status)"
+    }
+}
+
+impl Failure for tonic::Status {
+    fn code(&self) -> Code {
+        tonic::Status::code(self)
+    }
+    fn message(&self) -> &str {
+        tonic::Status::message(self)
+    }
 }
 
 #[derive(Default)]
@@ -153,13 +181,21 @@ impl Metrics {
         });
     }
 
-    pub fn record_error(&self, method: &'static str, code: Code) {
+    pub fn record_error(&self, method: &'static str, failure: &impl Failure) {
         Counters::add(&self.counters.errors);
+        let code = failure.code();
         self.with(|recorded| {
             *recorded
                 .errors
                 .entry((method, code_name(code)))
                 .or_default() += 1;
+            if recorded.error_examples.len() < 10 {
+                recorded.error_examples.push(format!(
+                    "{method} {}: {}",
+                    code_name(code),
+                    failure.message()
+                ));
+            }
         });
     }
 
@@ -192,6 +228,7 @@ impl Metrics {
                 .collect(),
             errors: flatten(&recorded.errors),
             expected_refusals: flatten(&recorded.expected_refusals),
+            error_examples: recorded.error_examples.clone(),
         })
     }
 }
@@ -239,6 +276,7 @@ pub struct MetricsSummary {
     pub rpcs: BTreeMap<String, LatencySummary>,
     pub errors: BTreeMap<String, u64>,
     pub expected_refusals: BTreeMap<String, u64>,
+    pub error_examples: Vec<String>,
 }
 
 impl MetricsSummary {
@@ -292,8 +330,8 @@ mod tests {
     #[test]
     fn errors_are_keyed_by_method_and_code() {
         let metrics = Metrics::default();
-        metrics.record_error("AcceptOffer", Code::FailedPrecondition);
-        metrics.record_error("AcceptOffer", Code::FailedPrecondition);
+        metrics.record_error("AcceptOffer", &Code::FailedPrecondition);
+        metrics.record_error("AcceptOffer", &Code::FailedPrecondition);
         let summary = metrics.summary();
         assert_eq!(summary.errors["AcceptOffer FAILED_PRECONDITION"], 2);
         assert_eq!(summary.errors.values().sum::<u64>(), 2);

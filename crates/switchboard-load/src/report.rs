@@ -138,6 +138,9 @@ pub fn print_run(report: &RunReport) {
             ]);
         }
         println!("{errors}");
+        for example in &report.metrics.error_examples {
+            println!("  e.g. {example}");
+        }
     }
 
     let settlement = &report.settlement;

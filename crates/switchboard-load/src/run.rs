@@ -362,7 +362,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let wanted = args.agents as u64;
     let online_deadline = onboarding_started + args.online_timeout;
     loop {
-        let online = Counters::get(&context.metrics.counters.agents_online);
+        let online = Counters::get(&context.metrics.counters.agents_onboarded);
         progress.onboarding(online, wanted);
         if online >= wanted {
             break;
