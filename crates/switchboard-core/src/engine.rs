@@ -30,11 +30,15 @@ use crate::model::{
     OfferOutcome, OfferRecord, Presence, Quality, QueueStat, QueueStats, RosterEntry, Shift,
     ShiftView, Skill, StatusChoice, TransferRecord, TransferTarget,
 };
+use crate::plan::{
+    MICRO, PlanAging, PlanMaxWaitAction, PlanRequirements, PlanStep, PlanStrategy, RoutingPlan,
+};
 use crate::settings::DispatchSettings;
 use crate::time::Timestamp;
 use crate::validate::{language_covers, language_lookup_keys};
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 
 /// Index key for "any skill": every offerable agent is under it.
 const ANY_SKILL: &str = "*";
@@ -44,21 +48,102 @@ const RATE_WINDOW: usize = 64;
 const MIN_GROUP_SAMPLES: usize = 4;
 /// At most this many groups keep their own rate window.
 const MAX_RATE_GROUPS: usize = 10_000;
+/// Strategies other than longest idle compare at most this many eligible
+/// agents per language key, walking the index in idle order: a bounded
+/// cost per dispatch whatever the pool size.
+pub const STRATEGY_CANDIDATES: usize = 64;
 
 fn group_key(handoff: &Handoff) -> GroupKey {
     GroupKey {
         language: handoff.language.clone(),
         skills: handoff.required_skills.clone(),
         region: handoff.region.clone(),
+        routed: None,
     }
 }
 
-/// Requirements shared by a group of waiting conversations.
+/// Requirements shared by a group of waiting conversations. Conversations
+/// without a plan are grouped by their hand-off's language, skills and
+/// region (`routed` is `None`); planned ones by the requirements of the
+/// step in force, which the rest of the key completes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct GroupKey {
     language: String,
     skills: Vec<Skill>,
     region: Option<String>,
+    routed: Option<Box<RoutedKey>>,
+}
+
+/// The parts of a planned conversation's requirements beyond language and
+/// skills, and its aging (a group ages uniformly, so its order by base
+/// priority then wait holds within one priority level).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct RoutedKey {
+    language_widened: bool,
+    attributes: BTreeSet<String>,
+    regions: Option<BTreeSet<String>>,
+    roster_regions_if_listed: bool,
+    aging: PlanAging,
+}
+
+impl GroupKey {
+    /// The requirements this key stands for, when planned.
+    fn requirements(&self) -> Option<(PlanRequirements, bool)> {
+        let routed = self.routed.as_ref()?;
+        Some((
+            PlanRequirements {
+                language: self.language.clone(),
+                language_widened: routed.language_widened,
+                skills: self.skills.clone(),
+                attributes: routed.attributes.clone(),
+                regions: routed.regions.clone(),
+            },
+            routed.roster_regions_if_listed,
+        ))
+    }
+}
+
+/// A planned conversation's routing state, beside the conversation (the
+/// conversation itself, and what stores and events carry, is unchanged).
+#[derive(Clone, Debug)]
+struct Routed {
+    plan: RoutingPlan,
+    /// When the plan's clock started (the hand-off, or an overflow).
+    since: Timestamp,
+    /// The schedule step in force.
+    step: usize,
+    /// Bumped when an overflow replaces the plan: older deadlines are stale.
+    generation: u64,
+    /// Base priority in the queue (a callback lowers it).
+    priority: u8,
+    /// When the maximum-wait action is due; `None` once it is a callback.
+    max_wait_at: Option<Timestamp>,
+}
+
+impl Routed {
+    fn requirements(&self) -> &PlanRequirements {
+        &self.plan.steps[self.step].requirements
+    }
+
+    fn group_key(&self) -> GroupKey {
+        let r = self.requirements();
+        GroupKey {
+            language: r.language.clone(),
+            skills: r.skills.clone(),
+            region: None,
+            routed: Some(Box::new(RoutedKey {
+                language_widened: r.language_widened,
+                attributes: r.attributes.clone(),
+                regions: r.regions.clone(),
+                roster_regions_if_listed: self.plan.roster_regions_if_listed,
+                aging: self.plan.aging,
+            })),
+        }
+    }
+
+    fn preferred_window_open(&self, now: Timestamp) -> bool {
+        now < self.since.plus_millis(self.plan.preferred_window_ms)
+    }
 }
 
 /// Order inside a group: higher priority first, then longer waiting.
@@ -85,6 +170,10 @@ enum Deadline {
     WrapUpEnd(AgentId),
     MaxWait(ConversationId),
     Retention(ConversationId),
+    /// A planned conversation's schedule step (generation, index) is due.
+    Relax(ConversationId, u64, u32),
+    /// The preferred agent's exclusive window ends (generation).
+    PreferredWindowEnd(ConversationId, u64),
 }
 
 #[derive(Debug)]
@@ -93,6 +182,10 @@ struct Session {
     languages: Vec<String>,
     capacity: u32,
     location: Option<Location>,
+    /// The regions whose geofence admits the agent, as the caller resolved
+    /// them from its location; `None` until the caller says (planned
+    /// region rules then admit nobody: residency fails closed).
+    regions: Option<BTreeSet<String>>,
     choice: StatusChoice,
     /// Going offline once the last conversation is done: no new offers.
     draining: bool,
@@ -162,6 +255,48 @@ struct AgentRecord {
     shift: Shift,
     /// Customer satisfaction over every shift.
     quality: Quality,
+    /// The pool's offer counter at this agent's last offer (round robin).
+    last_offer_seq: u64,
+}
+
+/// Whether an online agent meets planned requirements, capacity and
+/// exclusions aside: language (exact or family), skills, roster attributes,
+/// and one region both admitting it (resolved location) and permitted by
+/// its roster entry.
+pub fn plan_eligible(
+    requirements: &PlanRequirements,
+    roster_regions_if_listed: bool,
+    skills: &[Skill],
+    languages: &[String],
+    agent_regions: Option<&BTreeSet<String>>,
+    roster: &RosterEntry,
+) -> bool {
+    if !languages.iter().any(|l| requirements.accepts_language(l)) {
+        return false;
+    }
+    let skills_ok = requirements.skills.iter().all(|required| {
+        skills
+            .iter()
+            .any(|s| s.name == required.name && s.level >= required.level)
+    });
+    if !skills_ok {
+        return false;
+    }
+    if !requirements
+        .attributes
+        .iter()
+        .all(|a| roster.attributes.contains(a))
+    {
+        return false;
+    }
+    match &requirements.regions {
+        None => true,
+        Some(wanted) => wanted.iter().any(|region| {
+            let permitted = roster.allowed_regions.contains(region)
+                || (roster_regions_if_listed && roster.allowed_regions.is_empty());
+            permitted && agent_regions.is_some_and(|admitted| admitted.contains(region))
+        }),
+    }
 }
 
 /// Whether an online agent may take a conversation, capacity aside: skills
@@ -216,6 +351,14 @@ pub struct PoolState {
     /// The same per requirement group: the rate at which agents able to
     /// serve exactly these requirements have been taking them.
     group_first_offers: HashMap<GroupKey, VecDeque<Timestamp>>,
+    /// Planned conversations' routing state.
+    routing: HashMap<ConversationId, Routed>,
+    /// Indexed language tags by primary subtag, for widened look-ups.
+    families: HashMap<String, BTreeSet<String>>,
+    /// Counts offers, for round robin.
+    offer_seq: u64,
+    /// Plan generations, so stale schedule deadlines are recognised.
+    plan_generations: u64,
     arrivals: u64,
     next_stream_id: u64,
     events: Vec<Event>,
@@ -236,6 +379,10 @@ impl PoolState {
             deadlines: BTreeSet::new(),
             recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
             group_first_offers: HashMap::new(),
+            routing: HashMap::new(),
+            families: HashMap::new(),
+            offer_seq: 0,
+            plan_generations: 0,
             arrivals: 0,
             next_stream_id: 1,
             events: Vec::new(),
@@ -359,6 +506,7 @@ impl PoolState {
                     languages,
                     capacity,
                     location: request.location,
+                    regions: None,
                     choice: StatusChoice::Available,
                     draining: false,
                     wrap_up_until: None,
@@ -538,6 +686,18 @@ impl PoolState {
         handoff: Handoff,
         now: Timestamp,
     ) -> Result<(Conversation, bool), DomainError> {
+        self.request_with_plan(handoff, None, now)
+    }
+
+    /// [`PoolState::request`] with a routing plan the engine executes for
+    /// the conversation (see [`crate::plan`]); `None` routes as before
+    /// plans. A repeated request keeps the plan of the first.
+    pub fn request_with_plan(
+        &mut self,
+        handoff: Handoff,
+        plan: Option<RoutingPlan>,
+        now: Timestamp,
+    ) -> Result<(Conversation, bool), DomainError> {
         if let Some(existing) = self.conversations.get(&handoff.conversation_id) {
             if let Some(field) = existing.conflicting_field(&handoff) {
                 return Err(DomainError::Conflict {
@@ -568,15 +728,103 @@ impl PoolState {
             transfers: Vec::new(),
             csat: None,
         };
+        let preferred = conversation.handoff.preferred_agent.is_some();
+        let fallback_step = || PlanStep {
+            after_ms: 0,
+            requirements: PlanRequirements {
+                language: conversation.handoff.language.clone(),
+                language_widened: false,
+                skills: conversation.handoff.required_skills.clone(),
+                attributes: BTreeSet::new(),
+                regions: conversation
+                    .handoff
+                    .region
+                    .clone()
+                    .map(|r| BTreeSet::from([r])),
+            },
+        };
+        let plan = plan.map(|mut plan| {
+            if plan.steps.is_empty() {
+                plan.steps.push(fallback_step());
+            }
+            plan
+        });
         self.conversations.insert(id.clone(), conversation);
-        self.deadlines.insert((
-            now.plus_millis(self.settings.max_wait_ms),
-            Deadline::MaxWait(id.clone()),
-        ));
+        match plan {
+            None => {
+                self.deadlines.insert((
+                    now.plus_millis(self.settings.max_wait_ms),
+                    Deadline::MaxWait(id.clone()),
+                ));
+            }
+            Some(plan) => self.install_plan(&id, plan, preferred, now),
+        }
         self.enqueue(&id);
         self.emit(&id, None, now, |c| EventKind::Queued { conversation: c });
         self.dispatch_conversation(&id, now);
         Ok((self.view(&id, now)?, true))
+    }
+
+    /// Starts executing `plan` for a conversation (not in a queue group at
+    /// the time): its clock starts now, every later step and the end of the
+    /// preferred window are scheduled, and the maximum wait.
+    fn install_plan(
+        &mut self,
+        id: &ConversationId,
+        plan: RoutingPlan,
+        preferred: bool,
+        now: Timestamp,
+    ) {
+        self.plan_generations += 1;
+        let generation = self.plan_generations;
+        for (i, step) in plan.steps.iter().enumerate().skip(1) {
+            if step.after_ms > 0 {
+                self.deadlines.insert((
+                    now.plus_millis(step.after_ms),
+                    Deadline::Relax(id.clone(), generation, i as u32),
+                ));
+            }
+        }
+        if preferred && plan.preferred_window_ms > 0 {
+            self.deadlines.insert((
+                now.plus_millis(plan.preferred_window_ms),
+                Deadline::PreferredWindowEnd(id.clone(), generation),
+            ));
+        }
+        let max_wait_ms = plan
+            .max_wait
+            .as_ref()
+            .map_or(self.settings.max_wait_ms, |m| m.after_ms);
+        let max_wait_at = now.plus_millis(max_wait_ms);
+        self.deadlines
+            .insert((max_wait_at, Deadline::MaxWait(id.clone())));
+        let routed = Routed {
+            step: plan.step_at(0),
+            priority: plan.priority,
+            plan,
+            since: now,
+            generation,
+            max_wait_at: Some(max_wait_at),
+        };
+        self.routing.insert(id.clone(), routed);
+    }
+
+    /// Sets the regions whose geofence admits the agent (resolved by the
+    /// caller from the agent's location with the routing file in force);
+    /// `None` forgets them. Planned region rules check membership only.
+    pub fn set_agent_regions(
+        &mut self,
+        agent_id: &AgentId,
+        regions: Option<BTreeSet<String>>,
+        now: Timestamp,
+    ) -> Result<(), DomainError> {
+        let session = self.session_mut(agent_id)?;
+        if session.regions == regions {
+            return Ok(());
+        }
+        session.regions = regions;
+        self.dispatch_agent(agent_id, now);
+        Ok(())
     }
 
     /// The app saw the offer: it will not be withdrawn as undelivered.
@@ -710,7 +958,11 @@ impl PoolState {
         conversation.disposition = disposition.to_owned();
         conversation.reason = "completed by agent".to_owned();
         conversation.updated_at = now;
-        let wrap_up_ms = self.settings.wrap_up_ms;
+        let wrap_up_ms = self
+            .routing
+            .get(conversation_id)
+            .and_then(|r| r.plan.wrap_up_ms)
+            .unwrap_or(self.settings.wrap_up_ms);
         let mut wrap_up_until = None;
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.completed += 1;
@@ -992,6 +1244,9 @@ impl PoolState {
             if let Some(language) = language {
                 handoff.language = language.clone();
             }
+            // The plan was for the old requirements: from here on the
+            // conversation is routed on the transfer's.
+            self.routing.remove(conversation_id);
         }
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.transfers += 1;
@@ -1086,11 +1341,7 @@ impl PoolState {
         }
         let waiting = self
             .groups
-            .get(&GroupKey {
-                language: handoff.language.clone(),
-                skills: handoff.required_skills.clone(),
-                region: handoff.region.clone(),
-            })
+            .get(&group_key(handoff))
             .map_or(0, |g| g.by_priority.len() as u32);
         (
             0,
@@ -1163,7 +1414,14 @@ impl PoolState {
                         self.dispatch_agent(&agent, now);
                     }
                 }
-                Deadline::MaxWait(id) => self.expire(&id, now),
+                Deadline::MaxWait(id) => match self.routing.get(&id) {
+                    None => self.expire(&id, "no agent within the maximum wait", now),
+                    Some(routed) => {
+                        if routed.max_wait_at.is_some_and(|at| at <= now) {
+                            self.max_wait_reached(&id, now);
+                        }
+                    }
+                },
                 Deadline::Retention(id) => {
                     if self
                         .conversations
@@ -1171,6 +1429,31 @@ impl PoolState {
                         .is_some_and(|c| c.state.is_terminal())
                     {
                         self.conversations.remove(&id);
+                        self.routing.remove(&id);
+                    }
+                }
+                Deadline::Relax(id, generation, step) => {
+                    let step = step as usize;
+                    let Some(routed) = self.routing.get_mut(&id) else {
+                        continue;
+                    };
+                    if routed.generation != generation || step <= routed.step {
+                        continue;
+                    }
+                    routed.step = step.min(routed.plan.steps.len() - 1);
+                    if self.queued.contains_key(&id) {
+                        self.dequeue(&id);
+                        self.enqueue(&id);
+                        self.dispatch_conversation(&id, now);
+                    }
+                }
+                Deadline::PreferredWindowEnd(id, generation) => {
+                    if self
+                        .routing
+                        .get(&id)
+                        .is_some_and(|r| r.generation == generation)
+                    {
+                        self.dispatch_conversation(&id, now);
                     }
                 }
             }
@@ -1189,7 +1472,7 @@ impl PoolState {
         if conversation.state == ConversationState::Queued {
             let position = self.queue_position(conversation_id);
             conversation.queue_position = position;
-            let group = group_key(&conversation.handoff);
+            let group = self.group_key_of(&conversation);
             conversation.expected_wait_ms = self.expected_wait_in(Some(&group), position, now);
         }
         Ok(conversation)
@@ -1420,6 +1703,27 @@ impl PoolState {
                 _ => {}
             }
         }
+        for (id, routed) in &self.routing {
+            let c = self
+                .conversations
+                .get(id)
+                .ok_or(format!("routing state of unknown conversation {id}"))?;
+            if routed.step >= routed.plan.steps.len() {
+                return Err(format!(
+                    "{id} at step {} of {}",
+                    routed.step,
+                    routed.plan.steps.len()
+                ));
+            }
+            if let Some((key, _)) = self.queued.get(id)
+                && *key != routed.group_key()
+            {
+                return Err(format!("{id} queued in a group of other requirements"));
+            }
+            if c.state.is_terminal() && self.queued.contains_key(id) {
+                return Err(format!("{id} finished but queued"));
+            }
+        }
         let indexed_agents: HashSet<&AgentId> =
             self.available.values().flatten().map(|(_, a)| a).collect();
         for agent in indexed_agents {
@@ -1631,7 +1935,71 @@ impl PoolState {
         }
     }
 
-    fn expire(&mut self, id: &ConversationId, now: Timestamp) {
+    /// A planned conversation reached its queue's maximum wait.
+    fn max_wait_reached(&mut self, id: &ConversationId, now: Timestamp) {
+        let Some(state) = self.conversations.get(id).map(|c| c.state) else {
+            return;
+        };
+        if !matches!(
+            state,
+            ConversationState::Queued | ConversationState::Offered
+        ) {
+            return;
+        }
+        let Some(routed) = self.routing.get_mut(id) else {
+            return;
+        };
+        let action = routed.plan.max_wait.as_ref().map(|m| m.action.clone());
+        let reason = match action {
+            None => {
+                self.expire(id, "no agent within the maximum wait", now);
+                return;
+            }
+            Some(PlanMaxWaitAction::Expire { reason }) => {
+                self.expire(id, &reason, now);
+                return;
+            }
+            Some(PlanMaxWaitAction::Callback { priority, reason }) => {
+                routed.priority = priority;
+                routed.max_wait_at = None;
+                reason
+            }
+            Some(PlanMaxWaitAction::Overflow { queue, plan }) => {
+                let preferred = self
+                    .conversations
+                    .get(id)
+                    .is_some_and(|c| c.handoff.preferred_agent.is_some());
+                let mut plan = *plan;
+                if plan.steps.is_empty() {
+                    let current = routed.plan.steps[routed.step].clone();
+                    plan.steps.push(PlanStep {
+                        after_ms: 0,
+                        ..current
+                    });
+                }
+                // Installed while possibly queued: the regroup below moves
+                // it to the new plan's group.
+                self.install_plan(id, plan, preferred, now);
+                format!("moved to queue `{queue}` after the maximum wait")
+            }
+        };
+        let queued = self.queued.contains_key(id);
+        if queued {
+            // Regroup: the priority or the requirements changed.
+            self.dequeue(id);
+            self.enqueue(id);
+        }
+        if let Some(conversation) = self.conversations.get_mut(id) {
+            conversation.reason = reason;
+            conversation.updated_at = now;
+        }
+        if queued {
+            self.emit(id, None, now, |c| EventKind::Requeued { conversation: c });
+            self.dispatch_conversation(id, now);
+        }
+    }
+
+    fn expire(&mut self, id: &ConversationId, reason: &str, now: Timestamp) {
         let Some(conversation) = self.conversations.get(id) else {
             return;
         };
@@ -1654,7 +2022,7 @@ impl PoolState {
         if let Some(conversation) = self.conversations.get_mut(id) {
             conversation.state = ConversationState::Expired;
             conversation.agent_id = None;
-            conversation.reason = "no agent within the maximum wait".to_owned();
+            conversation.reason = reason.to_owned();
             conversation.updated_at = now;
         }
         self.finish(id, now);
@@ -1706,14 +2074,13 @@ impl PoolState {
             return;
         };
         let handoff = &conversation.handoff;
-        let group_key = GroupKey {
-            language: handoff.language.clone(),
-            skills: handoff.required_skills.clone(),
-            region: handoff.region.clone(),
+        let (group_key, priority) = match self.routing.get(id) {
+            Some(routed) => (routed.group_key(), routed.priority),
+            None => (group_key(handoff), handoff.priority),
         };
         self.arrivals += 1;
         let queue_key = QueueKey {
-            priority: Reverse(handoff.priority),
+            priority: Reverse(priority),
             queued_since: conversation.queued_since,
             arrival: self.arrivals,
             conversation_id: id.clone(),
@@ -1751,6 +2118,14 @@ impl PoolState {
                     self.groups_by_language.remove(primary);
                 }
             }
+        }
+    }
+
+    /// The requirement group a conversation belongs to (or would).
+    fn group_key_of(&self, conversation: &Conversation) -> GroupKey {
+        match self.routing.get(conversation.id()) {
+            Some(routed) => routed.group_key(),
+            None => group_key(&conversation.handoff),
         }
     }
 
@@ -1802,19 +2177,21 @@ impl PoolState {
         let old = session.indexed_score.take();
         session.indexed_score = want;
         for key in keys {
-            if let Some(score) = old
-                && let Some(set) = self.available.get_mut(&key)
-            {
-                set.remove(&(score, agent_id.clone()));
-                if set.is_empty() {
-                    self.available.remove(&key);
-                }
+            if let Some(score) = old {
+                index_remove(
+                    &mut self.available,
+                    &mut self.families,
+                    &key,
+                    &(score, agent_id.clone()),
+                );
             }
             if let Some(score) = want {
-                self.available
-                    .entry(key)
-                    .or_default()
-                    .insert((score, agent_id.clone()));
+                index_insert(
+                    &mut self.available,
+                    &mut self.families,
+                    key,
+                    (score, agent_id.clone()),
+                );
             }
         }
     }
@@ -1831,12 +2208,12 @@ impl PoolState {
             return;
         };
         for key in session.index_keys() {
-            if let Some(set) = self.available.get_mut(&key) {
-                set.remove(&(score, agent_id.clone()));
-                if set.is_empty() {
-                    self.available.remove(&key);
-                }
-            }
+            index_remove(
+                &mut self.available,
+                &mut self.families,
+                &key,
+                &(score, agent_id.clone()),
+            );
         }
     }
 
@@ -1846,6 +2223,10 @@ impl PoolState {
             return;
         };
         if conversation.state != ConversationState::Queued {
+            return;
+        }
+        if self.routing.contains_key(id) {
+            self.dispatch_planned(id, now);
             return;
         }
         let mut best: Option<(i64, AgentId)> = None;
@@ -1889,7 +2270,7 @@ impl PoolState {
         let Some(roster) = self.roster.get(agent_id) else {
             return;
         };
-        let mut best: Option<&QueueKey> = None;
+        let mut best: Option<(Reverse<u64>, Timestamp, u64, &ConversationId)> = None;
         let mut seen_primaries = HashSet::new();
         for language in &session.languages {
             let primary = primary_subtag(language);
@@ -1900,41 +2281,240 @@ impl PoolState {
                 continue;
             };
             for group_key in group_keys {
-                let serves_language = session
-                    .languages
-                    .iter()
-                    .any(|l| language_covers(l, &group_key.language));
-                let has_skills = group_key.skills.iter().all(|req| {
-                    session
-                        .skill_level(&req.name)
-                        .is_some_and(|level| level >= req.level)
-                });
-                let region_ok = group_key
-                    .region
-                    .as_ref()
-                    .is_none_or(|r| roster.allowed_regions.contains(r));
-                if !(serves_language && has_skills && region_ok) {
+                let serves = match group_key.requirements() {
+                    None => {
+                        let serves_language = session
+                            .languages
+                            .iter()
+                            .any(|l| language_covers(l, &group_key.language));
+                        let has_skills = group_key.skills.iter().all(|req| {
+                            session
+                                .skill_level(&req.name)
+                                .is_some_and(|level| level >= req.level)
+                        });
+                        let region_ok = group_key
+                            .region
+                            .as_ref()
+                            .is_none_or(|r| roster.allowed_regions.contains(r));
+                        serves_language && has_skills && region_ok
+                    }
+                    Some((requirements, if_listed)) => plan_eligible(
+                        &requirements,
+                        if_listed,
+                        &session.skills,
+                        &session.languages,
+                        session.regions.as_ref(),
+                        roster,
+                    ),
+                };
+                if !serves {
                     continue;
                 }
                 let Some(group) = self.groups.get(group_key) else {
                     continue;
                 };
-                // Skip the conversations this agent declined or missed.
-                let head = group.by_priority.iter().find(|key| {
-                    self.conversations
-                        .get(&key.conversation_id)
-                        .is_some_and(|c| !c.excluded.contains(agent_id))
-                });
-                if let Some(head) = head
-                    && best.is_none_or(|b| head < b)
-                {
-                    best = Some(head);
+                let aging = group_key
+                    .routed
+                    .as_ref()
+                    .map(|r| r.aging)
+                    .filter(|a| a.rate_micro_per_second > 0);
+                // Skip the conversations this agent declined or missed, and
+                // those reserved for their preferred agent. With aging, the
+                // head of every priority level competes (aging keeps the
+                // order within a level); without, the group's head.
+                let mut after: Option<QueueKey> = None;
+                loop {
+                    let mut range = match &after {
+                        None => group.by_priority.range::<QueueKey, _>(..),
+                        Some(cursor) => group
+                            .by_priority
+                            .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
+                    };
+                    let head = range.find(|key| {
+                        self.conversations
+                            .get(&key.conversation_id)
+                            .is_some_and(|c| !c.excluded.contains(agent_id))
+                            && !self.reserved_for_another(&key.conversation_id, agent_id, now)
+                    });
+                    let Some(head) = head else {
+                        break;
+                    };
+                    let waited = now.millis_since(head.queued_since);
+                    let effective = match aging {
+                        Some(aging) => aging.effective(head.priority.0, waited),
+                        None => u64::from(head.priority.0) * MICRO,
+                    };
+                    let rank = (
+                        Reverse(effective),
+                        head.queued_since,
+                        head.arrival,
+                        &head.conversation_id,
+                    );
+                    if best.as_ref().is_none_or(|b| rank < *b) {
+                        best = Some(rank);
+                    }
+                    if aging.is_none() {
+                        break;
+                    }
+                    // Past the rest of this priority level.
+                    after = Some(QueueKey {
+                        priority: head.priority,
+                        queued_since: Timestamp(i64::MAX),
+                        arrival: u64::MAX,
+                        conversation_id: head.conversation_id.clone(),
+                    });
                 }
             }
         }
-        if let Some(key) = best.map(|k| k.conversation_id.clone()) {
-            self.make_offer(&key, agent_id, now);
+        if let Some(id) = best.map(|(_, _, _, id)| id.clone()) {
+            self.make_offer(&id, agent_id, now);
         }
+    }
+
+    /// Whether a planned conversation is, at `now`, reserved for its
+    /// preferred agent (in the window, online and eligible) who is not
+    /// `agent_id`.
+    fn reserved_for_another(
+        &self,
+        id: &ConversationId,
+        agent_id: &AgentId,
+        now: Timestamp,
+    ) -> bool {
+        let Some(routed) = self.routing.get(id) else {
+            return false;
+        };
+        if routed.plan.preferred_window_ms <= 0 || !routed.preferred_window_open(now) {
+            return false;
+        }
+        let Some(conversation) = self.conversations.get(id) else {
+            return false;
+        };
+        let Some(preferred) = &conversation.handoff.preferred_agent else {
+            return false;
+        };
+        preferred != agent_id && self.planned_fits(preferred, conversation, routed)
+    }
+
+    /// Whether `agent_id` (online) may take the planned conversation now,
+    /// capacity aside.
+    fn planned_fits(
+        &self,
+        agent_id: &AgentId,
+        conversation: &Conversation,
+        routed: &Routed,
+    ) -> bool {
+        let (Some(session), Some(roster)) = (self.session(agent_id), self.roster.get(agent_id))
+        else {
+            return false;
+        };
+        !conversation.excluded.contains(agent_id)
+            && plan_eligible(
+                routed.requirements(),
+                routed.plan.roster_regions_if_listed,
+                &session.skills,
+                &session.languages,
+                session.regions.as_ref(),
+                roster,
+            )
+    }
+
+    /// A queued planned conversation looks for an agent: its preferred
+    /// agent first (and only, while the window is open and that agent is
+    /// online and eligible), else by the plan's strategy.
+    fn dispatch_planned(&mut self, id: &ConversationId, now: Timestamp) {
+        let (Some(conversation), Some(routed)) = (self.conversations.get(id), self.routing.get(id))
+        else {
+            return;
+        };
+        if let Some(preferred) = &conversation.handoff.preferred_agent
+            && self.planned_fits(preferred, conversation, routed)
+        {
+            if self.session(preferred).is_some_and(Session::offerable) {
+                let preferred = preferred.clone();
+                self.make_offer(id, &preferred, now);
+                return;
+            }
+            if routed.plan.preferred_window_ms > 0 && routed.preferred_window_open(now) {
+                // Reserved: the preferred agent gets it when free, others
+                // once the window ends.
+                return;
+            }
+        }
+        let requirements = routed.requirements();
+        let languages: Vec<&str> = if requirements.language_widened {
+            self.families
+                .get(primary_subtag(&requirements.language))
+                .map(|tags| {
+                    tags.iter()
+                        .map(String::as_str)
+                        .filter(|tag| requirements.accepts_language(tag))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            requirements.exact_lookup_keys()
+        };
+        let strategy = routed.plan.strategy;
+        let limit = match strategy {
+            PlanStrategy::LongestIdle => 1,
+            _ => STRATEGY_CANDIDATES,
+        };
+        let mut candidates: Vec<&(i64, AgentId)> = Vec::new();
+        for language in languages {
+            let Some(set) = self.smallest_candidate_set(language, &requirements.skills) else {
+                continue;
+            };
+            let fitting = set
+                .iter()
+                .filter(|(_, agent)| self.planned_fits(agent, conversation, routed))
+                .take(limit);
+            for candidate in fitting {
+                if !candidates.iter().any(|c| c.1 == candidate.1) {
+                    candidates.push(candidate);
+                }
+            }
+        }
+        let best = candidates
+            .into_iter()
+            .min_by(|a, b| self.strategy_cmp(strategy, requirements, a, b))
+            .map(|(_, agent)| agent.clone());
+        if let Some(agent) = best {
+            self.make_offer(id, &agent, now);
+        }
+    }
+
+    /// Best first under `strategy`; ties by longest idle, then agent id, so
+    /// every replica picks the same agent.
+    fn strategy_cmp(
+        &self,
+        strategy: PlanStrategy,
+        requirements: &PlanRequirements,
+        a: &(i64, AgentId),
+        b: &(i64, AgentId),
+    ) -> Ordering {
+        let (Some(ra), Some(rb)) = (self.agents.get(&a.1), self.agents.get(&b.1)) else {
+            return a.cmp(b);
+        };
+        let primary = match (strategy, &ra.session, &rb.session) {
+            (PlanStrategy::LeastOccupied, Some(sa), Some(sb)) => {
+                // active / capacity compared exactly by cross multiplication.
+                let left = sa.active.len() as u64 * u64::from(sb.capacity.max(1));
+                let right = sb.active.len() as u64 * u64::from(sa.capacity.max(1));
+                left.cmp(&right)
+            }
+            (PlanStrategy::BestSkillMatch, Some(sa), Some(sb)) => {
+                skill_match(requirements, &sb.skills).cmp(&skill_match(requirements, &sa.skills))
+            }
+            (PlanStrategy::RoundRobin, _, _) => ra.last_offer_seq.cmp(&rb.last_offer_seq),
+            (PlanStrategy::QualityWeighted, _, _) => {
+                // (total + 4.0 × 5) / (count + 5), higher first, exactly.
+                let (na, da) = smoothed_quality(ra.quality);
+                let (nb, db) = smoothed_quality(rb.quality);
+                (nb * da).cmp(&(na * db))
+            }
+            _ => Ordering::Equal,
+        };
+        primary.then_with(|| a.cmp(b))
     }
 
     /// The smallest index set of offerable agents speaking `language` that
@@ -1981,7 +2561,11 @@ impl PoolState {
 
     fn make_offer(&mut self, id: &ConversationId, agent_id: &AgentId, now: Timestamp) {
         self.dequeue(id);
-        let offer_timeout = self.settings.offer_timeout_ms;
+        let routed = self.routing.get(id);
+        let offer_timeout = routed
+            .and_then(|r| r.plan.offer_timeout_ms)
+            .unwrap_or(self.settings.offer_timeout_ms);
+        let routed_group = routed.map(Routed::group_key);
         let grace = self.settings.offer_delivery_grace_ms;
         let Some(conversation) = self.conversations.get_mut(id) else {
             return;
@@ -2004,7 +2588,7 @@ impl PoolState {
                 self.recent_first_offers.pop_front();
             }
             self.recent_first_offers.push_back(now);
-            let group = group_key(&conversation.handoff);
+            let group = routed_group.unwrap_or_else(|| group_key(&conversation.handoff));
             // Bound the memory arbitrary requirement mixes could take: start
             // over (the pool-wide rate covers the gap).
             if self.group_first_offers.len() >= MAX_RATE_GROUPS
@@ -2022,8 +2606,10 @@ impl PoolState {
             conversation_id: id.clone(),
             attempt,
         };
+        self.offer_seq += 1;
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.offers += 1;
+            record.last_offer_seq = self.offer_seq;
             if let Some(session) = record.session.as_mut() {
                 session.pending_offer = Some(offer.clone());
             }
@@ -2045,6 +2631,70 @@ impl PoolState {
 
 fn primary_subtag(tag: &str) -> &str {
     tag.split('-').next().unwrap_or(tag)
+}
+
+type AgentIndex = HashMap<(String, String), BTreeSet<(i64, AgentId)>>;
+
+fn index_insert(
+    available: &mut AgentIndex,
+    families: &mut HashMap<String, BTreeSet<String>>,
+    key: (String, String),
+    entry: (i64, AgentId),
+) {
+    if key.1 == ANY_SKILL && !available.contains_key(&key) {
+        families
+            .entry(primary_subtag(&key.0).to_owned())
+            .or_default()
+            .insert(key.0.clone());
+    }
+    available.entry(key).or_default().insert(entry);
+}
+
+fn index_remove(
+    available: &mut AgentIndex,
+    families: &mut HashMap<String, BTreeSet<String>>,
+    key: &(String, String),
+    entry: &(i64, AgentId),
+) {
+    let Some(set) = available.get_mut(key) else {
+        return;
+    };
+    set.remove(entry);
+    if set.is_empty() {
+        available.remove(key);
+        if key.1 == ANY_SKILL {
+            let primary = primary_subtag(&key.0);
+            if let Some(tags) = families.get_mut(primary) {
+                tags.remove(&key.0);
+                if tags.is_empty() {
+                    families.remove(primary);
+                }
+            }
+        }
+    }
+}
+
+/// The sum of the agent's levels over the required skills.
+fn skill_match(requirements: &PlanRequirements, skills: &[Skill]) -> u32 {
+    requirements
+        .skills
+        .iter()
+        .map(|required| {
+            skills
+                .iter()
+                .find(|s| s.name == required.name)
+                .map_or(0, |s| u32::from(s.level))
+        })
+        .sum()
+}
+
+/// CSAT smoothed towards 4.0 as if from 5 extra ratings, as a fraction
+/// (numerator, denominator): the routing crate's quality score.
+fn smoothed_quality(quality: Quality) -> (u64, u64) {
+    (
+        u64::from(quality.csat_total) + 20,
+        u64::from(quality.csat_count) + 5,
+    )
 }
 
 fn offline_error(agent_id: &AgentId) -> DomainError {

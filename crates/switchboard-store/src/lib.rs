@@ -18,6 +18,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use memory::MemoryStore;
 
 use async_trait::async_trait;
+use std::collections::BTreeSet;
+use switchboard_core::RoutingPlan;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
     RosterEntry, ShiftView, StatusChoice, TransferTarget,
@@ -203,6 +205,34 @@ pub trait Store: Send + Sync + 'static {
         pool: &PoolId,
         handoff: Handoff,
     ) -> StoreResult<Applied<(Conversation, bool)>>;
+
+    /// [`Store::request`] with a routing plan the engine executes for the
+    /// conversation (relaxation steps, strategy, aging, timings, maximum
+    /// wait action, preferred agent window). A repeated request keeps the
+    /// first plan. Stores that cannot execute plans refuse with
+    /// Unsupported (the Redis store, for now).
+    async fn request_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+        plan: RoutingPlan,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
+        let _ = (pool, handoff, plan);
+        Err(StoreError::Unsupported("routing plans"))
+    }
+
+    /// Sets the regions whose geofence admits an online agent (resolved by
+    /// the caller from the agent's location); planned region rules check
+    /// membership. FailedPrecondition when offline.
+    async fn set_agent_regions(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        regions: Option<BTreeSet<String>>,
+    ) -> StoreResult<Applied<()>> {
+        let _ = (pool, agent, regions);
+        Err(StoreError::Unsupported("agent regions"))
+    }
 
     /// The offer reached the agent's stream; it will not be withdrawn as
     /// undelivered. Unknown offers are ignored.

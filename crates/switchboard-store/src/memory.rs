@@ -7,14 +7,16 @@
 
 use crate::{Applied, Clock, EventFeed, Store, StoreError, StoreResult};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use switchboard_core::engine::PoolState;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
     RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
-use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
+use switchboard_core::{
+    AgentId, ConversationId, DispatchSettings, OfferId, PoolId, RoutingPlan, Timestamp,
+};
 use tokio::sync::broadcast;
 
 /// How many events the feed buffers for a slow subscriber before it lags.
@@ -234,6 +236,24 @@ impl Store for MemoryStore {
         handoff: Handoff,
     ) -> StoreResult<Applied<(Conversation, bool)>> {
         self.command(pool, |s, now| s.request(handoff, now))
+    }
+
+    async fn request_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+        plan: RoutingPlan,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
+        self.command(pool, |s, now| s.request_with_plan(handoff, Some(plan), now))
+    }
+
+    async fn set_agent_regions(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        regions: Option<BTreeSet<String>>,
+    ) -> StoreResult<Applied<()>> {
+        self.command(pool, |s, now| s.set_agent_regions(agent, regions, now))
     }
 
     async fn offer_delivered(

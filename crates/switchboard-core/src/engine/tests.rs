@@ -861,3 +861,682 @@ fn csat_counts_once_for_the_agent_who_completed() {
     let err = s.report_csat(&cid("nope"), 4, Timestamp(9)).unwrap_err();
     assert!(matches!(err, DomainError::NotFound { .. }));
 }
+
+// ------------------------------------------------------------ routing plans
+
+use crate::plan::{
+    PlanAging, PlanMaxWait, PlanMaxWaitAction, PlanRequirements, PlanStep, PlanStrategy,
+    RoutingPlan,
+};
+
+/// A pool whose leases outlast the tests' waits.
+fn planned_pool() -> PoolState {
+    PoolState::new(
+        PoolId::parse("pool", "test").unwrap(),
+        DispatchSettings {
+            lease_ms: 100_000_000,
+            ..DispatchSettings::default()
+        },
+    )
+}
+
+fn requirements(language: &str, skills: &[(&str, u8)]) -> PlanRequirements {
+    let mut r = PlanRequirements::language_only(language);
+    r.skills = skills.iter().map(|(n, l)| Skill::new(*n, *l)).collect();
+    r.skills.sort();
+    r
+}
+
+fn plan(steps: Vec<(i64, PlanRequirements)>) -> RoutingPlan {
+    RoutingPlan {
+        queue: "billing".into(),
+        steps: steps
+            .into_iter()
+            .map(|(after_ms, requirements)| PlanStep {
+                after_ms,
+                requirements,
+            })
+            .collect(),
+        ..RoutingPlan::default()
+    }
+}
+
+#[test]
+fn relaxation_step_regroups_and_dispatches_when_due() {
+    let mut s = planned_pool();
+    online(&mut s, "junior", &[("billing", 2)], &["de-de"], 1, 0);
+    let p = plan(vec![
+        (0, requirements("de-at", &[("billing", 4)])),
+        (30_000, requirements("de-at", &[("billing", 2)])),
+        (90_000, {
+            let mut r = requirements("de", &[("billing", 2)]);
+            r.language_widened = true;
+            r
+        }),
+    ]);
+    let h = handoff("c1", "de-at", &[], 0);
+    s.request_with_plan(h, Some(p), Timestamp(0)).unwrap();
+    assert_eq!(offered_to(&s, "c1"), None);
+    s.sweep(Timestamp(30_000));
+    // Level lowered, but the agent speaks de-de: not yet.
+    assert_eq!(offered_to(&s, "c1"), None);
+    s.check_invariants().unwrap();
+    s.sweep(Timestamp(89_999));
+    assert_eq!(offered_to(&s, "c1"), None);
+    s.sweep(Timestamp(90_000));
+    // Widened to the `de` family: the de-de agent is found by the family key.
+    assert_eq!(offered_to(&s, "c1"), Some(agent("junior")));
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn free_agent_finds_a_relaxed_group() {
+    let mut s = planned_pool();
+    let p = plan(vec![
+        (0, requirements("en", &[("billing", 4)])),
+        (10_000, requirements("en", &[("billing", 1)])),
+    ]);
+    s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(0))
+        .unwrap();
+    s.sweep(Timestamp(10_000));
+    online(&mut s, "a", &[("billing", 1)], &["en"], 1, 11_000);
+    assert_eq!(offered_to(&s, "c1"), Some(agent("a")));
+}
+
+#[test]
+fn plan_timeouts_replace_the_pool_settings() {
+    let mut s = planned_pool();
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    let mut p = plan(vec![(0, requirements("en", &[]))]);
+    p.offer_timeout_ms = Some(5_000);
+    p.wrap_up_ms = Some(7_000);
+    let (c, _) = s
+        .request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(0))
+        .unwrap();
+    assert_eq!(c.offers[0].deadline, Timestamp(5_000));
+    s.accept(&agent("a"), &offer("c1", 1), Timestamp(1_000))
+        .unwrap();
+    s.complete(&agent("a"), &cid("c1"), "done", Timestamp(2_000))
+        .unwrap();
+    assert_eq!(s.presence(&agent("a")).unwrap().status, AgentStatus::WrapUp);
+    s.sweep(Timestamp(9_000));
+    assert_eq!(
+        s.presence(&agent("a")).unwrap().status,
+        AgentStatus::Available
+    );
+}
+
+#[test]
+fn max_wait_actions_expire_overflow_and_callback() {
+    // Expire with the queue's reason.
+    let mut s = planned_pool();
+    let mut p = plan(vec![(0, requirements("en", &[("billing", 3)]))]);
+    p.max_wait = Some(PlanMaxWait {
+        after_ms: 60_000,
+        action: PlanMaxWaitAction::Expire {
+            reason: "billing is closed".into(),
+        },
+    });
+    s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(0))
+        .unwrap();
+    s.sweep(Timestamp(600_000 - 1));
+    let c = s.view(&cid("c1"), Timestamp(600_000)).unwrap();
+    assert_eq!(c.state, ConversationState::Expired);
+    assert_eq!(c.reason, "billing is closed");
+
+    // Overflow to a queue whose requirements someone meets; its clock
+    // starts at the move.
+    let mut s = planned_pool();
+    online(&mut s, "generalist", &[], &["en"], 1, 0);
+    let mut general = plan(vec![(0, requirements("en", &[]))]);
+    general.queue = "general".into();
+    let mut p = plan(vec![(0, requirements("en", &[("billing", 3)]))]);
+    p.max_wait = Some(PlanMaxWait {
+        after_ms: 60_000,
+        action: PlanMaxWaitAction::Overflow {
+            queue: "general".into(),
+            plan: Box::new(general),
+        },
+    });
+    s.request_with_plan(handoff("c2", "en", &[], 0), Some(p), Timestamp(0))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c2"), None);
+    s.sweep(Timestamp(60_000));
+    assert_eq!(offered_to(&s, "c2"), Some(agent("generalist")));
+    let c = s.view(&cid("c2"), Timestamp(60_000)).unwrap();
+    assert_eq!(c.created_at, Timestamp(0));
+    s.check_invariants().unwrap();
+    // The old plan's maximum wait does not expire it at 600 s either.
+    s.decline(&agent("generalist"), &offer("c2", 1), "", Timestamp(61_000))
+        .unwrap();
+    s.sweep(Timestamp(630_000));
+    assert_eq!(
+        s.view(&cid("c2"), Timestamp(630_000)).unwrap().state,
+        ConversationState::Queued
+    );
+    s.sweep(Timestamp(660_000));
+    assert_eq!(
+        s.view(&cid("c2"), Timestamp(660_000)).unwrap().state,
+        ConversationState::Expired,
+        "the general queue's own (pool) maximum wait, 600 s after the move"
+    );
+
+    // Callback: stays queued at low priority, no longer expires, told why.
+    let mut s = planned_pool();
+    let mut p = plan(vec![(0, requirements("en", &[("billing", 3)]))]);
+    p.priority = 5;
+    p.max_wait = Some(PlanMaxWait {
+        after_ms: 60_000,
+        action: PlanMaxWaitAction::Callback {
+            priority: 0,
+            reason: "we will call you back".into(),
+        },
+    });
+    s.request_with_plan(handoff("c3", "en", &[], 5), Some(p), Timestamp(0))
+        .unwrap();
+    s.take_events();
+    s.sweep(Timestamp(60_000));
+    let events = s.take_events();
+    assert!(
+        matches!(&events[..], [Event { kind: EventKind::Requeued { conversation }, .. }]
+        if conversation.reason == "we will call you back")
+    );
+    s.sweep(Timestamp(10_000_000));
+    let c = s.view(&cid("c3"), Timestamp(10_000_000)).unwrap();
+    assert_eq!(c.state, ConversationState::Queued);
+    // A later priority-1 conversation goes ahead of the callback.
+    let p1 = plan(vec![(0, requirements("en", &[("billing", 3)]))]);
+    s.request_with_plan(
+        handoff("c4", "en", &[], 1),
+        Some(RoutingPlan { priority: 1, ..p1 }),
+        Timestamp(10_000_000),
+    )
+    .unwrap();
+    online(&mut s, "b", &[("billing", 3)], &["en"], 1, 10_000_001);
+    assert_eq!(offered_to(&s, "c4"), Some(agent("b")));
+}
+
+#[test]
+fn preferred_agent_gets_first_offer_within_the_window() {
+    let mut s = planned_pool();
+    online(&mut s, "other", &[], &["en"], 1, 0);
+    online(&mut s, "pref", &[], &["en"], 1, 1);
+    // pref busy with an offer of another conversation.
+    let mut p = plan(vec![(0, requirements("en", &[]))]);
+    p.preferred_window_ms = 30_000;
+    let mut h0 = handoff("c0", "en", &[], 0);
+    h0.preferred_agent = Some(agent("pref"));
+    s.request_with_plan(h0, Some(p.clone()), Timestamp(5))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c0"), Some(agent("pref")));
+    // Second returning customer of pref: reserved while pref is busy.
+    let mut h1 = handoff("c1", "en", &[], 0);
+    h1.preferred_agent = Some(agent("pref"));
+    s.request_with_plan(h1, Some(p.clone()), Timestamp(10))
+        .unwrap();
+    assert_eq!(
+        offered_to(&s, "c1"),
+        None,
+        "other is free but not preferred"
+    );
+    // `other` becoming free again does not take it either.
+    s.set_status(&agent("other"), StatusChoice::Available, Timestamp(20))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c1"), None);
+    // pref declines c0 → pref is free and gets c1 at once.
+    s.decline(&agent("pref"), &offer("c0", 1), "", Timestamp(1_000))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("pref")));
+    assert_eq!(offered_to(&s, "c0"), Some(agent("other")));
+    s.check_invariants().unwrap();
+
+    // Window over: anyone eligible.
+    let mut s = planned_pool();
+    online(&mut s, "other", &[], &["en"], 1, 0);
+    online(&mut s, "pref", &[], &["en"], 1, 0);
+    s.set_status(
+        &agent("pref"),
+        StatusChoice::Away {
+            reason: "break".into(),
+        },
+        Timestamp(0),
+    )
+    .unwrap();
+    let mut h = handoff("c1", "en", &[], 0);
+    h.preferred_agent = Some(agent("pref"));
+    s.request_with_plan(h, Some(p.clone()), Timestamp(0))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c1"), None);
+    s.sweep(Timestamp(30_000));
+    assert_eq!(offered_to(&s, "c1"), Some(agent("other")));
+
+    // Preferred agent offline: no window at all.
+    let mut s = planned_pool();
+    online(&mut s, "other", &[], &["en"], 1, 0);
+    let mut h = handoff("c1", "en", &[], 0);
+    h.preferred_agent = Some(agent("pref"));
+    s.request_with_plan(h, Some(p), Timestamp(0)).unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("other")));
+}
+
+#[test]
+fn strategies_choose_among_eligible_agents_table() {
+    // (strategy, expected agent). Agents, idle order a < b < c:
+    //   a: billing 2, capacity 3 with 1 active, CSAT 3 ×10
+    //   b: billing 5, capacity 1, offered most recently, CSAT none
+    //   c: billing 3, capacity 2, CSAT 5 ×10
+    let cases = [
+        (PlanStrategy::LongestIdle, "a"),
+        (PlanStrategy::LeastOccupied, "b"),
+        (PlanStrategy::BestSkillMatch, "b"),
+        (PlanStrategy::RoundRobin, "a"),
+        (PlanStrategy::QualityWeighted, "c"),
+    ];
+    for (strategy, expected) in cases {
+        let mut s = planned_pool();
+        online(&mut s, "a", &[("billing", 2)], &["en"], 3, 0);
+        online(&mut s, "b", &[("billing", 5)], &["en"], 1, 1);
+        online(&mut s, "c", &[("billing", 3)], &["en"], 2, 2);
+        // Give a one active conversation (capacity 3) and c none; b gets
+        // and declines an offer so it was offered last.
+        s.request(handoff("warm", "en", &[], 0), Timestamp(3))
+            .unwrap();
+        s.accept(&agent("a"), &offer("warm", 1), Timestamp(3))
+            .unwrap();
+        s.agents.get_mut(&agent("a")).unwrap().quality = Quality {
+            csat_count: 10,
+            csat_total: 30,
+        };
+        s.agents.get_mut(&agent("c")).unwrap().quality = Quality {
+            csat_count: 10,
+            csat_total: 50,
+        };
+        s.agents.get_mut(&agent("b")).unwrap().last_offer_seq = 100;
+        s.agents.get_mut(&agent("c")).unwrap().last_offer_seq = 50;
+        let mut p = plan(vec![(0, requirements("en", &[("billing", 1)]))]);
+        p.strategy = strategy;
+        s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(10))
+            .unwrap();
+        assert_eq!(offered_to(&s, "c1"), Some(agent(expected)), "{strategy:?}");
+    }
+}
+
+#[test]
+fn regions_are_membership_of_resolved_sets_and_roster_table() {
+    // (agent regions, roster allowed, if_listed, eligible)
+    let berlin = || Some(BTreeSet::from(["berlin".to_owned()]));
+    type Case = (Option<BTreeSet<String>>, Vec<&'static str>, bool, bool);
+    let cases: [Case; 6] = [
+        (berlin(), vec!["berlin"], false, true),
+        (berlin(), vec![], false, false),
+        (berlin(), vec![], true, true),
+        (None, vec!["berlin"], false, false),
+        (Some(BTreeSet::new()), vec!["berlin"], true, false),
+        (
+            Some(BTreeSet::from(["paris".to_owned()])),
+            vec!["berlin", "paris"],
+            false,
+            false,
+        ),
+    ];
+    for (i, (agent_regions, allowed, if_listed, expected)) in cases.into_iter().enumerate() {
+        let mut s = planned_pool();
+        online(&mut s, "a", &[], &["de"], 1, 0);
+        s.roster.get_mut(&agent("a")).unwrap().allowed_regions =
+            allowed.iter().map(|r| (*r).to_owned()).collect();
+        s.set_agent_regions(&agent("a"), agent_regions, Timestamp(0))
+            .unwrap();
+        let mut r = requirements("de", &[]);
+        r.regions = berlin();
+        let mut p = plan(vec![(0, r)]);
+        p.roster_regions_if_listed = if_listed;
+        s.request_with_plan(handoff("c1", "de", &[], 0), Some(p), Timestamp(1))
+            .unwrap();
+        assert_eq!(offered_to(&s, "c1").is_some(), expected, "case {i}");
+    }
+    // Regions resolved later (a heartbeat with a location) dispatch at once.
+    let mut s = planned_pool();
+    online(&mut s, "a", &[], &["de"], 1, 0);
+    s.roster.get_mut(&agent("a")).unwrap().allowed_regions = vec!["berlin".into()];
+    let mut r = requirements("de", &[]);
+    r.regions = berlin();
+    s.request_with_plan(
+        handoff("c1", "de", &[], 0),
+        Some(plan(vec![(0, r)])),
+        Timestamp(1),
+    )
+    .unwrap();
+    assert_eq!(offered_to(&s, "c1"), None);
+    s.set_agent_regions(&agent("a"), berlin(), Timestamp(2))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("a")));
+}
+
+#[test]
+fn attributes_are_hard_constraints() {
+    let mut s = planned_pool();
+    online(&mut s, "plain", &[], &["en"], 1, 0);
+    online(&mut s, "kyc", &[], &["en"], 1, 1);
+    s.roster.get_mut(&agent("kyc")).unwrap().attributes = vec!["kyc_cleared".into()];
+    let mut r = requirements("en", &[]);
+    r.attributes.insert("kyc_cleared".into());
+    s.request_with_plan(
+        handoff("c1", "en", &[], 0),
+        Some(plan(vec![(0, r)])),
+        Timestamp(2),
+    )
+    .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("kyc")));
+}
+
+#[test]
+fn aging_lets_a_long_wait_beat_a_fresh_high_priority() {
+    let aging = PlanAging {
+        rate_micro_per_second: 100_000,
+        ceiling: 9,
+    };
+    // (wait of the priority-0 conversation before the priority-5 one
+    // arrives, which goes first)
+    let cases = [
+        (10_000, "high"),
+        (49_000, "high"),
+        (50_000, "low"),
+        (200_000, "low"),
+    ];
+    for (wait, expected) in cases {
+        let mut s = planned_pool();
+        let mut p = plan(vec![(0, requirements("en", &[]))]);
+        p.aging = aging;
+        s.request_with_plan(handoff("low", "en", &[], 0), Some(p.clone()), Timestamp(0))
+            .unwrap();
+        p.priority = 5;
+        s.request_with_plan(handoff("high", "en", &[], 5), Some(p), Timestamp(wait))
+            .unwrap();
+        online(&mut s, "a", &[], &["en"], 1, wait);
+        assert_eq!(offered_to(&s, expected), Some(agent("a")), "wait {wait}");
+        s.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn no_plan_and_an_empty_plan_route_alike_on_language_and_skills() {
+    let mut s = planned_pool();
+    online(&mut s, "a", &[("billing", 3)], &["en"], 1, 0);
+    s.request_with_plan(
+        handoff("c1", "en", &[("billing", 3)], 0),
+        Some(RoutingPlan::default()),
+        Timestamp(1),
+    )
+    .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("a")));
+    let (again, created) = s
+        .request_with_plan(
+            handoff("c1", "en", &[("billing", 3)], 0),
+            None,
+            Timestamp(2),
+        )
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.state, ConversationState::Offered);
+}
+
+// A loosening schedule: each step lowers levels, drops skills, widens the
+// language and adds regions relative to the one before.
+fn loosening_schedule() -> impl Strategy<Value = Vec<PlanRequirements>> {
+    let step = (
+        0u8..3,
+        proptest::bool::ANY,
+        proptest::bool::ANY,
+        proptest::bool::ANY,
+    );
+    proptest::collection::vec(step, 1..5).prop_map(|changes| {
+        let mut current = requirements("de-at", &[("billing", 5), ("fraud", 3)]);
+        current.regions = Some(BTreeSet::from(["berlin".to_owned()]));
+        let mut out = vec![current.clone()];
+        for (lower_by, drop_fraud, widen, add_region) in changes {
+            if let Some(s) = current.skills.iter_mut().find(|s| s.name == "billing") {
+                s.level = s.level.saturating_sub(lower_by).max(1);
+            }
+            if drop_fraud {
+                current.skills.retain(|s| s.name != "fraud");
+            }
+            if widen {
+                current.language = "de".into();
+                current.language_widened = true;
+            }
+            if add_region && let Some(regions) = &mut current.regions {
+                regions.insert("germany".into());
+            }
+            out.push(current.clone());
+        }
+        out
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Relaxation is monotone: an agent eligible at one step of a loosening
+    /// schedule is eligible at every later step.
+    #[test]
+    fn relaxation_keeps_eligible_agents_eligible(
+        schedule in loosening_schedule(),
+        level in 1u8..=5,
+        fraud in proptest::option::of(1u8..=5),
+        language in proptest::sample::select(vec!["de", "de-at", "de-de", "en"]),
+        located in proptest::sample::select(vec![vec![], vec!["berlin"], vec!["germany"], vec!["berlin", "germany"]]),
+        if_listed in proptest::bool::ANY,
+    ) {
+        let mut skills = vec![Skill::new("billing", level)];
+        if let Some(f) = fraud { skills.push(Skill::new("fraud", f)); }
+        let languages = vec![language.to_owned()];
+        let regions: BTreeSet<String> = located.iter().map(|r| (*r).to_owned()).collect();
+        let entry = RosterEntry {
+            agent_id: agent("a"),
+            display_name: "a".into(),
+            skills: skills.clone(),
+            languages: languages.clone(),
+            max_capacity: 1,
+            allowed_regions: vec!["berlin".into(), "germany".into()],
+            attributes: vec![],
+            token_epoch: 0,
+        };
+        let mut was = false;
+        for step in &schedule {
+            let now = plan_eligible(step, if_listed, &skills, &languages, Some(&regions), &entry);
+            prop_assert!(!was || now, "eligible before, not at {step:?}");
+            was = now;
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum PlannedOp {
+    Base(Op),
+    Planned(usize),
+    Regions(usize, bool),
+}
+
+fn planned_op() -> impl Strategy<Value = PlannedOp> {
+    prop_oneof![
+        6 => op().prop_map(PlannedOp::Base),
+        2 => (0..CONVERSATIONS).prop_map(PlannedOp::Planned),
+        1 => (0..AGENTS, proptest::bool::ANY).prop_map(|(a, b)| PlannedOp::Regions(a, b)),
+    ]
+}
+
+/// The plan of conversation `c` in the planned property test: a function
+/// of the id, mixing every feature.
+fn test_plan(c: usize) -> RoutingPlan {
+    let mut start = requirements(LANGS[c % LANGS.len()], &[("billing", 5)]);
+    if c.is_multiple_of(2) {
+        start.regions = Some(BTreeSet::from(["berlin".to_owned()]));
+    }
+    let mut lowered = start.clone();
+    lowered.skills = vec![Skill::new("billing", 2)];
+    let mut widened = lowered.clone();
+    widened.language = primary_subtag(&widened.language).to_owned();
+    widened.language_widened = true;
+    widened.skills.clear();
+    widened.regions = None;
+    let strategies = [
+        PlanStrategy::LongestIdle,
+        PlanStrategy::LeastOccupied,
+        PlanStrategy::BestSkillMatch,
+        PlanStrategy::RoundRobin,
+        PlanStrategy::QualityWeighted,
+    ];
+    let action = match c % 3 {
+        0 => PlanMaxWaitAction::Expire {
+            reason: "closed".into(),
+        },
+        1 => PlanMaxWaitAction::Callback {
+            priority: 0,
+            reason: "callback".into(),
+        },
+        _ => PlanMaxWaitAction::Overflow {
+            queue: "general".into(),
+            plan: Box::new(plan(vec![(0, requirements("en", &[]))])),
+        },
+    };
+    RoutingPlan {
+        queue: "q".into(),
+        priority: (c % 4) as u8,
+        steps: vec![
+            PlanStep {
+                after_ms: 0,
+                requirements: start,
+            },
+            PlanStep {
+                after_ms: 10_000,
+                requirements: lowered,
+            },
+            PlanStep {
+                after_ms: 30_000,
+                requirements: widened,
+            },
+        ],
+        strategy: strategies[c % strategies.len()],
+        aging: PlanAging {
+            rate_micro_per_second: if c.is_multiple_of(2) { 200_000 } else { 0 },
+            ceiling: 9,
+        },
+        offer_timeout_ms: Some(3_000 + (c as i64 % 3) * 1_000),
+        wrap_up_ms: Some((c as i64 % 2) * 2_000),
+        max_wait: Some(PlanMaxWait {
+            after_ms: 50_000,
+            action,
+        }),
+        preferred_window_ms: if c.is_multiple_of(3) { 15_000 } else { 0 },
+        roster_regions_if_listed: c % 4 == 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The invariants hold with planned conversations (relaxation steps,
+    /// strategies, aging, preferred windows, regions, max-wait actions)
+    /// mixed with unplanned ones under random operations.
+    #[test]
+    fn invariants_hold_with_routing_plans(ops in proptest::collection::vec(planned_op(), 1..150)) {
+        let mut s = PoolState::new(PoolId::parse("pool", "p").unwrap(), DispatchSettings {
+            offer_timeout_ms: 5_000, lease_ms: 30_000, max_wait_ms: 120_000, retention_ms: 10_000_000, wrap_up_ms: 3_000,
+            ..DispatchSettings::default()
+        });
+        for i in 0..AGENTS {
+            let skills = [("billing", (i % 5 + 1) as u8), ("fraud", 3)];
+            roster(&mut s, &format!("a{i}"), &skills[..1 + i % 2], [["en"].as_slice(), &["de"], &["de-at", "en"]][i % 3], 1 + (i as u32 % 3));
+        }
+        let mut now = 0i64;
+        let mut streams: HashMap<usize, u64> = HashMap::new();
+        let mut requested: HashSet<usize> = HashSet::new();
+        for op in ops {
+            let t = Timestamp(now);
+            match op {
+                PlannedOp::Planned(c) => {
+                    let mut h = handoff(&format!("c{c}"), LANGS[c % LANGS.len()], &[], (c % 4) as u8);
+                    if c.is_multiple_of(3) { h.preferred_agent = Some(agent(&format!("a{}", c % AGENTS))); }
+                    s.request_with_plan(h, Some(test_plan(c)), t).unwrap();
+                    requested.insert(c + CONVERSATIONS);
+                }
+                PlannedOp::Regions(a, inside) => {
+                    let regions = inside.then(|| BTreeSet::from(["berlin".to_owned()]));
+                    let _ = s.set_agent_regions(&agent(&format!("a{a}")), regions, t);
+                }
+                PlannedOp::Base(op) => match op {
+                    Op::Online(a) => { let _ = s.go_online(&agent(&format!("a{a}")), GoOnline::default(), false, t); }
+                    Op::Attach(a) => if let Ok((id, _)) = s.attach_stream(&agent(&format!("a{a}")), t) { streams.insert(a, id); },
+                    Op::Detach(a) => if let Some(id) = streams.remove(&a) { s.detach_stream(&agent(&format!("a{a}")), id, t); },
+                    Op::Offline(a) => { s.go_offline(&agent(&format!("a{a}")), "agent went offline", t); }
+                    Op::Heartbeat(a) => { let _ = s.heartbeat(&agent(&format!("a{a}")), None, t); }
+                    Op::Away(a) => { let _ = s.set_status(&agent(&format!("a{a}")), StatusChoice::Away { reason: "break".into() }, t); }
+                    Op::Available(a) => { let _ = s.set_status(&agent(&format!("a{a}")), StatusChoice::Available, t); }
+                    Op::Request(c) => {
+                        // Unplanned ids are disjoint from planned ones.
+                        let h = handoff(&format!("u{c}"), LANGS[c % LANGS.len()], &[], (c % 3) as u8);
+                        s.request(h, t).unwrap();
+                    }
+                    Op::Accept(a) | Op::Decline(a) | Op::Delivered(a) => {
+                        let id = agent(&format!("a{a}"));
+                        if let Some(offer) = s.presence(&id).and_then(|p| p.pending_offer) {
+                            match op {
+                                Op::Accept(_) => { let _ = s.accept(&id, &offer, t); }
+                                Op::Decline(_) => { s.decline(&id, &offer, "no", t).unwrap(); }
+                                _ => s.offer_delivered(&id, &offer),
+                            }
+                        }
+                    }
+                    Op::Complete(c) | Op::Csat(c, _) | Op::Cancel(c) | Op::Reassign(c, _) | Op::Transfer(c, _) => {
+                        let id = cid(&format!("c{c}"));
+                        match op {
+                            Op::Complete(_) => if let Ok(view) = s.view(&id, t)
+                                && let (ConversationState::Assigned, Some(holder)) = (view.state, view.agent_id) {
+                                    s.complete(&holder, &id, "done", t).unwrap();
+                                },
+                            Op::Csat(_, score) => { let _ = s.report_csat(&id, score, t); }
+                            Op::Cancel(_) => { let _ = s.cancel(&id, "", t); }
+                            Op::Reassign(_, a) => {
+                                let target = a.map(|a| agent(&format!("a{a}")));
+                                let _ = s.reassign(&id, target.as_ref(), "supervisor", t);
+                            }
+                            Op::Transfer(_, a) => if let Ok(view) = s.view(&id, t) && let Some(holder) = view.agent_id {
+                                let target = match a {
+                                    Some(a) => TransferTarget::Agent(agent(&format!("a{a}"))),
+                                    None => TransferTarget::Queue { category: "fraud".into(), required_skills: vec![Skill::new("fraud", 2)], language: None },
+                                };
+                                let _ = s.transfer(&holder, &id, target, "note", t);
+                            },
+                            _ => {}
+                        }
+                    }
+                    Op::Drain(a) => { let _ = s.drain(&agent(&format!("a{a}")), t); }
+                    Op::Advance(ms) => { now += ms; s.sweep(Timestamp(now)); }
+                },
+            }
+            s.take_events();
+            prop_assert!(s.check_invariants().is_ok(), "{:?}", s.check_invariants());
+            for c in &requested {
+                let id = cid(&format!("c{}", c - CONVERSATIONS));
+                prop_assert!(s.view(&id, Timestamp(now)).is_ok(), "conversation {} lost", id);
+            }
+            // A queued planned conversation past its last step with a free
+            // eligible agent would have been offered: check no agent that
+            // is offerable and eligible sits beside it (outside preferred
+            // windows).
+            for c in 0..CONVERSATIONS {
+                let id = cid(&format!("c{c}"));
+                let Some(routed) = s.routing.get(&id) else { continue };
+                let Some(conv) = s.conversations.get(&id) else { continue };
+                if conv.state != ConversationState::Queued || routed.preferred_window_open(Timestamp(now)) { continue; }
+                for (a, record) in &s.agents {
+                    if let Some(session) = &record.session
+                        && session.offerable()
+                        && s.planned_fits(a, conv, routed) {
+                            prop_assert!(false, "{id} queued while {a} is free and eligible");
+                        }
+                }
+            }
+        }
+    }
+}

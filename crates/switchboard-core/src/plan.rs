@@ -1,0 +1,237 @@
+//! A conversation's routing plan: what the engine executes for it when a
+//! routing file is in force.
+//!
+//! # Design
+//!
+//! The routing policy (`switchboard-routing`) depends on the core, so the
+//! core cannot call it. Instead the caller turns the policy into data once
+//! per hand-off: the requirement schedule (every relaxation step already
+//! applied, so the engine only swaps requirement sets at the given waits),
+//! the strategy, aging, timings and what happens at the maximum wait (an
+//! overflow carries the target queue's plan, computed up front; overflow
+//! cycles are refused at load, so the chain is finite).
+//!
+//! A hand-off without a plan is routed exactly as before plans existed:
+//! its own language, skills and roster region, longest idle, the pool's
+//! timings. The engine trusts the schedule to only loosen; the routing
+//! crate guarantees it and the property tests check that the engine keeps
+//! an agent eligible once it was.
+
+use crate::model::Skill;
+use crate::validate::{language_covers, language_lookup_keys};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// What an agent must have at one point of the schedule.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlanRequirements {
+    /// Lower-case BCP 47 tag.
+    pub language: String,
+    /// Once widened, any agent language of the tag's family counts (`de`
+    /// widened accepts `de-at` and `de-de`); before, only languages that
+    /// cover the tag (`de` covers `de-at`).
+    #[serde(default)]
+    pub language_widened: bool,
+    /// Sorted by name, one entry per skill.
+    #[serde(default)]
+    pub skills: Vec<Skill>,
+    /// Roster attributes the agent must have.
+    #[serde(default)]
+    pub attributes: BTreeSet<String>,
+    /// `None`: no residency rule. `Some(set)`: the agent must be admitted
+    /// by one of these regions (located inside, as resolved by the caller,
+    /// and permitted by its roster entry).
+    #[serde(default)]
+    pub regions: Option<BTreeSet<String>>,
+}
+
+impl PlanRequirements {
+    /// Only a language, exact.
+    pub fn language_only(tag: impl Into<String>) -> Self {
+        PlanRequirements {
+            language: tag.into(),
+            language_widened: false,
+            skills: Vec::new(),
+            attributes: BTreeSet::new(),
+            regions: None,
+        }
+    }
+
+    /// Whether an agent speaking `agent_tag` meets the language rule.
+    pub fn accepts_language(&self, agent_tag: &str) -> bool {
+        language_covers(agent_tag, &self.language)
+            || (self.language_widened && language_covers(&self.language, agent_tag))
+    }
+
+    /// The exact index tags to look agents up under, when not widened.
+    pub(crate) fn exact_lookup_keys(&self) -> Vec<&str> {
+        language_lookup_keys(&self.language)
+    }
+}
+
+/// From `after_ms` of waiting in the plan's queue on, `requirements` apply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub after_ms: i64,
+    pub requirements: PlanRequirements,
+}
+
+/// How an agent is picked among the eligible ones (mirrors the routing
+/// crate's strategies).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PlanStrategy {
+    /// Earliest idle-since: the index order, no bounded walk.
+    #[default]
+    LongestIdle,
+    /// Lowest active / capacity.
+    LeastOccupied,
+    /// Highest sum of levels over the required skills.
+    BestSkillMatch,
+    /// Offered least recently (pool-wide offer counter).
+    RoundRobin,
+    /// Best CSAT, smoothed towards 4.0 as if from 5 extra ratings.
+    QualityWeighted,
+}
+
+/// Priority aging: `effective = max(p, min(ceiling, p + rate × wait))`,
+/// in integer millionths of a point (the routing crate's formula).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlanAging {
+    pub rate_micro_per_second: u64,
+    pub ceiling: u8,
+}
+
+/// Micro-points per priority point.
+pub const MICRO: u64 = 1_000_000;
+
+impl Default for PlanAging {
+    fn default() -> Self {
+        PlanAging {
+            rate_micro_per_second: 0,
+            ceiling: 9,
+        }
+    }
+}
+
+impl PlanAging {
+    /// The effective priority in micro-points after `waited_ms`.
+    pub fn effective(&self, priority: u8, waited_ms: i64) -> u64 {
+        let base = u64::from(priority) * MICRO;
+        if self.rate_micro_per_second == 0 {
+            return base;
+        }
+        let waited_ms = u128::try_from(waited_ms).unwrap_or(0);
+        let boost = u128::from(self.rate_micro_per_second) * waited_ms / 1000;
+        let aged = u128::from(base).saturating_add(boost);
+        let ceiling = u128::from(self.ceiling) * u128::from(MICRO);
+        let capped = aged.min(ceiling).max(u128::from(base));
+        u64::try_from(capped).unwrap_or(u64::MAX)
+    }
+}
+
+/// What happens when nobody has taken the conversation after a while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlanMaxWaitAction {
+    /// Ends as expired; the gateway sees `reason`.
+    Expire { reason: String },
+    /// Moves to another queue: `plan` replaces this one, its clock starts
+    /// at the move (the conversation keeps its place by waiting time).
+    Overflow {
+        queue: String,
+        plan: Box<RoutingPlan>,
+    },
+    /// Stays queued at `priority` as a callback promise, no longer
+    /// expires; the gateway is told `reason`.
+    Callback { priority: u8, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMaxWait {
+    pub after_ms: i64,
+    pub action: PlanMaxWaitAction,
+}
+
+/// Everything the engine executes for one conversation. See the module
+/// docs; `RoutingPlan::default()` with no steps routes like no plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RoutingPlan {
+    /// The queue's name (for messages and statistics).
+    pub queue: String,
+    /// The base priority in the queue (0..=9).
+    pub priority: u8,
+    /// In time order, the first at 0. Empty: the hand-off's own
+    /// requirements with the built-in rules.
+    pub steps: Vec<PlanStep>,
+    pub strategy: PlanStrategy,
+    pub aging: PlanAging,
+    /// Replaces the pool's offer timeout for this conversation.
+    pub offer_timeout_ms: Option<i64>,
+    /// Replaces the pool's wrap-up after this conversation.
+    pub wrap_up_ms: Option<i64>,
+    /// Replaces the pool's maximum wait (and its plain expiry).
+    pub max_wait: Option<PlanMaxWait>,
+    /// The hand-off's preferred agent gets the offer to itself this long
+    /// (if online and eligible; others wait meanwhile).
+    pub preferred_window_ms: i64,
+    /// Regions: an empty roster list puts no limit (`if_listed`); else
+    /// the roster must list the region (`required`, the built-in rule).
+    pub roster_regions_if_listed: bool,
+}
+
+impl RoutingPlan {
+    /// The index of the step in force after `waited_ms` (0 with no steps).
+    pub fn step_at(&self, waited_ms: i64) -> usize {
+        self.steps
+            .iter()
+            .rposition(|s| s.after_ms <= waited_ms)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aging_matches_the_routing_formula() {
+        let aging = PlanAging {
+            rate_micro_per_second: 50_000,
+            ceiling: 9,
+        };
+        assert_eq!(aging.effective(0, 0), 0);
+        assert_eq!(aging.effective(0, 20_000), MICRO);
+        assert_eq!(aging.effective(0, 1_000_000), 9 * MICRO);
+        assert_eq!(aging.effective(9, 5_000), 9 * MICRO);
+        assert_eq!(PlanAging::default().effective(3, 99_999), 3 * MICRO);
+    }
+
+    #[test]
+    fn widened_language_accepts_the_family() {
+        let mut r = PlanRequirements::language_only("de-at");
+        assert!(r.accepts_language("de"));
+        assert!(!r.accepts_language("de-de"));
+        r.language = "de".into();
+        r.language_widened = true;
+        assert!(r.accepts_language("de-de"));
+        assert!(r.accepts_language("de-at"));
+        assert!(!r.accepts_language("den"));
+    }
+
+    #[test]
+    fn step_at_takes_the_last_due_step() {
+        let step = |after_ms| PlanStep {
+            after_ms,
+            requirements: PlanRequirements::language_only("en"),
+        };
+        let plan = RoutingPlan {
+            steps: vec![step(0), step(30_000), step(90_000)],
+            ..RoutingPlan::default()
+        };
+        assert_eq!(plan.step_at(0), 0);
+        assert_eq!(plan.step_at(29_999), 0);
+        assert_eq!(plan.step_at(30_000), 1);
+        assert_eq!(plan.step_at(1_000_000), 2);
+        assert_eq!(RoutingPlan::default().step_at(5), 0);
+    }
+}
