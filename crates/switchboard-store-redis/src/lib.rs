@@ -56,7 +56,11 @@
 //! Failures: a connection error is [`StoreError::Unavailable`] naming the
 //! Redis address; queries are retried once (they are idempotent), commands
 //! are not (a command whose reply was lost may have run; the domain commands
-//! are idempotent, so the caller retries them).
+//! are idempotent, so the caller retries them). Every store call is bounded
+//! by [`RedisOptions::call_timeout`] in total (waiting for a reconnect, the
+//! reply, a query's retry): during an outage a call answers Unavailable
+//! within it instead of waiting out the connection manager's reconnect
+//! attempts, which go on in the background (see [`RECONNECT_RETRIES`]).
 
 mod feed;
 pub mod keys;
@@ -87,6 +91,17 @@ use crate::script::{Command, Reply, SweepValue};
 /// (as the in-memory store).
 const FEED_CAPACITY: usize = 65_536;
 
+/// How many times the connection manager retries a lost connection before
+/// it gives up until the next command (the sweeper sends one at least every
+/// half second, so reconnecting never stops while the replica runs). Few
+/// retries, short pauses: a call made during an outage fails at once with the
+/// cause ("connection refused") instead of waiting out a long backoff, and a
+/// Redis that is back is found within [`RECONNECT_MAX_DELAY`].
+pub const RECONNECT_RETRIES: usize = 2;
+/// The first and the longest pause between reconnect attempts.
+pub const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_millis(500);
+
 /// Connection and stream settings of a [`RedisStore`].
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -94,6 +109,10 @@ pub struct RedisOptions {
     pub connection_timeout: Duration,
     /// How long a command may wait for its reply before it is Unavailable.
     pub response_timeout: Duration,
+    /// How long one store call may take in all (waiting for a reconnect,
+    /// the reply, a query's one retry) before it is Unavailable. The
+    /// reconnect itself goes on in the background.
+    pub call_timeout: Duration,
     /// Test only: how far this replica's own clock is off (a fault test runs
     /// a replica skewed by +10 s). The Redis store reads no local clock:
     /// every deadline, [`Store::now`] and the event feed use Redis's `TIME`,
@@ -119,8 +138,9 @@ pub struct RedisOptions {
 impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
-            connection_timeout: Duration::from_secs(2),
+            connection_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(2),
             clock_offset_ms: 0,
             outage_threshold: Duration::from_secs(1),
             stream_max_len: 100_000,
@@ -137,6 +157,8 @@ pub struct RedisStore {
     settings_args: [String; script::SETTINGS],
     /// The Redis address for messages, without credentials.
     address: String,
+    /// See [`RedisOptions::call_timeout`].
+    call_timeout: Duration,
     /// Test only: how the scripts' time departs from Redis's `TIME`.
     test_clock: Mutex<TestClock>,
     /// Pools this process has added to [`keys::POOLS`]. A `std` mutex: held
@@ -170,7 +192,10 @@ impl RedisStore {
             .map_err(|e| StoreError::Internal(format!("invalid redis url `{address}`: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connection_timeout))
-            .set_response_timeout(Some(options.response_timeout));
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(RECONNECT_RETRIES)
+            .set_min_delay(RECONNECT_MIN_DELAY)
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let mut manager = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| unavailable(&address, &e))?;
@@ -198,6 +223,7 @@ impl RedisStore {
             script: redis::Script::new(script::SOURCE),
             settings_args: script::settings_args(&settings, &options),
             address,
+            call_timeout: options.call_timeout,
             test_clock: Mutex::new(TestClock::default()),
             registered: Mutex::new(HashSet::new()),
             feed,
@@ -248,6 +274,22 @@ impl RedisStore {
             tracing::error!(error = %e, "redis refused a store command");
             StoreError::Internal(format!("redis refused a store command: {e}"))
         }
+    }
+
+    /// `call` (one store call: any number of round trips, reconnect waits
+    /// included), or Unavailable once it took [`RedisOptions::call_timeout`].
+    /// Dropping the call does not stop a reconnect: the connection manager
+    /// runs it as a task of its own.
+    async fn bounded<T>(&self, call: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "redis at `{}` is unreachable: no reply within {} ms (reconnecting)",
+                    self.address,
+                    self.call_timeout.as_millis()
+                )))
+            })
     }
 
     /// Adds `pool` to the set of known pools, once per process. Its own
@@ -314,8 +356,13 @@ impl RedisStore {
         command: Command,
         args: &[String],
     ) -> StoreResult<Applied<T>> {
-        self.register_pool(pool).await?;
-        match self.run(pool, command, args).await? {
+        let reply = self
+            .bounded(async {
+                self.register_pool(pool).await?;
+                self.run(pool, command, args).await
+            })
+            .await?;
+        match reply {
             Reply::Ok { value, events, .. } => Ok(Applied { value, events }),
             Reply::Err { error, .. } => Err(error.into_store_error()),
         }
@@ -329,10 +376,14 @@ impl RedisStore {
         command: Command,
         args: &[String],
     ) -> StoreResult<T> {
-        let reply = match self.run(pool, command, args).await {
-            Err(StoreError::Unavailable(_)) => self.run(pool, command, args).await?,
-            other => other?,
-        };
+        let reply = self
+            .bounded(async {
+                match self.run(pool, command, args).await {
+                    Err(StoreError::Unavailable(_)) => self.run(pool, command, args).await,
+                    other => other,
+                }
+            })
+            .await?;
         match reply {
             Reply::Ok { value, .. } => Ok(value),
             Reply::Err { error, .. } => Err(error.into_store_error()),
@@ -342,14 +393,17 @@ impl RedisStore {
     /// A plain read command, retried once like [`RedisStore::query`].
     async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
         let mut connection = self.manager.clone();
-        match cmd.query_async(&mut connection).await {
-            Ok(value) => Ok(value),
-            Err(e) if is_connection_error(&e) => cmd
-                .query_async(&mut connection)
-                .await
-                .map_err(|e| self.error(&e)),
-            Err(e) => Err(self.error(&e)),
-        }
+        self.bounded(async {
+            match cmd.query_async(&mut connection).await {
+                Ok(value) => Ok(value),
+                Err(e) if is_connection_error(&e) => cmd
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(&e)),
+                Err(e) => Err(self.error(&e)),
+            }
+        })
+        .await
     }
 }
 
@@ -779,7 +833,8 @@ impl Store for RedisStore {
             };
             // A pool with a backlog beyond one script's limit is swept again.
             loop {
-                match self.run::<SweepValue>(&pool, Command::Sweep, &[]).await? {
+                let swept = self.bounded(self.run::<SweepValue>(&pool, Command::Sweep, &[]));
+                match swept.await? {
                     Reply::Ok {
                         value,
                         events: swept,
