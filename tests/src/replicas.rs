@@ -68,6 +68,132 @@ pub async fn start_replica(
     ServerProcess::start(&["--redis", redis_url], &env).await
 }
 
+/// Like [`start_replica`], but returns as soon as the replica answers health
+/// checks, SERVING or not (a replica whose config version is not the one in
+/// force never turns SERVING).
+pub async fn launch_replica(
+    redis_url: &str,
+    settings: &DispatchSettings,
+    extra: &[(&str, &str)],
+) -> ServerProcess {
+    let mut env = settings_env(settings);
+    env.push(("RUST_LOG".into(), "info".into()));
+    env.push(("SWITCHBOARD_LOG_FORMAT".into(), "json".into()));
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut command = tokio::process::Command::new(binary("switchboard"));
+    command
+        .args(["serve", "--listen", &listen, "--redis", redis_url])
+        .envs(env)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.kill_on_drop(true).spawn().unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
+    let process = ServerProcess {
+        child,
+        url: format!("http://{listen}"),
+        log,
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while health_statuses(&process.url).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica at {} not answering health checks within {WAIT:?}; log: {}",
+            process.url,
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process
+}
+
+/// The services whose health a replica reports, `""` being the whole server.
+pub const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    "switchboard.v1.AgentService",
+    "switchboard.v1.GatewayService",
+    "switchboard.v1.AdminService",
+];
+
+/// Whether the replica at `url` reports SERVING, for each of
+/// [`HEALTH_SERVICES`]; `None` while it does not answer.
+pub async fn health_statuses(url: &str) -> Option<Vec<bool>> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .ok()?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut statuses = Vec::new();
+    for service in HEALTH_SERVICES {
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        let status = health.check(request).await.ok()?.into_inner().status;
+        statuses.push(status == ServingStatus::Serving as i32);
+    }
+    Some(statuses)
+}
+
+/// Waits until the replica at `url` reports `serving` for the server and
+/// every service alike; panics with what it reports after `within`.
+pub async fn wait_health(url: &str, serving: bool, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let statuses = health_statuses(url).await;
+        if statuses
+            .as_ref()
+            .is_some_and(|s| s.iter().all(|status| *status == serving))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica at {url} not {} within {within:?}: {statuses:?} for {HEALTH_SERVICES:?}",
+            if serving { "SERVING" } else { "NOT_SERVING" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `switchboard activate-config --redis <url>` with `settings` (as the
+/// replicas get them, through the environment): its exit code and output.
+pub async fn activate_config(
+    redis_url: &str,
+    settings: &DispatchSettings,
+    extra_args: &[&str],
+) -> std::process::Output {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new(binary("switchboard"))
+            .args(["activate-config", "--redis", redis_url])
+            .args(extra_args)
+            .envs(settings_env(settings))
+            .output(),
+    )
+    .await
+    .expect("activate-config returns")
+    .unwrap()
+}
+
 fn token(role: Role, agent: Option<&str>) -> String {
     mint(&Keyring::development(), role, POOL, agent, 0)
 }

@@ -360,6 +360,102 @@ async fn the_binary_refuses_a_bad_redis_url_and_gives_up_on_an_unreachable_one()
     );
 }
 
+/// "The routing config in force is one version for the pool (stored in
+/// Redis); a replica running a different version reports NOT_SERVING"
+/// (issue 4). Two replicas with the same settings serve; a third with
+/// another offer timeout is NOT_SERVING from the start, for the server and
+/// every service; `switchboard activate-config` with the third's settings
+/// flips all three within a few seconds, without a restart.
+#[tokio::test]
+async fn only_replicas_running_the_config_version_in_force_are_serving() {
+    let redis = RedisServer::start().await;
+    let settings = patient_settings();
+    let other = DispatchSettings {
+        offer_timeout_ms: settings.offer_timeout_ms + 1_000,
+        ..settings.clone()
+    };
+    let ours = switchboard_server::config_version::config_version(&settings, None);
+    let theirs = switchboard_server::config_version::config_version(&other, None);
+    assert_ne!(ours, theirs);
+
+    let (a, b) = two_replicas_with(&redis, &settings).await;
+    let c = launch_replica(&redis.url(), &other, &[]).await;
+    // Set before the first call is served: never SERVING, not for a moment.
+    assert_eq!(
+        health_statuses(&c.url).await,
+        Some(vec![false; HEALTH_SERVICES.len()])
+    );
+    for replica in [&a, &b] {
+        wait_health(&replica.url, true, Duration::ZERO).await;
+    }
+    let log = c.log();
+    assert!(
+        log.contains(&format!("config version {ours} is in force"))
+            && log.contains(&theirs)
+            && log.contains("activate-config"),
+        "the replica says which version is in force and how to change it: {log}"
+    );
+
+    // A dry run changes nothing.
+    let dry = activate_config(&redis.url(), &other, &["--dry-run"]).await;
+    let stdout = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{dry:?}");
+    assert!(
+        stdout.contains(&theirs) && stdout.contains(&ours),
+        "{stdout}"
+    );
+
+    let activated = activate_config(&redis.url(), &other, &[]).await;
+    let stdout = String::from_utf8_lossy(&activated.stdout);
+    assert!(activated.status.success(), "{activated:?}");
+    assert!(stdout.contains(&format!("{ours} → {theirs}")), "{stdout}");
+    let mut connection = redis.connection().await;
+    let in_force: String = redis::cmd("GET")
+        .arg("sb:config_version")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(in_force, theirs);
+
+    // Replicas re-check every 2 s.
+    let flip = Duration::from_secs(6);
+    wait_health(&c.url, true, flip).await;
+    wait_health(&a.url, false, flip).await;
+    wait_health(&b.url, false, flip).await;
+    assert!(
+        a.log()
+            .contains(&format!("config version {theirs} is in force"))
+    );
+
+    // Activating again says so and changes nothing.
+    let again = activate_config(&redis.url(), &other, &[]).await;
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(stdout.contains("already in force"), "{stdout}");
+    wait_health(&c.url, true, Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn activate_config_needs_a_reachable_redis() {
+    let settings = patient_settings();
+    let output = tokio::process::Command::new(binary("switchboard"))
+        .arg("activate-config")
+        .env_remove("SWITCHBOARD_STORE__REDIS_URL")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--redis"), "{stderr}");
+
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let started = std::time::Instant::now();
+    let output = activate_config(&url, &settings, &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains(&url), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
 #[tokio::test]
 async fn a_replica_logs_which_store_it_uses() {
     let redis = RedisServer::start().await;

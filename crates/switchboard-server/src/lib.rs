@@ -3,10 +3,13 @@
 //! [`switchboard_store::Store`].
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0` and drive a real server in-process.
+//! `127.0.0.1:0` and drive a real server in-process. With Redis, the binary
+//! uses [`serve_gated`]: health also says whether this replica's config
+//! version is the one in force (see [`config_version`]).
 
 pub mod auth;
 pub mod config;
+pub mod config_version;
 pub mod convert;
 pub mod error;
 pub mod hub;
@@ -14,6 +17,7 @@ pub mod services;
 pub mod sweeper;
 
 use crate::auth::Authenticator;
+use crate::config_version::{ConfigGate, Verdict};
 use crate::hub::Hub;
 use crate::services::AppState;
 use crate::services::admin::AdminApi;
@@ -51,6 +55,66 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_gated(listener, options, None, shutdown).await
+}
+
+/// The health of every service and of the server as a whole (`""`), moved
+/// together. Once shutdown began nothing sets it back to SERVING.
+struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    /// Whether shutdown began. A tokio mutex, held across the reporter's
+    /// `.await`s, so a config check that decided "serving" cannot land after
+    /// shutdown set NOT_SERVING.
+    stopping: tokio::sync::Mutex<bool>,
+}
+
+impl Health {
+    async fn set(&self, serving: bool) {
+        let stopping = self.stopping.lock().await;
+        if !*stopping {
+            self.apply(serving).await;
+        }
+    }
+
+    async fn stop(&self) {
+        let mut stopping = self.stopping.lock().await;
+        *stopping = true;
+        self.apply(false).await;
+    }
+
+    async fn apply(&self, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        let reporter = &self.reporter;
+        reporter
+            .set_service_status(service_name::<AgentServiceServer<AgentApi>>(), status)
+            .await;
+        reporter
+            .set_service_status(service_name::<GatewayServiceServer<GatewayApi>>(), status)
+            .await;
+        reporter
+            .set_service_status(service_name::<AdminServiceServer<AdminApi>>(), status)
+            .await;
+        reporter.set_service_status("", status).await;
+    }
+}
+
+fn service_name<S: tonic::server::NamedService>() -> &'static str {
+    S::NAME
+}
+
+/// [`serve`], with health also following `gate`: NOT_SERVING while another
+/// config version is in force for the deployment (checked before serving,
+/// then every [`config_version::CHECK_INTERVAL`]).
+pub async fn serve_gated(
+    listener: TcpListener,
+    options: ServerOptions,
+    gate: Option<ConfigGate>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let hub = Arc::new(Hub::default());
@@ -71,15 +135,34 @@ pub async fn serve(
     let keyring = Arc::new(options.keyring);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AgentServiceServer<AgentApi>>()
-        .await;
-    health_reporter
-        .set_serving::<GatewayServiceServer<GatewayApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AdminServiceServer<AdminApi>>()
-        .await;
+    let health = Arc::new(Health {
+        reporter: health_reporter,
+        stopping: tokio::sync::Mutex::new(false),
+    });
+    let serving = match gate {
+        None => true,
+        Some(mut gate) => {
+            // Before serving, so a replica whose version is not in force is
+            // never SERVING, not even for a moment. Unreachable now: serve
+            // (Redis was reached a moment ago) and let the checks decide.
+            let verdict = gate.check().await.unwrap_or_else(|e| {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot read the config version in force; checking again shortly"
+                );
+                Verdict::InForce
+            });
+            gate.log(&verdict);
+            let serving = verdict == Verdict::InForce;
+            let health = health.clone();
+            tracker.spawn(gate.follow(verdict, cancel.child_token(), move |serving| {
+                let health = health.clone();
+                async move { health.set(serving).await }
+            }));
+            serving
+        }
+    };
+    health.set(serving).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)
@@ -112,22 +195,10 @@ pub async fn serve(
     });
 
     let drain_signal = cancel.clone();
-    let reporter = health_reporter.clone();
     let on_shutdown = async move {
         shutdown.await;
         tracing::info!("shutting down: health NOT_SERVING, telling streams to reconnect");
-        reporter
-            .set_not_serving::<AgentServiceServer<AgentApi>>()
-            .await;
-        reporter
-            .set_not_serving::<GatewayServiceServer<GatewayApi>>()
-            .await;
-        reporter
-            .set_not_serving::<AdminServiceServer<AdminApi>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        health.stop().await;
         // Streams end (with a reconnect notice), so the server can drain.
         drain_signal.cancel();
     };

@@ -2,8 +2,11 @@
 //!
 //! `switchboard serve` starts the server (embedded in-memory store, or
 //! Redis when configured); `switchboard token` mints a bearer token with the
-//! configured signing key. Bad configuration exits with code 64; a Redis
-//! still unreachable after `store.redis_startup_timeout_ms` exits with 69.
+//! configured signing key; `switchboard activate-config` puts a
+//! configuration's version in force for every replica on one Redis (see
+//! `config_version`). Bad configuration exits with code 64; a Redis still
+//! unreachable after `store.redis_startup_timeout_ms` (or, for
+//! `activate-config`, at once) exits with 69.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -15,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchboard_auth::Role;
 use switchboard_server::config::{Config, Overrides, redact_url};
-use switchboard_server::{ServerOptions, serve};
+use switchboard_server::config_version::{self, ConfigGate};
+use switchboard_server::{ServerOptions, serve_gated};
 use switchboard_store::{MemoryStore, Store, StoreError, SystemClock};
 use switchboard_store_redis::{RedisOptions, RedisStore};
 use tracing_subscriber::EnvFilter;
@@ -54,6 +58,21 @@ enum Command {
         /// SWITCHBOARD_STORE__REDIS_URL). Default: the embedded store.
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
+    },
+    /// Put this configuration's version in force for every replica on the
+    /// Redis (key `sb:config_version`): replicas running it turn SERVING,
+    /// the others NOT_SERVING, within a few seconds. Prints old → new.
+    ActivateConfig {
+        /// TOML configuration file, as given to `serve` (the environment
+        /// applies too, as for `serve`).
+        #[arg(long, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// The Redis the replicas use (overrides `store.redis_url`).
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// Only print this configuration's version and the one in force.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Mint a bearer token with the configured signing key.
     Token {
@@ -149,11 +168,21 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
             return Ok(());
         }
     };
+    // Routing is not wired yet; its version joins here when it is.
+    let version = config_version::config_version(&config.dispatch, None);
+    let gate = match config.store.redis() {
+        Some(url) => Some(
+            ConfigGate::connect(url, version.clone())
+                .await
+                .map_err(|e| RedisUnreachable(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, "switchboard serving");
-    serve(
+    tracing::info!(listen = %listener.local_addr()?, config_version = %version, "switchboard serving");
+    serve_gated(
         listener,
         ServerOptions {
             store,
@@ -162,6 +191,7 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
             dev_mode,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         },
+        gate,
         shutdown_signal(),
     )
     .await
@@ -282,6 +312,34 @@ async fn connect_redis(
     }
 }
 
+/// `switchboard activate-config`: prints `old → new` (or both, dry run).
+async fn activate_config(config: &Config, url: &str, dry_run: bool) -> anyhow::Result<()> {
+    let address = redact_url(url);
+    let version = config_version::config_version(&config.dispatch, None);
+    if dry_run {
+        let mut gate = ConfigGate::connect(url, version.clone()).await?;
+        let in_force = gate.in_force().await?;
+        println!(
+            "this configuration: {version}; in force at {address}: {}",
+            in_force.as_deref().unwrap_or("(none)")
+        );
+        return Ok(());
+    }
+    let previous = config_version::activate(url, &version).await?;
+    match previous {
+        Some(previous) if previous == version => {
+            println!("config version {version} was already in force at {address}");
+        }
+        previous => {
+            println!(
+                "config version in force at {address}: {} → {version}",
+                previous.as_deref().unwrap_or("(none)")
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -322,6 +380,49 @@ fn main() -> ExitCode {
                     } else {
                         ExitCode::FAILURE
                     }
+                }
+            }
+        }
+        Command::ActivateConfig {
+            config,
+            redis,
+            dry_run,
+        } => {
+            let overrides = Overrides {
+                listen: None,
+                redis_url: redis,
+            };
+            let (config, url) = match load_config(config.as_ref(), &overrides) {
+                Ok((config, _)) if config.store.redis().is_some() => {
+                    let url = config.store.redis_url.clone();
+                    (config, url)
+                }
+                Ok(_) => {
+                    eprintln!(
+                        "switchboard: activate-config needs the replicas' redis: give --redis URL or store.redis_url"
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                Err(message) => {
+                    eprintln!("switchboard: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("switchboard: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(activate_config(&config, &url, dry_run)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchboard: {e:#}");
+                    ExitCode::from(EXIT_UNAVAILABLE)
                 }
             }
         }
