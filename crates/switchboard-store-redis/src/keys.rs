@@ -11,6 +11,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `sb:pools` | set | every pool ever written to; the sweeper and the event feed walk it. Outside any pool slot, so it is written by its own command (once per pool per process), never from a script |
+//! | `sb:config_version` | string | the dispatch config version in force for the deployment; written by the first replica (SET NX) or by `switchboard activate-config`; a replica running another version reports NOT_SERVING (see docs/redis.md). Outside any pool slot, never touched by a script |
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |
