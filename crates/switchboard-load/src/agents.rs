@@ -285,6 +285,15 @@ impl SimulatedAgent {
         let now = Instant::now();
         match event.kind {
             Some(Kind::Snapshot(snapshot)) => {
+                // The snapshot is the server's word on what this agent
+                // holds: anything requeued while the stream was away is
+                // no longer ours (its event went to the old stream).
+                let held: HashSet<&str> = snapshot
+                    .assignments
+                    .iter()
+                    .map(|conversation| conversation.conversation_id.as_str())
+                    .collect();
+                state.active.retain(|id| held.contains(id.as_str()));
                 for assignment in snapshot.assignments {
                     self.on_assigned(assignment.conversation_id, state, context, outcomes, rng);
                 }
@@ -365,9 +374,12 @@ impl SimulatedAgent {
         );
         let capacity = context.capacity as usize;
         if state.active.len() >= capacity {
-            context
-                .ledger
-                .over_capacity(&self.id, state.active.len() + 1, capacity);
+            context.ledger.over_capacity(
+                &self.id,
+                &offer_id.conversation_id,
+                &state.active,
+                capacity,
+            );
         }
         state.pending_offer = Some(offer_id.conversation_id.clone());
         let choice = context.profile.offer_choice(rng);
@@ -446,7 +458,7 @@ impl SimulatedAgent {
         if state.active.len() > capacity {
             context
                 .ledger
-                .over_capacity(&self.id, state.active.len(), capacity);
+                .over_capacity(&self.id, &conversation_id, &state.active, capacity);
         }
         let handle = context.profile.handle_time(rng);
         let mut client = self.client.clone();
@@ -513,10 +525,11 @@ impl SimulatedAgent {
     }
 }
 
-/// Classifies a refused agent call: provoked by the gateway's cancel (not
-/// an error) or a real error.
+/// Classifies a refused agent call: provoked by the gateway's cancel or by
+/// the end-of-run teardown (agents going offline requeue what they hold, so
+/// a completion racing it is refused), or a real error.
 fn refusal(context: &RunContext, method: &'static str, conversation_id: &str, status: &Status) {
-    if context.ledger.was_cancelled(conversation_id) {
+    if context.ledger.was_cancelled(conversation_id) || context.agents_stop.is_cancelled() {
         context
             .metrics
             .record_expected_refusal(method, status.code());

@@ -240,11 +240,21 @@ impl Ledger {
         })
     }
 
-    pub fn over_capacity(&self, agent_id: &str, active: usize, capacity: usize) {
+    /// `agent_id` was offered or assigned `conversation_id` while holding
+    /// `held` at its capacity.
+    pub fn over_capacity(
+        &self,
+        agent_id: &str,
+        conversation_id: &str,
+        held: &std::collections::HashSet<String>,
+        capacity: usize,
+    ) {
         self.with(|inner| {
             inner.violations.over_capacity += 1;
+            let mut held: Vec<&str> = held.iter().map(String::as_str).collect();
+            held.sort_unstable();
             inner.violations.note(format!(
-                "{agent_id} holds or is offered {active} conversations with capacity {capacity}"
+                "{agent_id} (capacity {capacity}) got {conversation_id} while holding {held:?}"
             ));
         });
     }

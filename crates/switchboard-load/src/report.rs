@@ -109,7 +109,7 @@ pub fn print_run(report: &RunReport) {
     }
 
     if !report.metrics.errors.is_empty() || !report.metrics.expected_refusals.is_empty() {
-        let mut errors = table(&["call and status", "errors", "provoked (cancel races)"]);
+        let mut errors = table(&["call and status", "errors", "provoked (cancel, teardown)"]);
         let mut keys: Vec<&String> = report
             .metrics
             .errors
