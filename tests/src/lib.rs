@@ -18,6 +18,7 @@ use switchboard_auth::{Keyring, Role};
 use switchboard_core::DispatchSettings;
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::agent_event::Kind;
+use switchboard_server::routing::Routing;
 use switchboard_server::{ServerOptions, serve};
 use switchboard_store::{MemoryStore, SystemClock};
 use tokio::sync::oneshot;
@@ -76,6 +77,22 @@ pub struct TestServer {
 impl TestServer {
     /// Development mode, in-memory store, real clock.
     pub async fn start(settings: DispatchSettings) -> TestServer {
+        TestServer::start_with(settings, Routing::disabled()).await
+    }
+
+    /// [`TestServer::start`] with the routing file at `path` in force
+    /// (panics with every problem if it is invalid). Reload it through
+    /// `AdminService.ReloadRouting`.
+    pub async fn start_with_routing(
+        settings: DispatchSettings,
+        path: &std::path::Path,
+    ) -> TestServer {
+        let routing = Routing::load(path)
+            .unwrap_or_else(|errors| panic!("invalid routing file: {}", errors.join("\n")));
+        TestServer::start_with(settings, routing).await
+    }
+
+    async fn start_with(settings: DispatchSettings, routing: Arc<Routing>) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(MemoryStore::new(
@@ -89,6 +106,7 @@ impl TestServer {
             settings,
             dev_mode: true,
             shutdown_grace: Duration::from_secs(2),
+            routing,
         };
         let task = tokio::spawn(serve(listener, options, async move {
             let _ = stopped.await;

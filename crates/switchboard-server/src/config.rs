@@ -27,6 +27,18 @@ pub struct Config {
     pub auth: AuthConfig,
     pub dispatch: DispatchSettings,
     pub store: StoreConfig,
+    pub routing: RoutingSettings,
+}
+
+/// The routing policy: a routing file (see docs/routing.md), or none for
+/// the core's built-in rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSettings {
+    /// Path of the routing file (relative to the working directory).
+    /// Validated at startup (every problem reported, exit 64); reloaded on
+    /// SIGHUP and by AdminService.ReloadRouting.
+    pub file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -38,6 +50,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             dispatch: DispatchSettings::default(),
             store: StoreConfig::default(),
+            routing: RoutingSettings::default(),
         }
     }
 }
@@ -220,6 +233,21 @@ impl Config {
                     redact_url(url)
                 ));
             }
+        }
+        if self.routing.file.is_some() && self.store.redis().is_some() {
+            problems.push(
+                "routing.file: routing files are not yet supported with the Redis store; \
+                 remove routing.file or use the embedded store"
+                    .to_owned(),
+            );
+        }
+        if self
+            .routing
+            .file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            problems.push("routing.file: empty path; leave the key out for no routing file".into());
         }
         if d.heartbeat_interval_ms >= d.lease_ms {
             problems.push(format!(
@@ -478,6 +506,47 @@ mod tests {
         assert_eq!(
             redact_url("redis://user:secret@db:6379/0"),
             "redis://***@db:6379/0"
+        );
+    }
+
+    #[test]
+    fn routing_file_comes_from_file_or_env_and_is_refused_with_redis() {
+        let (config, _) = Config::load(
+            Some((
+                "sb.toml",
+                "[routing]\nfile = \"deploy/routing.example.toml\"\n",
+            )),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.routing.file.as_deref(),
+            Some(std::path::Path::new("deploy/routing.example.toml"))
+        );
+        let (config, _) = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_ROUTING__FILE", "/etc/switchboard/routing.toml")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.routing.file.as_deref(),
+            Some(std::path::Path::new("/etc/switchboard/routing.toml"))
+        );
+        let err = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_ROUTING__FILE", "routing.toml")]),
+            &Overrides {
+                redis_url: Some("redis://127.0.0.1:6379".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("routing.file: routing files are not yet supported with the Redis store"),
+            "{err}"
         );
     }
 

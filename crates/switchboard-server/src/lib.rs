@@ -13,6 +13,7 @@ pub mod config_version;
 pub mod convert;
 pub mod error;
 pub mod hub;
+pub mod routing;
 pub mod services;
 pub mod sweeper;
 
@@ -45,6 +46,9 @@ pub struct ServerOptions {
     pub settings: DispatchSettings,
     pub dev_mode: bool,
     pub shutdown_grace: Duration,
+    /// The routing file in force ([`routing::Routing::disabled`] for the
+    /// built-in rules). With a file, SIGHUP reloads it.
+    pub routing: Arc<routing::Routing>,
 }
 
 /// Serves until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -128,10 +132,17 @@ pub async fn serve_gated(
         store: options.store.clone(),
         hub,
         settings: options.settings.clone(),
+        routing: options.routing.clone(),
         dev_mode: options.dev_mode,
         shutdown: cancel.clone(),
         tracker: tracker.clone(),
     };
+    if options.routing.path().is_some() {
+        tracker.spawn(routing::reload_on_sighup(
+            options.routing.clone(),
+            cancel.child_token(),
+        ));
+    }
     let keyring = Arc::new(options.keyring);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

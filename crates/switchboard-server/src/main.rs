@@ -19,6 +19,7 @@ use std::time::Duration;
 use switchboard_auth::Role;
 use switchboard_server::config::{Config, Overrides, redact_url};
 use switchboard_server::config_version::{self, ConfigGate};
+use switchboard_server::routing::Routing;
 use switchboard_server::{ServerOptions, serve_gated};
 use switchboard_store::{MemoryStore, Store, StoreError, SystemClock};
 use switchboard_store_redis::{RedisOptions, RedisStore};
@@ -152,7 +153,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyhow::Result<()> {
+async fn run_server(
+    config: Config,
+    keyring: switchboard_auth::Keyring,
+    routing: Arc<Routing>,
+) -> anyhow::Result<()> {
     let dev_mode = config.is_development();
     if dev_mode {
         tracing::warn!(
@@ -168,8 +173,17 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
             return Ok(());
         }
     };
-    // Routing is not wired yet; its version joins here when it is.
-    let version = config_version::config_version(&config.dispatch, None);
+    // The routing file's version as loaded at startup (routing files are
+    // refused with Redis for now, so the gate never sees a reload).
+    let routing_version = routing.version();
+    if let Some(path) = routing.path() {
+        tracing::info!(
+            file = %path.display(),
+            routing_version = routing_version.as_deref().unwrap_or(""),
+            "routing file in force (reload: SIGHUP or AdminService.ReloadRouting)"
+        );
+    }
+    let version = config_version::config_version(&config.dispatch, routing_version.as_deref());
     let gate = match config.store.redis() {
         Some(url) => Some(
             ConfigGate::connect(url, version.clone())
@@ -190,6 +204,7 @@ async fn run_server(config: Config, keyring: switchboard_auth::Keyring) -> anyho
             settings: config.dispatch.clone(),
             dev_mode,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            routing,
         },
         gate,
         shutdown_signal(),
@@ -359,6 +374,23 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let routing = match &config.routing.file {
+                None => Routing::disabled(),
+                Some(path) => match Routing::load(path) {
+                    Ok(routing) => routing,
+                    Err(errors) => {
+                        eprintln!(
+                            "switchboard: invalid routing file {} ({} problem(s)):",
+                            path.display(),
+                            errors.len()
+                        );
+                        for error in &errors {
+                            eprintln!("  - {error}");
+                        }
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+            };
             init_logging(&config.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -370,7 +402,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run_server(config, keyring)) {
+            match runtime.block_on(run_server(config, keyring, routing)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "switchboard failed");

@@ -4,6 +4,7 @@ use super::AppState;
 use crate::auth::caller;
 use crate::convert;
 use crate::error::status;
+use crate::routing::ReloadError;
 use switchboard_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -167,6 +168,50 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 &conversation,
                 convert::Audience::Gateway,
             )),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "reload_routing"))]
+    async fn reload_routing(
+        &self,
+        request: Request<pb::ReloadRoutingRequest>,
+    ) -> Result<Response<pb::ReloadRoutingResponse>, Status> {
+        caller(&request)?;
+        let routing = self.state.routing.clone();
+        // Reading and validating polygons can take a moment: off the runtime.
+        let result = tokio::task::spawn_blocking(move || routing.reload_logged("admin"))
+            .await
+            .map_err(|e| Status::internal(format!("routing reload failed: {e}")))?;
+        let running = self.state.routing.version().unwrap_or_default();
+        match result {
+            Ok(version) => Ok(Response::new(pb::ReloadRoutingResponse {
+                applied: true,
+                version,
+                errors: Vec::new(),
+            })),
+            Err(ReloadError::NotConfigured) => Err(Status::failed_precondition(
+                "no routing file is configured (routing.file); nothing to reload",
+            )),
+            Err(ReloadError::Invalid(errors)) => Ok(Response::new(pb::ReloadRoutingResponse {
+                applied: false,
+                version: running,
+                errors,
+            })),
+        }
+    }
+
+    async fn get_routing(
+        &self,
+        request: Request<pb::GetRoutingRequest>,
+    ) -> Result<Response<pb::GetRoutingResponse>, Status> {
+        caller(&request)?;
+        let routing = &self.state.routing;
+        Ok(Response::new(pb::GetRoutingResponse {
+            file: routing
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            version: routing.version().unwrap_or_default(),
         }))
     }
 }

@@ -23,6 +23,25 @@ impl AgentApi {
         AgentApi { state }
     }
 
+    /// With a routing file in force, tells the store which regions'
+    /// geofences admit the agent at `location`.
+    async fn resolve_regions(
+        &self,
+        caller: &Caller,
+        location: Option<switchboard_core::model::Location>,
+    ) -> Result<(), Status> {
+        let Some(config) = self.state.routing.config() else {
+            return Ok(());
+        };
+        let regions = crate::routing::agent_regions(&config, location);
+        self.state
+            .store
+            .set_agent_regions(&caller.pool, caller.agent()?, Some(regions))
+            .await
+            .map_err(status)?;
+        Ok(())
+    }
+
     /// Refuses tokens issued before operations forced the agent offline.
     async fn check_epoch(&self, caller: &Caller) -> Result<(), Status> {
         let agent = caller.agent()?;
@@ -184,6 +203,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let caller = caller(&request)?;
         let online = convert::go_online(request.get_ref())?;
         self.check_epoch(&caller).await?;
+        let location = online.location;
         let presence = self
             .state
             .store
@@ -191,6 +211,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(status)?
             .value;
+        // No location counts as none: the config's `agents_without_location`.
+        self.resolve_regions(&caller, location).await?;
         Ok(Response::new(pb::GoOnlineResponse {
             status: convert::pb_status(presence.status) as i32,
             lease_expires_at_ms: presence.lease_expires.as_wire(),
@@ -275,6 +297,9 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(status)?
             .value;
+        if location.is_some() {
+            self.resolve_regions(&caller, location).await?;
+        }
         Ok(Response::new(pb::HeartbeatResponse {
             lease_expires_at_ms: presence.lease_expires.as_wire(),
             status: convert::pb_status(presence.status) as i32,

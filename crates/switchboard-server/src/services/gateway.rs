@@ -5,6 +5,7 @@ use super::AppState;
 use crate::auth::caller;
 use crate::convert::{self, Audience};
 use crate::error::status;
+use crate::routing;
 use switchboard_core::{Event, EventKind};
 use switchboard_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -47,13 +48,18 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
     ) -> Result<Response<pb::RequestAgentResponse>, Status> {
         let caller = caller(&request)?;
         let handoff = convert::handoff(request.into_inner())?;
-        let (conversation, created) = self
-            .state
-            .store
-            .request(&caller.pool, handoff)
-            .await
-            .map_err(status)?
-            .value;
+        let requested = match self.state.routing.config() {
+            None => self.state.store.request(&caller.pool, handoff).await,
+            Some(config) => {
+                let plan = routing::plan_for(&config, &handoff)
+                    .map_err(|e| Status::invalid_argument(format!("invalid `region`: {e}")))?;
+                self.state
+                    .store
+                    .request_with_plan(&caller.pool, handoff, plan)
+                    .await
+            }
+        };
+        let (conversation, created) = requested.map_err(status)?.value;
         // The ticket carries position and expected wait: read the view.
         let view = if conversation.state == switchboard_core::model::ConversationState::Queued {
             self.state

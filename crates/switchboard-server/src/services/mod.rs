@@ -7,6 +7,7 @@ pub mod agent;
 pub mod gateway;
 
 use crate::hub::Hub;
+use crate::routing::Routing;
 use std::sync::Arc;
 use switchboard_core::DispatchSettings;
 use switchboard_store::Store;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub settings: DispatchSettings,
+    /// The routing file in force, if any (swapped by a reload).
+    pub routing: Arc<Routing>,
     /// Development mode: unknown agents self-register on going online.
     pub dev_mode: bool,
     /// Cancelled when the server starts shutting down: streams say goodbye.

@@ -1,0 +1,389 @@
+//! End-to-end tests of the routing file over real gRPC: a relaxation step
+//! firing while a customer waits, a returning customer's preferred agent
+//! getting the first offer, a region refusing an agent located elsewhere,
+//! and reloads (good and bad) through AdminService and SIGHUP; with the
+//! real binary, a bad file refused at startup with exit code 64.
+
+// Test helpers: failures should panic with their message.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use switchboard_auth::{Keyring, Role};
+use switchboard_e2e::*;
+use tonic::Code;
+
+const BERLIN: Location = Location {
+    latitude: 52.52,
+    longitude: 13.40,
+};
+const MUNICH: Location = Location {
+    latitude: 48.14,
+    longitude: 11.58,
+};
+
+/// A routing file: `billing` needs level `level` at first, no billing
+/// skill at all after one second; Berlin as a region; preferred agents get
+/// 30 s.
+fn routing_file(level: u32) -> String {
+    format!(
+        r#"
+[routing]
+default_queue = "general"
+preferred_agent_window_seconds = 30
+roster_allowed_regions = "if_listed"
+
+[regions.berlin]
+wkt = "POLYGON((13.08 52.34, 13.76 52.34, 13.76 52.68, 13.08 52.68, 13.08 52.34))"
+
+[queues.general]
+
+[queues.billing]
+skills = {{ billing = {level} }}
+
+[[queues.billing.relax]]
+after_seconds = 1
+drop_skill = "billing"
+"#
+    )
+}
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("routing.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn agent_at(
+    server: &TestServer,
+    id: &str,
+    skills: &[(&str, u32)],
+    location: Option<Location>,
+) -> AgentApp {
+    let mut client = server.agent_client(id).await;
+    client
+        .go_online(GoOnlineRequest {
+            skills: skills
+                .iter()
+                .map(|(n, l)| Skill {
+                    name: (*n).into(),
+                    level: *l,
+                })
+                .collect(),
+            languages: vec!["en".into()],
+            capacity: 1,
+            location,
+        })
+        .await
+        .unwrap();
+    AgentApp::subscribe(id, client).await
+}
+
+#[tokio::test]
+async fn a_relaxation_step_fires_while_the_customer_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &routing_file(4));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    let mut junior = server.agent("junior", &[("billing", 2)]).await;
+    let mut gateway = server.gateway().await;
+    let started = Instant::now();
+    let ticket = gateway
+        .request_agent(handoff("c1", "billing", 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .conversation
+        .unwrap();
+    assert_eq!(ticket.state(), ConversationState::Queued);
+    // Level 4 required at first: the level-2 agent is not offered it.
+    assert!(
+        junior
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    // After one second the step drops the skill.
+    let offer = junior.expect_offer().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "offered after {:?}, before the step was due",
+        started.elapsed()
+    );
+    junior.accept(&offer).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_returning_customer_gets_the_preferred_agent_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &routing_file(1));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    // `other` has been idle longest: without a preference it would be first.
+    let mut other = server.agent("other", &[("billing", 3)]).await;
+    let mut preferred = server.agent("preferred", &[("billing", 3)]).await;
+    let mut gateway = server.gateway().await;
+    let mut request = handoff("c1", "billing", 1);
+    request.preferred_agent_id = "preferred".into();
+    gateway.request_agent(request).await.unwrap();
+    let offer = preferred.expect_offer().await;
+    assert!(
+        other
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    // Declined: the preferred agent is excluded, the window no longer
+    // holds it back, and the next agent gets it.
+    preferred.decline(&offer).await.unwrap();
+    other.expect_offer().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_region_refuses_agents_located_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &routing_file(1));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    let mut munich = agent_at(&server, "munich", &[("billing", 3)], Some(MUNICH)).await;
+    let mut nowhere = agent_at(&server, "nowhere", &[("billing", 3)], None).await;
+    let mut gateway = server.gateway().await;
+
+    // A region the file lacks is the gateway's mistake.
+    let mut request = handoff("c0", "billing", 1);
+    request.region = "mars".into();
+    let err = gateway.request_agent(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("mars"), "{err}");
+
+    // A Berlin customer: the Munich agent and the agent with no location
+    // (excluded by default) are refused.
+    let mut request = handoff("c1", "billing", 1);
+    request.region = "berlin".into();
+    gateway.request_agent(request).await.unwrap();
+    assert!(
+        munich
+            .next_within(Duration::from_millis(400))
+            .await
+            .is_none()
+    );
+    assert!(
+        nowhere
+            .next_within(Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    // The Munich agent travels to Berlin: its heartbeat's location admits
+    // it and the waiting customer is offered at once.
+    munich
+        .client
+        .heartbeat(HeartbeatRequest {
+            location: Some(BERLIN),
+        })
+        .await
+        .unwrap();
+    let offer = munich.expect_offer().await;
+    assert_eq!(offer.conversation.unwrap().conversation_id, "c1");
+
+    // A customer located in Berlin (no region named) counts the same.
+    let mut berliner = agent_at(&server, "berliner", &[("billing", 3)], Some(BERLIN)).await;
+    let mut request = handoff("c2", "billing", 1);
+    request.customer_location = Some(BERLIN);
+    gateway.request_agent(request).await.unwrap();
+    let offer = berliner.expect_offer().await;
+    assert_eq!(offer.conversation.unwrap().conversation_id, "c2");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reload_applies_a_good_file_and_keeps_the_running_one_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &routing_file(4));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    let mut admin = server.admin().await;
+    let before = admin
+        .get_routing(GetRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.file, path.display().to_string());
+    assert_eq!(before.version.len(), 16);
+
+    // A bad file: refused with every problem (file:line:col, key), and the
+    // running config stays.
+    std::fs::write(
+        &path,
+        "[defaults]\nstrategy = \"fastest\"\n[queues.billing]\nskills = { billing = 7 }\n",
+    )
+    .unwrap();
+    let refused = admin
+        .reload_routing(ReloadRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!refused.applied);
+    assert_eq!(refused.version, before.version);
+    assert_eq!(refused.errors.len(), 2, "{:?}", refused.errors);
+    let file = path.display().to_string();
+    assert!(
+        refused.errors[0].starts_with(&format!("{file}:2:"))
+            && refused.errors[0].contains("unknown strategy `fastest`"),
+        "{:?}",
+        refused.errors
+    );
+    assert!(
+        refused.errors[1].contains("`queues.billing.skills.billing`"),
+        "{:?}",
+        refused.errors
+    );
+    let still = admin
+        .get_routing(GetRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(still.version, before.version);
+
+    // Under the running file a level-3 agent waits a second for billing.
+    let mut senior = server.agent("senior", &[("billing", 3)]).await;
+    let mut gateway = server.gateway().await;
+    gateway
+        .request_agent(handoff("c1", "billing", 1))
+        .await
+        .unwrap();
+    assert!(
+        senior
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    let offer = senior.expect_offer().await;
+    senior.accept(&offer).await.unwrap();
+    senior
+        .complete(&offer.conversation.unwrap().conversation_id)
+        .await
+        .unwrap();
+
+    // A good file applies to the next hand-off at once.
+    std::fs::write(&path, routing_file(3)).unwrap();
+    let applied = admin
+        .reload_routing(ReloadRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(applied.applied, "{:?}", applied.errors);
+    assert!(applied.errors.is_empty());
+    assert_ne!(applied.version, before.version);
+    let now = admin
+        .get_routing(GetRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.version, applied.version);
+    let started = Instant::now();
+    gateway
+        .request_agent(handoff("c2", "billing", 1))
+        .await
+        .unwrap();
+    senior.expect_offer().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "level 3 now suffices from the start"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_routing_file_reload_is_refused_and_no_version_is_reported() {
+    let server = TestServer::start(fast_settings()).await;
+    let mut admin = server.admin().await;
+    let err = admin
+        .reload_routing(ReloadRoutingRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    let routing = admin
+        .get_routing(GetRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((routing.file.as_str(), routing.version.as_str()), ("", ""));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_refuses_a_bad_file_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routing.toml");
+    std::fs::write(
+        &path,
+        "[routing]\ndefault_queue = \"genral\"\n[queues.general]\n[queues.billing.max_wait]\nafter_seconds = 0\naction = \"expire\"\n",
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(binary("switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_ROUTING__FILE", &path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let file = path.display().to_string();
+    assert!(
+        stderr.contains(&format!("{file}:2:"))
+            && stderr.contains("unknown queue `genral`")
+            && stderr.contains("queues.billing.max_wait.after_seconds"),
+        "{stderr}"
+    );
+
+    // With Redis, a routing file is a configuration error for now.
+    std::fs::write(&path, routing_file(1)).unwrap();
+    let output = tokio::process::Command::new(binary("switchboard"))
+        .args(["serve", "--redis", "redis://127.0.0.1:1"])
+        .env("SWITCHBOARD_ROUTING__FILE", &path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("routing files are not yet supported with the Redis store"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A good file: served; SIGHUP reloads an edited one.
+    let path_text = path.display().to_string();
+    let server = ServerProcess::start(&[], &[("SWITCHBOARD_ROUTING__FILE", &path_text)]).await;
+    let token = mint(&Keyring::development(), Role::Admin, "default", None, 0);
+    let mut admin =
+        AdminServiceClient::with_interceptor(connect(&server.url).await, bearer(&token));
+    let first = admin
+        .get_routing(GetRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(server.log().contains(&first), "{}", server.log());
+    std::fs::write(&path, routing_file(2)).unwrap();
+    let pid = server.child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let version = admin
+            .get_routing(GetRoutingRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version;
+        if version != first {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.terminate();
+}
