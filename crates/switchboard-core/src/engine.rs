@@ -174,6 +174,8 @@ enum Deadline {
     Relax(ConversationId, u64, u32),
     /// The preferred agent's exclusive window ends (generation).
     PreferredWindowEnd(ConversationId, u64),
+    /// An agent's reject delay (after a decline) may have ended.
+    RejectDelayEnd(AgentId),
 }
 
 #[derive(Debug)]
@@ -191,6 +193,9 @@ struct Session {
     draining: bool,
     /// In wrap-up until then: no new offers.
     wrap_up_until: Option<Timestamp>,
+    /// Declined a planned conversation with a reject delay: no new offers
+    /// until then.
+    reject_until: Option<Timestamp>,
     stream: Option<u64>,
     active: BTreeSet<ConversationId>,
     pending_offer: Option<OfferId>,
@@ -208,6 +213,7 @@ impl Session {
         self.stream.is_some()
             && !self.draining
             && self.wrap_up_until.is_none()
+            && self.reject_until.is_none()
             && self.choice == StatusChoice::Available
             && self.pending_offer.is_none()
             && (self.active.len() as u32) < self.capacity
@@ -510,6 +516,7 @@ impl PoolState {
                     choice: StatusChoice::Available,
                     draining: false,
                     wrap_up_until: None,
+                    reject_until: None,
                     stream: None,
                     active: BTreeSet::new(),
                     pending_offer: None,
@@ -909,6 +916,23 @@ impl PoolState {
         } else {
             format!("declined: {reason}")
         };
+        let reject_delay_ms = self
+            .routing
+            .get(&offer.conversation_id)
+            .map_or(0, |r| r.plan.reject_delay_ms);
+        if reject_delay_ms > 0
+            && let Some(session) = self
+                .agents
+                .get_mut(agent_id)
+                .and_then(|r| r.session.as_mut())
+        {
+            // Set before the offer closes, so the agent is not indexed
+            // (offered anything) until the delay ends.
+            let until = now.plus_millis(reject_delay_ms);
+            session.reject_until = Some(session.reject_until.map_or(until, |u| u.max(until)));
+            self.deadlines
+                .insert((until, Deadline::RejectDelayEnd(agent_id.clone())));
+        }
         self.close_offer(
             &offer.conversation_id,
             offer.attempt,
@@ -1447,6 +1471,18 @@ impl PoolState {
                         self.dispatch_conversation(&id, now);
                     }
                 }
+                Deadline::RejectDelayEnd(agent) => {
+                    let ended = self
+                        .agents
+                        .get_mut(&agent)
+                        .and_then(|r| r.session.as_mut())
+                        .filter(|s| s.reject_until.is_some_and(|until| until <= now));
+                    if let Some(session) = ended {
+                        session.reject_until = None;
+                        self.reindex(&agent);
+                        self.dispatch_agent(&agent, now);
+                    }
+                }
                 Deadline::PreferredWindowEnd(id, generation) => {
                     if self
                         .routing
@@ -1909,7 +1945,11 @@ impl PoolState {
         if let Some(conversation) = self.conversations.get_mut(id) {
             conversation.excluded.insert(agent.clone());
         }
-        let threshold = self.settings.missed_offers_before_away;
+        let threshold = self
+            .routing
+            .get(id)
+            .and_then(|r| r.plan.misses_before_away)
+            .unwrap_or(self.settings.missed_offers_before_away);
         let mut now_away = false;
         if let Some(record) = self.agents.get_mut(&agent) {
             record.shift.missed += 1;

@@ -177,6 +177,12 @@ pub struct RoutingPlan {
     /// Regions: an empty roster list puts no limit (`if_listed`); else
     /// the roster must list the region (`required`, the built-in rule).
     pub roster_regions_if_listed: bool,
+    /// Replaces the pool's missed offers before away when this
+    /// conversation's offer is missed.
+    pub misses_before_away: Option<u32>,
+    /// After declining this conversation an agent is offered nothing for
+    /// this long (0 = no delay).
+    pub reject_delay_ms: i64,
 }
 
 impl RoutingPlan {

@@ -247,6 +247,8 @@ fn plan_in(
         }),
         preferred_window_ms: config.preferred_agent_window_ms,
         roster_regions_if_listed: config.regions.roster_policy == RosterRegionPolicy::IfListed,
+        misses_before_away: Some(config.penalties.misses_before_away),
+        reject_delay_ms: config.penalties.reject_delay_ms,
     })
 }
 

@@ -1429,6 +1429,8 @@ fn test_plan(c: usize) -> RoutingPlan {
         }),
         preferred_window_ms: if c.is_multiple_of(3) { 15_000 } else { 0 },
         roster_regions_if_listed: c % 4 == 1,
+        misses_before_away: Some(1 + (c as u32 % 2)),
+        reject_delay_ms: (c as i64 % 2) * 4_000,
     }
 }
 
@@ -1539,4 +1541,44 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn plan_penalties_reject_delay_and_misses_before_away() {
+    let mut s = planned_pool();
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    let mut p = plan(vec![(0, requirements("en", &[]))]);
+    p.reject_delay_ms = 10_000;
+    p.misses_before_away = Some(1);
+    s.request_with_plan(handoff("c1", "en", &[], 0), Some(p.clone()), Timestamp(0))
+        .unwrap();
+    s.decline(&agent("a"), &offer("c1", 1), "", Timestamp(1_000))
+        .unwrap();
+    // In the reject delay: a new conversation waits for it.
+    s.request_with_plan(
+        handoff("c2", "en", &[], 0),
+        Some(p.clone()),
+        Timestamp(2_000),
+    )
+    .unwrap();
+    assert_eq!(offered_to(&s, "c2"), None);
+    s.check_invariants().unwrap();
+    s.sweep(Timestamp(10_999));
+    assert_eq!(offered_to(&s, "c2"), None);
+    s.sweep(Timestamp(11_000));
+    assert_eq!(offered_to(&s, "c2"), Some(agent("a")));
+    // One miss of a conversation whose plan says 1 puts the agent away.
+    s.offer_delivered(&agent("a"), &offer("c2", 1));
+    s.sweep(Timestamp(11_000 + 20_000));
+    assert_eq!(s.presence(&agent("a")).unwrap().status, AgentStatus::Away);
+    // Without a plan, decline has no delay (the built-in rule).
+    let mut s = planned_pool();
+    online(&mut s, "a", &[], &["en"], 1, 0);
+    s.request(handoff("c1", "en", &[], 0), Timestamp(0))
+        .unwrap();
+    s.decline(&agent("a"), &offer("c1", 1), "", Timestamp(1_000))
+        .unwrap();
+    s.request(handoff("c2", "en", &[], 0), Timestamp(2_000))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c2"), Some(agent("a")));
 }
