@@ -6,6 +6,12 @@ use crate::model::{AgentStatus, Conversation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// The reason of an offer withdrawn because the agent's stream did not take
+/// it within the delivery grace. The store then detaches that stream (no
+/// more offers through it), so a server ends the stream and the app
+/// subscribes again for a snapshot.
+pub const OFFER_NOT_DELIVERED: &str = "offer not delivered";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub pool: PoolId,

@@ -6,6 +6,7 @@ use crate::auth::{Caller, caller};
 use crate::convert::{self, Audience};
 use crate::error::status;
 use std::collections::HashMap;
+use switchboard_core::event::OFFER_NOT_DELIVERED;
 use switchboard_core::model::AgentSnapshot;
 use switchboard_core::{AgentId, ConversationId, Event, EventKind, PoolId};
 use switchboard_proto::v1 as pb;
@@ -130,6 +131,19 @@ fn snapshot_event(snapshot: &AgentSnapshot, at_ms: u64) -> pb::AgentEvent {
     }
 }
 
+/// Tells the app to subscribe again (and get a fresh snapshot): the
+/// stream ends right after it.
+fn resubscribe_notice() -> pb::AgentEvent {
+    pb::AgentEvent {
+        kind: Some(Kind::Notice(pb::Notice {
+            code: "resubscribe".into(),
+            message: "an offer did not reach this stream in time; subscribe again".into(),
+            status: pb::AgentStatus::Unspecified as i32,
+        })),
+        ..Default::default()
+    }
+}
+
 type AgentStream = ReceiverStream<Result<pb::AgentEvent, Status>>;
 
 /// Feeds one agent stream: the snapshot, then events newer than what the
@@ -176,6 +190,15 @@ async fn run_stream(
                 }
                 let Some(message) = agent_event(&event) else { continue };
                 if out.send(Ok(message)).await.is_err() {
+                    break;
+                }
+                if let EventKind::OfferRevoked { reason, .. } = &event.kind
+                    && reason == OFFER_NOT_DELIVERED
+                {
+                    // The store took this stream out of dispatch when it
+                    // withdrew the offer: without a new subscription the
+                    // agent would stay online and never be offered again.
+                    let _ = out.send(Ok(resubscribe_notice())).await;
                     break;
                 }
                 if let EventKind::Offered { offer, .. } = &event.kind
