@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 use switchboard_auth::{Keyring, Role};
+use switchboard_proto::code_name;
 use switchboard_proto::v1::admin_service_client::AdminServiceClient;
 use switchboard_proto::v1::agent_service_client::AgentServiceClient;
 use switchboard_proto::v1::gateway_service_client::GatewayServiceClient;
@@ -266,30 +267,6 @@ fn error_chain_text(
         source = error.source();
     }
     parts.join(": ")
-}
-
-/// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC
-/// docs spell it (tonic's `Debug` gives `NotFound`).
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// Seconds since the Unix epoch, for token expiry.

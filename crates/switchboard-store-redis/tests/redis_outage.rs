@@ -10,9 +10,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
-use switchboard_core::model::{ConversationState, GoOnline, Handoff, RosterEntry, Skill};
-use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId};
+use switchboard_core::model::{ConversationState, GoOnline, RosterEntry, Skill};
+use switchboard_core::{AgentId, DispatchSettings, OfferId, PoolId};
 use switchboard_store::Store;
+use switchboard_store::conformance::{agent, cid, handoff};
 use switchboard_store_redis::{RedisOptions, RedisStore};
 use switchboard_testkit::RedisServer;
 
@@ -31,34 +32,8 @@ fn settings() -> DispatchSettings {
     }
 }
 
-fn agent(id: &str) -> AgentId {
-    AgentId::parse("agent_id", id).unwrap()
-}
-
-fn cid(id: &str) -> ConversationId {
-    ConversationId::parse("conversation_id", id).unwrap()
-}
-
 fn pool() -> PoolId {
     PoolId::parse("pool", "p1").unwrap()
-}
-
-fn handoff(id: &str) -> Handoff {
-    Handoff {
-        conversation_id: cid(id),
-        customer_id: "customer-1".into(),
-        language: "en".into(),
-        category: "billing".into(),
-        required_skills: vec![Skill::new("billing", 2)],
-        priority: 1,
-        summary: "wants a refund".into(),
-        attributes: Default::default(),
-        customer_asked_for_human: true,
-        chat_reference: format!("chat://{id}"),
-        preferred_agent: None,
-        region: None,
-        customer_location: None,
-    }
 }
 
 async fn connect(server: &RedisServer, options: RedisOptions) -> RedisStore {

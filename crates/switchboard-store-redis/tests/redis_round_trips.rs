@@ -15,57 +15,20 @@
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
-use switchboard_core::model::{GoOnline, Handoff, RosterEntry, Skill};
-use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId};
+use switchboard_core::model::{GoOnline, RosterEntry};
+use switchboard_core::{DispatchSettings, PoolId};
 use switchboard_store::Store;
+use switchboard_store::conformance::{self, agent, cid, handoff, offer};
 use switchboard_store_redis::RedisStore;
 use switchboard_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-fn agent(id: &str) -> AgentId {
-    AgentId::parse("agent_id", id).unwrap()
-}
-
-fn cid(id: &str) -> ConversationId {
-    ConversationId::parse("conversation_id", id).unwrap()
-}
-
-fn offer(id: &str, attempt: u32) -> OfferId {
-    OfferId {
-        conversation_id: cid(id),
-        attempt,
-    }
-}
-
-fn handoff(id: &str) -> Handoff {
-    Handoff {
-        conversation_id: cid(id),
-        customer_id: "customer-1".into(),
-        language: "en".into(),
-        category: "billing".into(),
-        required_skills: vec![Skill::new("billing", 2)],
-        priority: 1,
-        summary: "wants a refund".into(),
-        attributes: Default::default(),
-        customer_asked_for_human: true,
-        chat_reference: format!("chat://{id}"),
-        preferred_agent: None,
-        region: None,
-        customer_location: None,
-    }
-}
-
+/// The suite's roster entry with capacity 1.
 fn entry(id: &str) -> RosterEntry {
     RosterEntry {
-        agent_id: agent(id),
-        display_name: id.to_uppercase(),
-        skills: vec![Skill::new("billing", 4)],
-        languages: vec!["en".into()],
         max_capacity: 1,
-        allowed_regions: vec![],
-        attributes: vec![],
-        token_epoch: 0,
+        ..conformance::entry(id)
     }
 }
 

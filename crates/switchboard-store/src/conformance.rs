@@ -98,26 +98,33 @@ macro_rules! conformance_suite {
     };
 }
 
-fn pool(name: &str) -> PoolId {
+// Fixtures, public so other store test suites build the same values.
+
+/// A pool id (panics on an invalid name).
+pub fn pool(name: &str) -> PoolId {
     PoolId::parse("pool", name).unwrap()
 }
 
-fn agent(id: &str) -> AgentId {
+/// An agent id (panics on an invalid id).
+pub fn agent(id: &str) -> AgentId {
     AgentId::parse("agent_id", id).unwrap()
 }
 
-fn cid(id: &str) -> ConversationId {
+/// A conversation id (panics on an invalid id).
+pub fn cid(id: &str) -> ConversationId {
     ConversationId::parse("conversation_id", id).unwrap()
 }
 
-fn offer(id: &str, attempt: u32) -> OfferId {
+/// The offer id of attempt `attempt` of conversation `id`.
+pub fn offer(id: &str, attempt: u32) -> OfferId {
     OfferId {
         conversation_id: cid(id),
         attempt,
     }
 }
 
-fn handoff(id: &str) -> Handoff {
+/// An English billing hand-off needing `billing` level 2.
+pub fn handoff(id: &str) -> Handoff {
     Handoff {
         conversation_id: cid(id),
         customer_id: "customer-1".into(),
@@ -135,7 +142,8 @@ fn handoff(id: &str) -> Handoff {
     }
 }
 
-fn entry(id: &str) -> RosterEntry {
+/// A roster entry: English, `billing` level 4, capacity 2.
+pub fn entry(id: &str) -> RosterEntry {
     RosterEntry {
         agent_id: agent(id),
         display_name: id.to_uppercase(),
