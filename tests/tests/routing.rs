@@ -155,6 +155,17 @@ async fn a_region_refuses_agents_located_elsewhere() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("mars"), "{err}");
 
+    // Availability follows the region rule too.
+    let probe = |region: &str| CheckAvailabilityRequest {
+        language: "en".into(),
+        required_skills: vec![],
+        region: region.into(),
+    };
+    let anywhere = gateway.check_availability(probe("")).await.unwrap();
+    assert_eq!(anywhere.into_inner().agents_available, 2);
+    let in_berlin = gateway.check_availability(probe("berlin")).await.unwrap();
+    assert_eq!(in_berlin.into_inner().agents_available, 0);
+
     // A Berlin customer: the Munich agent and the agent with no location
     // (excluded by default) are refused.
     let mut request = handoff("c1", "billing", 1);

@@ -1373,6 +1373,65 @@ impl PoolState {
         )
     }
 
+    /// [`PoolState::availability`] for a hand-off that would be routed by
+    /// `plan`: agents meeting the plan's first requirements (regions and
+    /// attributes included), and the expected wait in its group.
+    pub fn availability_with_plan(
+        &self,
+        handoff: &Handoff,
+        plan: &RoutingPlan,
+        limit: usize,
+        now: Timestamp,
+    ) -> (u32, i64) {
+        let mut plan = plan.clone();
+        if plan.steps.is_empty() {
+            plan.steps.push(PlanStep {
+                after_ms: 0,
+                requirements: PlanRequirements {
+                    language: handoff.language.clone(),
+                    language_widened: false,
+                    skills: handoff.required_skills.clone(),
+                    attributes: BTreeSet::new(),
+                    regions: handoff.region.clone().map(|r| BTreeSet::from([r])),
+                },
+            });
+        }
+        let routed = Routed {
+            step: plan.step_at(0),
+            priority: plan.priority,
+            plan,
+            since: now,
+            generation: 0,
+            max_wait_at: None,
+        };
+        let requirements = routed.requirements();
+        let if_listed = routed.plan.roster_regions_if_listed;
+        let mut seen = HashSet::new();
+        for language in self.planned_languages(requirements) {
+            let Some(set) = self.smallest_candidate_set(language, &requirements.skills) else {
+                continue;
+            };
+            for (_, agent) in set.iter() {
+                if seen.len() >= limit {
+                    break;
+                }
+                if self.meets(agent, requirements, if_listed) {
+                    seen.insert(agent.clone());
+                }
+            }
+        }
+        let available = seen.len() as u32;
+        if available > 0 {
+            return (available, 0);
+        }
+        let key = routed.group_key();
+        let waiting = self
+            .groups
+            .get(&key)
+            .map_or(0, |g| g.by_priority.len() as u32);
+        (0, self.expected_wait_in(Some(&key), waiting, now))
+    }
+
     // ------------------------------------------------------------------ sweep
 
     /// Acts on every deadline due at `now`: offer timeouts (a miss),
@@ -2443,19 +2502,50 @@ impl PoolState {
         conversation: &Conversation,
         routed: &Routed,
     ) -> bool {
+        !conversation.excluded.contains(agent_id)
+            && self.meets(
+                agent_id,
+                routed.requirements(),
+                routed.plan.roster_regions_if_listed,
+            )
+    }
+
+    /// Whether `agent_id` (online) meets planned requirements.
+    fn meets(
+        &self,
+        agent_id: &AgentId,
+        requirements: &PlanRequirements,
+        roster_regions_if_listed: bool,
+    ) -> bool {
         let (Some(session), Some(roster)) = (self.session(agent_id), self.roster.get(agent_id))
         else {
             return false;
         };
-        !conversation.excluded.contains(agent_id)
-            && plan_eligible(
-                routed.requirements(),
-                routed.plan.roster_regions_if_listed,
-                &session.skills,
-                &session.languages,
-                session.regions.as_ref(),
-                roster,
-            )
+        plan_eligible(
+            requirements,
+            roster_regions_if_listed,
+            &session.skills,
+            &session.languages,
+            session.regions.as_ref(),
+            roster,
+        )
+    }
+
+    /// The index language keys where agents meeting `requirements` are.
+    fn planned_languages<'a>(&'a self, requirements: &'a PlanRequirements) -> Vec<&'a str> {
+        if requirements.language_widened {
+            self.families
+                .get(primary_subtag(&requirements.language))
+                .map(|tags| {
+                    tags.iter()
+                        .map(String::as_str)
+                        .filter(|tag| requirements.accepts_language(tag))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            requirements.exact_lookup_keys()
+        }
     }
 
     /// A queued planned conversation looks for an agent: its preferred
@@ -2481,19 +2571,7 @@ impl PoolState {
             }
         }
         let requirements = routed.requirements();
-        let languages: Vec<&str> = if requirements.language_widened {
-            self.families
-                .get(primary_subtag(&requirements.language))
-                .map(|tags| {
-                    tags.iter()
-                        .map(String::as_str)
-                        .filter(|tag| requirements.accepts_language(tag))
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            requirements.exact_lookup_keys()
-        };
+        let languages = self.planned_languages(requirements);
         let strategy = routed.plan.strategy;
         let limit = match strategy {
             PlanStrategy::LongestIdle => 1,

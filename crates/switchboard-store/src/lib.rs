@@ -197,6 +197,19 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("availability"))
     }
 
+    /// [`Store::availability`] for a hand-off that would be routed by
+    /// `plan`. Stores that cannot execute plans refuse with Unsupported.
+    async fn availability_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        plan: &RoutingPlan,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        let _ = (pool, handoff, plan, limit);
+        Err(StoreError::Unsupported("routing plans"))
+    }
+
     /// Hands over a conversation and tries to match it at once. Idempotent on
     /// the conversation id (`false` when it existed); a different payload is
     /// Conflict naming the field.

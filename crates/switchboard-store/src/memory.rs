@@ -238,6 +238,18 @@ impl Store for MemoryStore {
         self.command(pool, |s, now| s.request(handoff, now))
     }
 
+    async fn availability_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        plan: &RoutingPlan,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        self.query(pool, |s, now| {
+            Ok(s.availability_with_plan(handoff, plan, limit, now))
+        })
+    }
+
     async fn request_with_plan(
         &self,
         pool: &PoolId,

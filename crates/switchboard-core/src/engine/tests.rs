@@ -1582,3 +1582,36 @@ fn plan_penalties_reject_delay_and_misses_before_away() {
         .unwrap();
     assert_eq!(offered_to(&s, "c2"), Some(agent("a")));
 }
+
+#[test]
+fn availability_with_a_plan_counts_agents_meeting_its_first_requirements() {
+    let mut s = planned_pool();
+    online(&mut s, "inside", &[], &["de"], 1, 0);
+    online(&mut s, "outside", &[], &["de"], 1, 0);
+    for a in ["inside", "outside"] {
+        s.roster.get_mut(&agent(a)).unwrap().allowed_regions = vec!["berlin".into()];
+    }
+    s.set_agent_regions(
+        &agent("inside"),
+        Some(BTreeSet::from(["berlin".to_owned()])),
+        Timestamp(0),
+    )
+    .unwrap();
+    let mut r = requirements("de", &[]);
+    r.regions = Some(BTreeSet::from(["berlin".to_owned()]));
+    let h = handoff("probe", "de", &[], 0);
+    assert_eq!(s.availability(&h, 10, Timestamp(1)).0, 2);
+    assert_eq!(
+        s.availability_with_plan(&h, &plan(vec![(0, r)]), 10, Timestamp(1))
+            .0,
+        1
+    );
+    let mut widened = requirements("de", &[]);
+    widened.language_widened = true;
+    let h = handoff("probe", "de-at", &[], 0);
+    assert_eq!(
+        s.availability_with_plan(&h, &plan(vec![(0, widened)]), 10, Timestamp(1))
+            .0,
+        2
+    );
+}

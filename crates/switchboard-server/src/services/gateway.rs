@@ -205,12 +205,22 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
     ) -> Result<Response<pb::CheckAvailabilityResponse>, Status> {
         let caller = caller(&request)?;
         let probe = convert::availability_probe(request.get_ref())?;
-        let (agents_available, expected_wait_ms) = self
-            .state
-            .store
-            .availability(&caller.pool, &probe, AVAILABILITY_LIMIT)
-            .await
-            .map_err(status)?;
+        let store = &self.state.store;
+        let (agents_available, expected_wait_ms) = match self.state.routing.config() {
+            None => {
+                store
+                    .availability(&caller.pool, &probe, AVAILABILITY_LIMIT)
+                    .await
+            }
+            Some(config) => {
+                let plan = routing::plan_for(&config, &probe)
+                    .map_err(|e| Status::invalid_argument(format!("invalid `region`: {e}")))?;
+                store
+                    .availability_with_plan(&caller.pool, &probe, &plan, AVAILABILITY_LIMIT)
+                    .await
+            }
+        }
+        .map_err(status)?;
         Ok(Response::new(pb::CheckAvailabilityResponse {
             agents_available,
             expected_wait_ms: u64::try_from(expected_wait_ms).unwrap_or(0),
