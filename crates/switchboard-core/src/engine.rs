@@ -2794,16 +2794,7 @@ fn index_remove(
 
 /// The sum of the agent's levels over the required skills.
 fn skill_match(requirements: &PlanRequirements, skills: &[Skill]) -> u32 {
-    requirements
-        .skills
-        .iter()
-        .map(|required| {
-            skills
-                .iter()
-                .find(|s| s.name == required.name)
-                .map_or(0, |s| u32::from(s.level))
-        })
-        .sum()
+    crate::model::skill_match_score(&requirements.skills, skills)
 }
 
 /// CSAT smoothed towards 4.0 as if from 5 extra ratings, as a fraction

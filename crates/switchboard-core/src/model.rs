@@ -12,6 +12,20 @@ pub struct Skill {
     pub level: u8,
 }
 
+/// The best-skill-match score of an agent for some required skills: the
+/// sum of the agent's levels in them (a skill it lacks counts 0).
+pub fn skill_match_score(required: &[Skill], skills: &[Skill]) -> u32 {
+    required
+        .iter()
+        .map(|r| {
+            skills
+                .iter()
+                .find(|s| s.name == r.name)
+                .map_or(0, |s| u32::from(s.level))
+        })
+        .sum()
+}
+
 impl Skill {
     pub fn new(name: impl Into<String>, level: u8) -> Self {
         Skill {

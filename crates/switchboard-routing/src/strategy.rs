@@ -76,16 +76,7 @@ pub fn quality_score(csat: Option<Csat>) -> f64 {
 /// The best-skill-match score: the sum of the candidate's levels over the
 /// required skills (a skill it lacks counts 0).
 pub fn skill_match_score(requirements: &Requirements, skills: &[Skill]) -> u32 {
-    requirements
-        .skills
-        .iter()
-        .map(|required| {
-            skills
-                .iter()
-                .find(|s| s.name == required.name)
-                .map_or(0, |s| u32::from(s.level))
-        })
-        .sum()
+    switchboard_core::model::skill_match_score(&requirements.skills, skills)
 }
 
 /// Occupancy as a fraction `active / capacity`, compared exactly by cross
