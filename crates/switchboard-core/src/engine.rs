@@ -716,25 +716,7 @@ impl PoolState {
             return Ok((self.view(&id, now)?, false));
         }
         let id = handoff.conversation_id.clone();
-        let conversation = Conversation {
-            handoff,
-            state: ConversationState::Queued,
-            agent_id: None,
-            reason: String::new(),
-            created_at: now,
-            updated_at: now,
-            queued_since: now,
-            assigned_at: None,
-            attempts: 0,
-            seq: 0,
-            excluded: BTreeSet::new(),
-            offers: Vec::new(),
-            disposition: String::new(),
-            queue_position: 0,
-            expected_wait_ms: 0,
-            transfers: Vec::new(),
-            csat: None,
-        };
+        let conversation = Conversation::queued(handoff, now);
         let preferred = conversation.handoff.preferred_agent.is_some();
         let fallback_step = || PlanStep {
             after_ms: 0,
@@ -1323,25 +1305,7 @@ impl PoolState {
     /// could be offered it at once, and the expected wait. Walks at most
     /// `limit` offerable agents of the smallest matching index set.
     pub fn availability(&self, handoff: &Handoff, limit: usize, now: Timestamp) -> (u32, i64) {
-        let probe = Conversation {
-            handoff: handoff.clone(),
-            state: ConversationState::Queued,
-            agent_id: None,
-            reason: String::new(),
-            created_at: now,
-            updated_at: now,
-            queued_since: now,
-            assigned_at: None,
-            attempts: 0,
-            seq: 0,
-            excluded: BTreeSet::new(),
-            offers: Vec::new(),
-            disposition: String::new(),
-            queue_position: 0,
-            expected_wait_ms: 0,
-            transfers: Vec::new(),
-            csat: None,
-        };
+        let probe = Conversation::queued(handoff.clone(), now);
         let mut seen = HashSet::new();
         for language in language_lookup_keys(&handoff.language) {
             let Some(set) = self.smallest_candidate_set(language, &handoff.required_skills) else {

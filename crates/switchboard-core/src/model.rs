@@ -318,6 +318,30 @@ impl Quality {
 }
 
 impl Conversation {
+    /// A new conversation for `handoff`, queued since `now`, with no
+    /// history.
+    pub fn queued(handoff: Handoff, now: Timestamp) -> Conversation {
+        Conversation {
+            handoff,
+            state: ConversationState::Queued,
+            agent_id: None,
+            reason: String::new(),
+            created_at: now,
+            updated_at: now,
+            queued_since: now,
+            assigned_at: None,
+            attempts: 0,
+            seq: 0,
+            excluded: BTreeSet::new(),
+            offers: Vec::new(),
+            disposition: String::new(),
+            queue_position: 0,
+            expected_wait_ms: 0,
+            transfers: Vec::new(),
+            csat: None,
+        }
+    }
+
     pub fn id(&self) -> &ConversationId {
         &self.handoff.conversation_id
     }
