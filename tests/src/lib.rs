@@ -419,6 +419,18 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let process = ServerProcess::spawn(args, env.iter().copied());
+        process.wait_serving().await;
+        process
+    }
+
+    /// Starts `switchboard serve` on a free port with `args` and `env`,
+    /// collecting its log, without waiting for it to serve.
+    pub fn spawn<K, V>(args: &[&str], env: impl IntoIterator<Item = (K, V)>) -> ServerProcess
+    where
+        K: AsRef<std::ffi::OsStr>,
+        V: AsRef<std::ffi::OsStr>,
+    {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut command = tokio::process::Command::new(binary("switchboard"));
@@ -427,11 +439,9 @@ impl ServerProcess {
             .arg("--listen")
             .arg(&listen)
             .args(args)
+            .envs(env)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
         let mut child = command.kill_on_drop(true).spawn().unwrap();
         let url = format!("http://{listen}");
         let log = Arc::new(std::sync::Mutex::new(String::new()));
@@ -447,9 +457,7 @@ impl ServerProcess {
                 }
             });
         }
-        let process = ServerProcess { child, url, log };
-        process.wait_serving().await;
-        process
+        ServerProcess { child, url, log }
     }
 
     /// What the server has logged so far.

@@ -84,33 +84,7 @@ pub async fn launch_replica(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut command = tokio::process::Command::new(binary("switchboard"));
-    command
-        .args(["serve", "--listen", &listen, "--redis", redis_url])
-        .envs(env)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.kill_on_drop(true).spawn().unwrap();
-    let log = Arc::new(std::sync::Mutex::new(String::new()));
-    if let Some(stderr) = child.stderr.take() {
-        let log = log.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-    }
-    let process = ServerProcess {
-        child,
-        url: format!("http://{listen}"),
-        log,
-    };
+    let process = ServerProcess::spawn(&["--redis", redis_url], env);
     let deadline = tokio::time::Instant::now() + WAIT;
     while health_statuses(&process.url).await.is_none() {
         assert!(
