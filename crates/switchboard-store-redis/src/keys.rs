@@ -57,8 +57,12 @@
 //! acknowledged changes (everysec); every command is idempotent on its ids
 //! (a repeated hand-off, accept, decline, complete or cancel returns the
 //! first result), so a gateway that retries until a watch event confirms
-//! loses nothing. A restarted Redis has no scripts cached: the first call
-//! gets NOSCRIPT and reloads it (one extra round trip). Conversations are
+//! loses nothing. The dispatch function library (`switchboard_<hash>`,
+//! function `sb_dispatch_<hash>`) is kept by Redis like data (RDB/AOF); a
+//! Redis that lost it answers "Function not found" and the store loads it
+//! again (one extra round trip). Old versions' libraries stay loaded until
+//! an operator runs `FUNCTION DELETE` (they are a few tens of KiB each and
+//! never called). Conversations are
 //! deleted `retention_ms` after they finish; the event stream is capped.
 
 use switchboard_core::PoolId;

@@ -4,9 +4,9 @@
 //! # Design
 //!
 //! - Redis is the only source of truth. Every command that changes state is
-//!   one run of one Lua script (`dispatch.lua`, the engine's state machine
-//!   translated), atomic, through `redis::Script::invoke_async` (EVALSHA,
-//!   reloaded after NOSCRIPT). Nothing is decided in this process, so two
+//!   one call of one Lua function (`dispatch.lua`, the engine's state
+//!   machine translated, a Redis 7 function library loaded at connect and
+//!   again if Redis lost it: see `script.rs`), atomic, via FCALL. Nothing is decided in this process, so two
 //!   replicas racing for one agent or one conversation cannot both win.
 //! - Time is Redis's own `TIME`, read inside the script, and [`Store::now`]
 //!   reports the same clock. No replica's clock enters a decision:
@@ -46,12 +46,13 @@
 //!   [`Store::subscribe`] by a background task that follows the streams on
 //!   its own connection (see `feed.rs`).
 //!
-//! Round trips: one EVALSHA per command on the common path (request,
+//! Round trips: one FCALL per command on the common path (request,
 //! accept, decline, complete, heartbeat: `tests/redis_round_trips.rs`
-//! checks it with `INFO commandstats` and `MONITOR`). Extra, once:
-//! the script load after a (re)connect (NOSCRIPT, SCRIPT LOAD), and one SADD
-//! the first time this process writes to a pool. [`Store::sweep`] is one
-//! SMEMBERS plus one EVALSHA per pool.
+//! checks it with `INFO commandstats` and `MONITOR`). Extra, once: the
+//! FUNCTION LOAD at connect (and after a Redis that lost its functions
+//! answers "Function not found"), and one SADD the first time this process
+//! writes to a pool. [`Store::sweep`] is one SMEMBERS plus one FCALL per
+//! pool.
 //!
 //! Failures: a connection error is [`StoreError::Unavailable`] naming the
 //! Redis address; queries are retried once (they are idempotent), commands
@@ -149,10 +150,27 @@ impl Default for RedisOptions {
     }
 }
 
+/// Loads the dispatch library unless Redis already has this version.
+async fn load_library(
+    connection: &mut ConnectionManager,
+    library: &script::Library,
+) -> redis::RedisResult<()> {
+    let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(&library.code)
+        .query_async(connection)
+        .await;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(e) if script::is_library_present(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The dispatch state of every pool, in Redis. See the crate docs.
 pub struct RedisStore {
     manager: ConnectionManager,
-    script: redis::Script,
+    library: script::Library,
     /// The dispatch settings as script arguments, rendered once.
     settings_args: [String; script::SETTINGS],
     /// The Redis address for messages, without credentials.
@@ -205,6 +223,10 @@ impl RedisStore {
             .query_async(&mut manager)
             .await
             .map_err(|e| unavailable(&address, &e))?;
+        let library = script::Library::new();
+        load_library(&mut manager, &library)
+            .await
+            .map_err(|e| unavailable(&address, &e))?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let feed_shared = Arc::new(FeedShared {
             pools_changed: AtomicBool::new(false),
@@ -220,7 +242,7 @@ impl RedisStore {
         });
         Ok(RedisStore {
             manager,
-            script: redis::Script::new(script::SOURCE),
+            library,
             settings_args: script::settings_args(&settings, &options),
             address,
             call_timeout: options.call_timeout,
@@ -322,9 +344,10 @@ impl RedisStore {
         args: &[String],
     ) -> StoreResult<Reply<T>> {
         let clock = self.test_clock()?;
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(keys::prefix(pool))
+        let mut call = redis::cmd("FCALL");
+        call.arg(&self.library.function)
+            .arg(1)
+            .arg(keys::prefix(pool))
             .arg(command.name())
             .arg(pool.as_str())
             .arg(clock.script_arg())
@@ -332,10 +355,23 @@ impl RedisStore {
             .arg(&self.settings_args[..])
             .arg(args);
         let mut connection = self.manager.clone();
-        let raw: String = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| self.error(&e))?;
+        let raw: String = match call.query_async(&mut connection).await {
+            Err(e) if script::is_function_missing(&e) => {
+                // Redis lost its functions (restarted without persistence,
+                // or FUNCTION FLUSH): load ours and call again, once.
+                tracing::warn!(
+                    library = %self.library.name,
+                    "the dispatch library was missing in redis; loading it again"
+                );
+                load_library(&mut connection, &self.library)
+                    .await
+                    .map_err(|e| self.error(&e))?;
+                call.query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(&e))?
+            }
+            result => result.map_err(|e| self.error(&e))?,
+        };
         let reply = Reply::parse(&raw)?;
         if let Some(outage) = reply.outage() {
             tracing::warn!(

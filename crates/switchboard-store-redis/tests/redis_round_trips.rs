@@ -3,10 +3,10 @@
 //!
 //! Two witnesses, because `INFO commandstats` alone cannot tell a client's
 //! command from one a script ran (both are counted):
-//! - `INFO commandstats`: each call adds exactly one `evalsha` (no `eval`,
-//!   no `script|load`: the script is warm).
+//! - `INFO commandstats`: each call adds exactly one `fcall` (no `eval`,
+//!   no `evalsha`, no `function|load`: the library is loaded).
 //! - `MONITOR` (through `redis-cli`): between two markers, the only command
-//!   a client sent is that one `EVALSHA`; everything else is the script's own
+//!   a client sent is that one `FCALL`; everything else is the library's own
 //!   (`[0 lua]`) or the event feed following the streams on its own
 //!   connection (`XREAD`, `SMEMBERS`), which is not on the call's path.
 
@@ -135,12 +135,18 @@ macro_rules! one_round_trip {
         let delta = |command: &str| {
             after.get(command).copied().unwrap_or(0) - before.get(command).copied().unwrap_or(0)
         };
-        assert_eq!(delta("evalsha"), 1, "{}: one EVALSHA", $name);
+        assert_eq!(delta("fcall"), 1, "{}: one FCALL", $name);
+        assert_eq!(delta("evalsha"), 0, "{}: no EVALSHA", $name);
         assert_eq!(delta("eval"), 0, "{}: no EVAL", $name);
-        assert_eq!(delta("script|load"), 0, "{}: the script is warm", $name);
+        assert_eq!(
+            delta("function|load"),
+            0,
+            "{}: the library is loaded",
+            $name
+        );
         assert_eq!(
             $monitor.client_commands_until($name).await,
-            vec!["EVALSHA".to_owned()],
+            vec!["FCALL".to_owned()],
             "{}: the only command a client sent",
             $name
         );
@@ -149,7 +155,7 @@ macro_rules! one_round_trip {
 }
 
 #[tokio::test]
-async fn the_common_path_costs_one_evalsha_per_call() {
+async fn the_common_path_costs_one_fcall_per_call() {
     let server = RedisServer::start().await;
     let store = RedisStore::connect(&server.url(), DispatchSettings::default())
         .await
@@ -211,4 +217,48 @@ async fn the_common_path_costs_one_evalsha_per_call() {
         store.heartbeat(&p, &agent("alice"), None)
     )
     .unwrap();
+}
+
+/// Redis lost its functions (a restart without persistence, FUNCTION
+/// FLUSH): the next call loads the library again and succeeds.
+#[tokio::test]
+async fn a_redis_that_lost_the_library_gets_it_back_on_the_next_call() {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect(&server.url(), DispatchSettings::default())
+        .await
+        .expect("the store connects");
+    let mut connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test's own connection");
+    let p = PoolId::parse("pool", "p1").unwrap();
+    store.upsert_roster(&p, entry("alice")).await.unwrap();
+    let _: String = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(libraries.is_empty(), "FUNCTION FLUSH removed the library");
+    store
+        .go_online(&p, &agent("alice"), GoOnline::default(), false)
+        .await
+        .expect("the call reloads the library and runs");
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(libraries.len(), 1, "the library is loaded again");
+    let snapshot = store.agent_snapshot(&p, &agent("alice")).await.unwrap();
+    assert_eq!(
+        snapshot.status,
+        switchboard_core::model::AgentStatus::Available,
+        "alice is online: {snapshot:?}"
+    );
 }
