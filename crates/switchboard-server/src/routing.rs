@@ -13,14 +13,20 @@
 //!   queued changes: a conversation keeps the plan it was handed off with
 //!   (a reload applies to new hand-offs); connections, queue and offers
 //!   stay.
+//! - With Redis the config in force is the deployment's, kept in Redis:
+//!   `shared_routing` decides what this `Routing` holds (it calls
+//!   [`Routing::replace`]) and a reload goes through it; [`Routing::changes`]
+//!   announces every swap, after which `regions` re-resolves the regions of
+//!   the agents connected here.
 //! - A plan is a pure function of the hand-off and the config: the queue
 //!   (`queue_for(category)`, else the default queue, else the built-in
 //!   policy with the pool's timings), the base requirements, every
 //!   relaxation step precomputed with `requirements_at`, and, for an
 //!   overflow, the target queue's plan (the loader refuses overflow cycles).
 //! - An agent's regions are the names of the regions whose geofence admits
-//!   its location (or admits agents without one), resolved at GoOnline and
-//!   at every Heartbeat that carries a location. The engine checks
+//!   its location (or admits agents without one), resolved at GoOnline, at
+//!   every Heartbeat that carries a location and after every change of the
+//!   config (see `regions` for which location counts). The engine checks
 //!   membership and the roster.
 
 use crate::shared_routing::SharedRouting;

@@ -272,7 +272,7 @@ impl SharedRouting {
                 crate::routing::ReloadError::Invalid(errors) => SharedReloadError::Invalid(errors),
             })?;
         let version = loaded.config.version();
-        let _applying = self.apply_lock.lock().await;
+        let applying = self.apply_lock.lock().await;
         let activation = self
             .store
             .activate(
@@ -297,7 +297,7 @@ impl SharedRouting {
             self.routing.replace(loaded);
         }
         self.set_refused(None);
-        drop(_applying);
+        drop(applying);
         self.report().await;
         Ok(Reloaded { version, previous })
     }
@@ -428,7 +428,7 @@ impl SharedRouting {
 
     /// Applies the config in force if this replica runs another one.
     async fn check(&self) {
-        let _applying = self.apply_lock.lock().await;
+        let applying = self.apply_lock.lock().await;
         let in_force = match self.store.version().await {
             Ok(version) => version,
             Err(e) => {
@@ -478,7 +478,7 @@ impl SharedRouting {
                     "applied the routing config in force (reloaded on replica `{}`)",
                     stored.activated_by
                 );
-                drop(_applying);
+                drop(applying);
                 self.report().await;
             }
             Err(problems) => {
