@@ -529,3 +529,38 @@ async fn concurrent_reloads_on_two_replicas_leave_one_whole_config_in_force() {
     wait_version(&a.url, &in_force, CONVERGE).await;
     wait_version(&b.url, &in_force, CONVERGE).await;
 }
+
+#[tokio::test]
+async fn sighup_on_one_replica_reloads_for_every_replica() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file_a = write(dir.path(), "a.toml", &routing_text(1));
+    let a = replica(&redis, "replica-a", &file_a).await;
+    let b = replica(
+        &redis,
+        "replica-b",
+        &write(dir.path(), "b.toml", &routing_text(1)),
+    )
+    .await;
+    std::fs::write(&file_a, routing_text(9)).unwrap();
+    let v9 = version_of(&routing_text(9));
+    let pid = a.child.id().unwrap().to_string();
+    let hup = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(hup.success());
+    wait_version(&b.url, &v9, CONVERGE).await;
+    wait_listed(
+        &a.url,
+        &[pair("replica-a", &v9), pair("replica-b", &v9)],
+        WAIT,
+    )
+    .await;
+    assert!(
+        a.log().contains("put in force for every replica"),
+        "{}",
+        a.log()
+    );
+}

@@ -216,7 +216,12 @@ pub async fn reload_on_sighup(
                         return;
                     }
                     if let Some(shared) = &shared {
-                        let _ = shared.reload_logged("SIGHUP").await;
+                        // Up to the reload's wait for the other replicas;
+                        // shutdown does not wait for it.
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            _ = shared.reload_logged("SIGHUP") => {}
+                        }
                         continue;
                     }
                     let routing = routing.clone();
