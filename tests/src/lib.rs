@@ -107,6 +107,8 @@ impl TestServer {
             dev_mode: true,
             shutdown_grace: Duration::from_secs(2),
             routing,
+            shared_routing: None,
+            replica_id: "test-server".into(),
         };
         let task = tokio::spawn(serve(listener, options, async move {
             let _ = stopped.await;

@@ -1,7 +1,8 @@
 //! End-to-end tests of the routing file over real gRPC: a relaxation step
 //! firing while a customer waits, a returning customer's preferred agent
 //! getting the first offer, a region refusing an agent located elsewhere,
-//! and reloads (good and bad) through AdminService and SIGHUP; with the
+//! reloads (good and bad) through AdminService and SIGHUP, regions of
+//! connected agents re-resolved at a reload; with the
 //! real binary, a bad file refused at startup with exit code 64.
 
 // Test helpers: failures should panic with their message.
@@ -205,6 +206,72 @@ async fn a_region_refuses_agents_located_elsewhere() {
     server.stop().await;
 }
 
+/// [`routing_file`] with `berlin` drawn around Munich instead.
+fn routing_file_berlin_moved_to_munich() -> String {
+    routing_file(1).replace(
+        "POLYGON((13.08 52.34, 13.76 52.34, 13.76 52.68, 13.08 52.68, 13.08 52.34))",
+        "POLYGON((11.3 48.0, 11.8 48.0, 11.8 48.3, 11.3 48.3, 11.3 48.0))",
+    )
+}
+
+#[tokio::test]
+async fn a_reload_re_resolves_the_regions_of_connected_agents_from_their_last_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &routing_file(1));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    let mut munich = agent_at(&server, "munich", &[("billing", 3)], Some(MUNICH)).await;
+    // Went online in Munich, then again without a location: from then on it
+    // has none (`agents_without_location` = exclude), whatever it said before.
+    let mut forgetful = agent_at(&server, "forgetful", &[("billing", 3)], Some(MUNICH)).await;
+    forgetful
+        .client
+        .go_online(GoOnlineRequest {
+            skills: vec![Skill {
+                name: "billing".into(),
+                level: 3,
+            }],
+            languages: vec!["en".into()],
+            capacity: 1,
+            location: None,
+        })
+        .await
+        .unwrap();
+    let mut gateway = server.gateway().await;
+    for id in ["c1", "c2"] {
+        let mut request = handoff(id, "billing", 1);
+        request.region = "berlin".into();
+        gateway.request_agent(request).await.unwrap();
+    }
+    assert!(
+        munich
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    // `berlin` now covers Munich: the Munich agent is re-resolved into it
+    // at the reload, with no heartbeat, and offered a waiting conversation.
+    std::fs::write(&path, routing_file_berlin_moved_to_munich()).unwrap();
+    let mut admin = server.admin().await;
+    let reply = admin
+        .reload_routing(ReloadRoutingRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.applied, "{reply:?}");
+    let offer = munich.expect_offer().await;
+    munich.accept(&offer).await.unwrap();
+    // The agent without a location is not re-resolved from its old one.
+    assert!(
+        forgetful
+            .next_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "an agent that went online without a location must stay excluded"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn reload_applies_a_good_file_and_keeps_the_running_one_on_a_bad_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,21 +412,9 @@ async fn the_binary_refuses_a_bad_file_and_reloads_on_sighup() {
         "{stderr}"
     );
 
-    // With Redis, a routing file is a configuration error for now.
+    // With Redis the file seeds the config in force there: see
+    // tests/tests/routing_replicas.rs.
     std::fs::write(&path, routing_file(1)).unwrap();
-    let output = tokio::process::Command::new(binary("switchboard"))
-        .args(["serve", "--redis", "redis://127.0.0.1:1"])
-        .env("SWITCHBOARD_ROUTING__FILE", &path)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(64));
-    assert!(
-        String::from_utf8_lossy(&output.stderr)
-            .contains("routing files are not yet supported with the Redis store"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 
     // A good file: served; SIGHUP reloads an edited one.
     let path_text = path.display().to_string();

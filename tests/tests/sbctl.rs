@@ -217,3 +217,96 @@ async fn bad_input_is_one_clear_line_and_a_failing_exit() {
         stderr(&nowhere)
     );
 }
+
+/// A valid routing file; `n` changes its version.
+fn routing_text(n: u32) -> String {
+    format!("[routing]\ndefault_queue = \"general\"\n\n[queues.general]\npriority = {n}\n")
+}
+
+fn version_of(text: &str) -> String {
+    switchboard_server::routing::parse("routing.toml", text)
+        .unwrap()
+        .config
+        .version()
+}
+
+#[tokio::test]
+async fn routing_show_and_reload_across_two_replicas() {
+    use switchboard_e2e::replicas::start_replica;
+    let redis = switchboard_testkit::RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file_a = dir.path().join("a.toml");
+    let file_b = dir.path().join("b.toml");
+    std::fs::write(&file_a, routing_text(1)).unwrap();
+    std::fs::write(&file_b, routing_text(1)).unwrap();
+    let (v1, v2) = (version_of(&routing_text(1)), version_of(&routing_text(2)));
+    let replica = |id: &'static str, file: String| {
+        let url = redis.url();
+        async move {
+            start_replica(
+                &url,
+                &fast_settings(),
+                &[
+                    ("SWITCHBOARD_ROUTING__FILE", &file),
+                    ("SWITCHBOARD_SERVER__REPLICA_ID", id),
+                ],
+            )
+            .await
+        }
+    };
+    let a = replica("replica-a", file_a.display().to_string()).await;
+    let _b = replica("replica-b", file_b.display().to_string()).await;
+
+    // The table: the version in force, this replica, one row per replica.
+    let show = sbctl(&a, &["routing", "show"]).await;
+    assert!(show.status.success(), "{}", stderr(&show));
+    let text = stdout(&show);
+    assert!(text.contains(&format!("in force: {v1}")), "{text}");
+    assert!(text.contains("this replica: replica-a"), "{text}");
+    assert!(text.contains("replica-b"), "{text}");
+    assert!(!text.contains("do not run"), "{text}");
+
+    // JSON for scripts.
+    let show = sbctl(&a, &["--json", "routing", "show"]).await;
+    assert!(show.status.success(), "{}", stderr(&show));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+    assert_eq!(json["in_force"]["version"], v1.as_str());
+    assert_eq!(json["replica_id"], "replica-a");
+    let replicas = json["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{json}");
+    assert!(
+        replicas.iter().all(|r| r["version"] == v1.as_str()),
+        "{json}"
+    );
+
+    // A good file: old → new, every replica listed at the new version.
+    std::fs::write(&file_a, routing_text(2)).unwrap();
+    let reload = sbctl(&a, &["routing", "reload"]).await;
+    assert!(reload.status.success(), "{}", stderr(&reload));
+    let text = stdout(&reload);
+    assert!(text.contains(&format!("{v1} → {v2}")), "{text}");
+    assert!(!text.contains("not yet running"), "{text}");
+    assert_eq!(text.matches(&v2).count(), 3, "{text}");
+
+    // A bad file: every problem, non-zero exit, the version stays.
+    std::fs::write(
+        &file_a,
+        "[defaults]\nstrategy = \"fastest\"\n[queues.general]\npriority = 12\n",
+    )
+    .unwrap();
+    let refused = sbctl(&a, &["routing", "reload"]).await;
+    assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(
+        message.starts_with("sbctl: routing file refused (2 problem(s))"),
+        "{message}"
+    );
+    assert!(message.contains(&v2), "{message}");
+    assert!(message.contains("unknown strategy `fastest`"), "{message}");
+    assert!(message.contains("queues.general.priority"), "{message}");
+    let refused = sbctl(&a, &["--json", "routing", "reload"]).await;
+    assert!(!refused.status.success());
+    let json: serde_json::Value = serde_json::from_str(&stdout(&refused)).unwrap();
+    assert_eq!(json["applied"], false);
+    assert_eq!(json["errors"].as_array().unwrap().len(), 2, "{json}");
+}

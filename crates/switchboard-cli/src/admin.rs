@@ -22,12 +22,12 @@ use crate::display::{
 
 /// An admin session: one server, one admin token, one output format.
 pub struct AdminSession {
-    server: Server,
-    client: AdminServiceClient<AuthenticatedChannel>,
+    pub(crate) server: Server,
+    pub(crate) client: AdminServiceClient<AuthenticatedChannel>,
     /// "pool `default`", or "the token's pool" when the operator gave a
     /// token: the token names the pool, and `--pool` does not apply then.
     pool_description: String,
-    output: OutputFormat,
+    pub(crate) output: OutputFormat,
 }
 
 impl AdminSession {

@@ -9,6 +9,7 @@ mod admin;
 mod connection;
 mod demo;
 mod display;
+mod routing;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -69,6 +70,12 @@ enum Command {
         #[command(subcommand)]
         action: RosterAction,
     },
+    /// The routing config: the version in force and the one every live
+    /// replica runs, or reload the routing file.
+    Routing {
+        #[command(subcommand)]
+        action: RoutingAction,
+    },
     /// End an agent's session now: its offers and conversations go back to
     /// the queue and its current tokens stop working.
     ForceOffline {
@@ -97,6 +104,16 @@ enum Command {
         #[arg(long, value_name = "PREFIX", default_value = "demo-agent")]
         agent_prefix: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutingAction {
+    /// The routing version in force and the version each live replica runs.
+    Show,
+    /// Reload the routing file on the replica `--server` names; with Redis,
+    /// put it in force for every replica. Prints the new version, or every
+    /// problem of a refused file (and exits non-zero).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +213,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             admin.session().await?.upsert_roster_entry(entry).await
         }
+        Command::Routing {
+            action: RoutingAction::Show,
+        } => admin.session().await?.routing_show().await,
+        Command::Routing {
+            action: RoutingAction::Reload,
+        } => admin.session().await?.routing_reload().await,
         Command::ForceOffline { agent_id, reason } => {
             admin
                 .session()

@@ -28,6 +28,46 @@ pub struct Config {
     pub dispatch: DispatchSettings,
     pub store: StoreConfig,
     pub routing: RoutingSettings,
+    pub server: ServerSettings,
+}
+
+/// This replica itself.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// This replica's id, as `GetRouting` and `sbctl routing show` list it
+    /// (with Redis, every replica reports the routing version it runs under
+    /// this id). 1–128 of `[A-Za-z0-9_.:@-]`, unique per deployment.
+    /// Empty (the default): `<hostname>-<pid>` (in Kubernetes the hostname
+    /// is the pod's name).
+    pub replica_id: String,
+}
+
+impl ServerSettings {
+    /// The configured id, else `<hostname>-<pid>` with every character
+    /// outside `[A-Za-z0-9_.:@-]` replaced by `-`.
+    pub fn replica_id(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "switchboard".to_owned());
+        let host: String = host
+            .chars()
+            .map(|c| if is_id_char(c) { c } else { '-' })
+            .take(100)
+            .collect();
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-')
 }
 
 /// The routing policy: a routing file (see docs/routing.md), or none for
@@ -37,7 +77,9 @@ pub struct Config {
 pub struct RoutingSettings {
     /// Path of the routing file (relative to the working directory).
     /// Validated at startup (every problem reported, exit 64); reloaded on
-    /// SIGHUP and by AdminService.ReloadRouting.
+    /// SIGHUP and by AdminService.ReloadRouting. With Redis, the config in
+    /// force is the one stored there (`sb:routing`, see docs/routing.md):
+    /// this file seeds it and is what a reload on this replica stores.
     pub file: Option<std::path::PathBuf>,
 }
 
@@ -51,6 +93,7 @@ impl Default for Config {
             dispatch: DispatchSettings::default(),
             store: StoreConfig::default(),
             routing: RoutingSettings::default(),
+            server: ServerSettings::default(),
         }
     }
 }
@@ -234,12 +277,11 @@ impl Config {
                 ));
             }
         }
-        if self.routing.file.is_some() && self.store.redis().is_some() {
-            problems.push(
-                "routing.file: routing files are not yet supported with the Redis store; \
-                 remove routing.file or use the embedded store"
-                    .to_owned(),
-            );
+        let id = &self.server.replica_id;
+        if id.len() > 128 || id.chars().any(|c| !is_id_char(c)) {
+            problems.push(format!(
+                "server.replica_id: `{id}` must be 1 to 128 of A-Z a-z 0-9 _ . : @ - (empty: <hostname>-<pid>)"
+            ));
         }
         if self
             .routing
@@ -510,7 +552,7 @@ mod tests {
     }
 
     #[test]
-    fn routing_file_comes_from_file_or_env_and_is_refused_with_redis() {
+    fn routing_file_comes_from_file_or_env_with_or_without_redis() {
         let (config, _) = Config::load(
             Some((
                 "sb.toml",
@@ -534,7 +576,8 @@ mod tests {
             config.routing.file.as_deref(),
             Some(std::path::Path::new("/etc/switchboard/routing.toml"))
         );
-        let err = Config::load(
+        // With Redis too (issue 5): the file seeds the config in force there.
+        let (config, _) = Config::load(
             None,
             &env(&[("SWITCHBOARD_ROUTING__FILE", "routing.toml")]),
             &Overrides {
@@ -542,10 +585,60 @@ mod tests {
                 ..Overrides::default()
             },
         )
+        .unwrap();
+        assert_eq!(config.store.redis(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(
+            config.routing.file.as_deref(),
+            Some(std::path::Path::new("routing.toml"))
+        );
+        // Every other check still applies alongside.
+        let err = Config::load(
+            Some((
+                "sb.toml",
+                "[routing]\nfile = \"\"\n[dispatch]\nlease_ms = 1\n",
+            )),
+            &HashMap::new(),
+            &Overrides {
+                redis_url: Some("redis://127.0.0.1:6379".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("routing.file: empty path"), "{text}");
+        assert!(text.contains("dispatch.lease_ms"), "{text}");
+    }
+
+    #[test]
+    fn the_replica_id_is_configured_or_derived_from_host_and_pid() {
+        let (config, _) = Config::load(
+            Some(("sb.toml", "[server]\nreplica_id = \"eu-1.a\"\n")),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.server.replica_id(), "eu-1.a");
+        let (config, _) = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_SERVER__REPLICA_ID", "pod-7")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.server.replica_id(), "pod-7");
+        let derived = ServerSettings::default().replica_id();
+        assert!(
+            derived.ends_with(&format!("-{}", std::process::id())),
+            "{derived}"
+        );
+        assert!(derived.chars().all(is_id_char), "{derived}");
+        let err = Config::load(
+            Some(("sb.toml", "[server]\nreplica_id = \"has space\"\n")),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("routing.file: routing files are not yet supported with the Redis store"),
+            err.to_string().contains("server.replica_id: `has space`"),
             "{err}"
         );
     }

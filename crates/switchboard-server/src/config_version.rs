@@ -5,11 +5,14 @@
 //!
 //! # Design
 //!
-//! - The version is a hash of what governs dispatch: today the `[dispatch]`
-//!   settings; later also the routing file, whose `RoutingConfig::version()`
-//!   is folded in through [`config_version`]'s second argument. Settings that
-//!   do not change decisions (listen address, log format, keys) are not in
-//!   it, so they can differ between replicas.
+//! - The version is a hash of the `[dispatch]` settings. Settings that do
+//!   not change decisions (listen address, log format, keys) are not in it,
+//!   so they can differ between replicas. The routing file is not in it
+//!   either (the server passes `None` as [`config_version`]'s second
+//!   argument): with Redis the routing config has its own version in force,
+//!   `sb:routing`, which every replica follows by itself
+//!   (`shared_routing`), so reloading it never takes replicas out of
+//!   rotation.
 //! - The version in force is one global key, [`KEY`], outside every pool's
 //!   slot (like the pool set `sb:pools`). A replica never overwrites it: each
 //!   check is `SET NX` (the first replica of a new deployment, or the first

@@ -117,6 +117,14 @@ impl Hub {
         }
     }
 
+    /// The agents with a stream attached to this process.
+    pub fn attached_agents(&self) -> Vec<(PoolId, AgentId)> {
+        match self.agents.lock() {
+            Ok(map) => map.keys().cloned().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Routes one event to its agent and its watchers.
     pub fn route(&self, event: Event) {
         let event = Arc::new(event);

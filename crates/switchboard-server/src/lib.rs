@@ -13,8 +13,10 @@ pub mod config_version;
 pub mod convert;
 pub mod error;
 pub mod hub;
+pub mod regions;
 pub mod routing;
 pub mod services;
+pub mod shared_routing;
 pub mod sweeper;
 
 use crate::auth::Authenticator;
@@ -49,6 +51,11 @@ pub struct ServerOptions {
     /// The routing file in force ([`routing::Routing::disabled`] for the
     /// built-in rules). With a file, SIGHUP reloads it.
     pub routing: Arc<routing::Routing>,
+    /// With Redis: the routing config in force for every replica, which
+    /// `routing` follows (see [`shared_routing`]); reloads go through it.
+    pub shared_routing: Option<Arc<shared_routing::SharedRouting>>,
+    /// This replica's id (`server.replica_id`), as GetRouting reports it.
+    pub replica_id: String,
 }
 
 /// Serves until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -63,27 +70,46 @@ pub async fn serve(
 }
 
 /// The health of every service and of the server as a whole (`""`), moved
-/// together. Once shutdown began nothing sets it back to SERVING.
+/// together: SERVING while this replica's dispatch config version is in
+/// force and it runs the routing config in force. Once shutdown began
+/// nothing sets it back to SERVING.
 struct Health {
     reporter: tonic_health::server::HealthReporter,
-    /// Whether shutdown began. A tokio mutex, held across the reporter's
-    /// `.await`s, so a config check that decided "serving" cannot land after
-    /// shutdown set NOT_SERVING.
-    stopping: tokio::sync::Mutex<bool>,
+    /// A tokio mutex, held across the reporter's `.await`s, so a check that
+    /// decided "serving" cannot land after shutdown set NOT_SERVING.
+    state: tokio::sync::Mutex<HealthState>,
+}
+
+struct HealthState {
+    stopping: bool,
+    dispatch_in_force: bool,
+    routing_in_step: bool,
 }
 
 impl Health {
-    async fn set(&self, serving: bool) {
-        let stopping = self.stopping.lock().await;
-        if !*stopping {
-            self.apply(serving).await;
-        }
+    async fn set_dispatch(&self, in_force: bool) {
+        let mut state = self.state.lock().await;
+        state.dispatch_in_force = in_force;
+        self.publish(&state).await;
+    }
+
+    async fn set_routing(&self, in_step: bool) {
+        let mut state = self.state.lock().await;
+        state.routing_in_step = in_step;
+        self.publish(&state).await;
     }
 
     async fn stop(&self) {
-        let mut stopping = self.stopping.lock().await;
-        *stopping = true;
+        let mut state = self.state.lock().await;
+        state.stopping = true;
         self.apply(false).await;
+    }
+
+    async fn publish(&self, state: &HealthState) {
+        if !state.stopping {
+            self.apply(state.dispatch_in_force && state.routing_in_step)
+                .await;
+        }
     }
 
     async fn apply(&self, serving: bool) {
@@ -128,11 +154,22 @@ pub async fn serve_gated(
     );
     tracker.spawn(sweeper::run(options.store.clone(), cancel.child_token()));
 
+    let locations = Arc::new(regions::AgentLocations::default());
+    tracker.spawn(regions::follow_routing(
+        options.routing.clone(),
+        options.store.clone(),
+        hub.clone(),
+        locations.clone(),
+        cancel.child_token(),
+    ));
     let state = AppState {
         store: options.store.clone(),
         hub,
         settings: options.settings.clone(),
         routing: options.routing.clone(),
+        shared_routing: options.shared_routing.clone(),
+        replica_id: options.replica_id.clone(),
+        locations,
         dev_mode: options.dev_mode,
         shutdown: cancel.clone(),
         tracker: tracker.clone(),
@@ -140,17 +177,46 @@ pub async fn serve_gated(
     if options.routing.path().is_some() {
         tracker.spawn(routing::reload_on_sighup(
             options.routing.clone(),
+            options.shared_routing.clone(),
             cancel.child_token(),
         ));
     }
     let keyring = Arc::new(options.keyring);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let routing_in_step = options
+        .shared_routing
+        .as_ref()
+        .is_none_or(|shared| *shared.in_step().borrow());
     let health = Arc::new(Health {
         reporter: health_reporter,
-        stopping: tokio::sync::Mutex::new(false),
+        state: tokio::sync::Mutex::new(HealthState {
+            stopping: false,
+            dispatch_in_force: true,
+            routing_in_step,
+        }),
     });
-    let serving = match gate {
+    if let Some(shared) = &options.shared_routing {
+        tracker.spawn(shared.clone().follow(cancel.child_token()));
+        let mut in_step = shared.in_step();
+        let health = health.clone();
+        let cancel = cancel.child_token();
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = in_step.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let value = *in_step.borrow_and_update();
+                        health.set_routing(value).await;
+                    }
+                }
+            }
+        });
+    }
+    let dispatch_in_force = match gate {
         None => true,
         Some(mut gate) => {
             // Before serving, so a replica whose version is not in force is
@@ -168,12 +234,12 @@ pub async fn serve_gated(
             let health = health.clone();
             tracker.spawn(gate.follow(verdict, cancel.child_token(), move |serving| {
                 let health = health.clone();
-                async move { health.set(serving).await }
+                async move { health.set_dispatch(serving).await }
             }));
             serving
         }
     };
-    health.set(serving).await;
+    health.set_dispatch(dispatch_in_force).await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(switchboard_proto::FILE_DESCRIPTOR_SET)

@@ -4,8 +4,9 @@
 //! Redis when configured); `switchboard token` mints a bearer token with the
 //! configured signing key; `switchboard activate-config` puts a
 //! configuration's version in force for every replica on one Redis (see
-//! `config_version`). Bad configuration exits with code 64; a Redis still
-//! unreachable after `store.redis_startup_timeout_ms` (or, for
+//! `config_version`). Bad configuration exits with code 64 (so does a
+//! routing config in force in Redis that this build cannot use); a Redis
+//! still unreachable after `store.redis_startup_timeout_ms` (or, for
 //! `activate-config`, at once) exits with 69.
 
 use anyhow::Context;
@@ -20,8 +21,10 @@ use switchboard_auth::Role;
 use switchboard_server::config::{Config, Overrides, redact_url};
 use switchboard_server::config_version::{self, ConfigGate};
 use switchboard_server::routing::Routing;
+use switchboard_server::shared_routing::{SharedRouting, StartError};
 use switchboard_server::{ServerOptions, serve_gated};
 use switchboard_store::{MemoryStore, Store, StoreError, SystemClock};
+use switchboard_store_redis::routing_config::RoutingConfigStore;
 use switchboard_store_redis::{RedisOptions, RedisStore};
 use tracing_subscriber::EnvFilter;
 
@@ -173,24 +176,44 @@ async fn run_server(
             return Ok(());
         }
     };
-    // The routing file's version as loaded at startup (routing files are
-    // refused with Redis for now, so the gate never sees a reload).
-    let routing_version = routing.version();
     if let Some(path) = routing.path() {
         tracing::info!(
             file = %path.display(),
-            routing_version = routing_version.as_deref().unwrap_or(""),
-            "routing file in force (reload: SIGHUP or AdminService.ReloadRouting)"
+            routing_version = routing.version().as_deref().unwrap_or(""),
+            "routing file loaded (reload: SIGHUP or AdminService.ReloadRouting)"
         );
     }
-    let version = config_version::config_version(&config.dispatch, routing_version.as_deref());
-    let gate = match config.store.redis() {
-        Some(url) => Some(
-            ConfigGate::connect(url, version.clone())
+    // The routing file is not part of the dispatch config version: with
+    // Redis its own version in force lives in `sb:routing`, which every
+    // replica follows (shared_routing), so a reload never takes replicas
+    // out of rotation.
+    let version = config_version::config_version(&config.dispatch, None);
+    let replica_id = config.server.replica_id();
+    let (gate, shared_routing) = match config.store.redis() {
+        Some(url) => {
+            let gate = ConfigGate::connect(url, version.clone())
                 .await
-                .map_err(|e| RedisUnreachable(format!("{e:#}")))?,
-        ),
-        None => None,
+                .map_err(|e| RedisUnreachable(format!("{e:#}")))?;
+            let address = redact_url(url);
+            let store = RoutingConfigStore::connect(url, &address)
+                .await
+                .map_err(|e| RedisUnreachable(e.to_string()))?;
+            let shared =
+                match SharedRouting::start(routing.clone(), store, replica_id.clone()).await {
+                    Ok(shared) => shared,
+                    Err(StartError::Unavailable(message)) => {
+                        return Err(RedisUnreachable(message).into());
+                    }
+                    Err(unusable) => return Err(UnusableRouting(unusable.to_string()).into()),
+                };
+            tracing::info!(
+                replica_id = %replica_id,
+                routing_version = routing.version().as_deref().unwrap_or(""),
+                "routing config shared through redis (sb:routing)"
+            );
+            (Some(gate), Some(shared))
+        }
+        None => (None, None),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -205,12 +228,26 @@ async fn run_server(
             dev_mode,
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             routing,
+            shared_routing,
+            replica_id,
         },
         gate,
         shutdown_signal(),
     )
     .await
 }
+
+/// The routing config in force in Redis cannot be used by this build.
+#[derive(Debug)]
+struct UnusableRouting(String);
+
+impl std::fmt::Display for UnusableRouting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UnusableRouting {}
 
 /// Redis stayed unreachable for the whole startup timeout.
 #[derive(Debug)]
@@ -409,6 +446,8 @@ fn main() -> ExitCode {
                     eprintln!("switchboard: {e:#}");
                     if e.downcast_ref::<RedisUnreachable>().is_some() {
                         ExitCode::from(EXIT_UNAVAILABLE)
+                    } else if e.downcast_ref::<UnusableRouting>().is_some() {
+                        ExitCode::from(EXIT_CONFIG)
                     } else {
                         ExitCode::FAILURE
                     }

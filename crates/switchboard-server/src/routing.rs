@@ -13,16 +13,23 @@
 //!   queued changes: a conversation keeps the plan it was handed off with
 //!   (a reload applies to new hand-offs); connections, queue and offers
 //!   stay.
+//! - With Redis the config in force is the deployment's, kept in Redis:
+//!   `shared_routing` decides what this `Routing` holds (it calls
+//!   [`Routing::replace`]) and a reload goes through it; [`Routing::changes`]
+//!   announces every swap, after which `regions` re-resolves the regions of
+//!   the agents connected here.
 //! - A plan is a pure function of the hand-off and the config: the queue
 //!   (`queue_for(category)`, else the default queue, else the built-in
 //!   policy with the pool's timings), the base requirements, every
 //!   relaxation step precomputed with `requirements_at`, and, for an
 //!   overflow, the target queue's plan (the loader refuses overflow cycles).
 //! - An agent's regions are the names of the regions whose geofence admits
-//!   its location (or admits agents without one), resolved at GoOnline and
-//!   at every Heartbeat that carries a location. The engine checks
+//!   its location (or admits agents without one), resolved at GoOnline, at
+//!   every Heartbeat that carries a location and after every change of the
+//!   config (see `regions` for which location counts). The engine checks
 //!   membership and the roster.
 
+use crate::shared_routing::SharedRouting;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -35,17 +42,40 @@ use switchboard_routing::{
     CustomerRegion, MaxWaitAction, QueuePolicy, Requirements, RosterRegionPolicy, RoutingConfig,
     RoutingError, Strategy, base_requirements, next_relaxation_ms, region_allows, requirements_at,
 };
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How deep overflow chains are followed when planning (the loader refuses
 /// cycles; this only bounds a pathological chain).
 const MAX_OVERFLOW_DEPTH: usize = 16;
 
-/// The routing file in force (if one is configured).
-#[derive(Debug, Default)]
+/// The routing config in force (if any), with the file it is reloaded from.
+#[derive(Debug)]
 pub struct Routing {
     path: Option<PathBuf>,
-    current: RwLock<Option<Arc<RoutingConfig>>>,
+    current: RwLock<Option<Arc<InForce>>>,
+    /// The version in force, announced on every change: agents connected
+    /// here have their regions re-resolved (`regions::follow_routing`).
+    changes: watch::Sender<Option<String>>,
+}
+
+/// One routing config with the text it was parsed from and where that
+/// text came from (a file path, as the replica that read it named it).
+#[derive(Debug)]
+pub struct InForce {
+    pub config: Arc<RoutingConfig>,
+    pub text: Arc<str>,
+    pub source: String,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            path: None,
+            current: RwLock::new(None),
+            changes: watch::channel(None).0,
+        }
+    }
 }
 
 /// A reload that was refused: the running config stays.
@@ -58,7 +88,8 @@ pub enum ReloadError {
 }
 
 impl Routing {
-    /// No routing file: hand-offs are routed with the core's built-in rules.
+    /// No routing file: hand-offs are routed with the core's built-in rules
+    /// (with Redis, until a config in force there is applied).
     pub fn disabled() -> Arc<Routing> {
         Arc::new(Routing::default())
     }
@@ -66,10 +97,12 @@ impl Routing {
     /// Loads and validates `path`. `Err` holds every problem, one per line,
     /// each with file:line:col.
     pub fn load(path: &Path) -> Result<Arc<Routing>, Vec<String>> {
-        let config = read(path)?;
+        let loaded = read(path)?;
+        let version = loaded.config.version();
         Ok(Arc::new(Routing {
             path: Some(path.to_owned()),
-            current: RwLock::new(Some(Arc::new(config))),
+            current: RwLock::new(Some(Arc::new(loaded))),
+            changes: watch::channel(Some(version)).0,
         }))
     }
 
@@ -78,12 +111,17 @@ impl Routing {
         self.path.as_deref()
     }
 
-    /// The config in force, if any.
-    pub fn config(&self) -> Option<Arc<RoutingConfig>> {
+    /// The config in force with its text, if any.
+    pub fn in_force(&self) -> Option<Arc<InForce>> {
         match self.current.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The config in force, if any.
+    pub fn config(&self) -> Option<Arc<RoutingConfig>> {
+        self.in_force().map(|f| f.config.clone())
     }
 
     /// The version in force (16 hex digits), if any.
@@ -91,17 +129,36 @@ impl Routing {
         self.config().map(|c| c.version())
     }
 
+    /// Follows the version in force.
+    pub fn changes(&self) -> watch::Receiver<Option<String>> {
+        self.changes.subscribe()
+    }
+
+    /// Reads and validates the file without applying it.
+    pub fn read_file(&self) -> Result<InForce, ReloadError> {
+        let path = self.path.as_deref().ok_or(ReloadError::NotConfigured)?;
+        read(path).map_err(ReloadError::Invalid)
+    }
+
+    /// Puts `loaded` in force (an `Arc` swap) and announces its version.
+    pub fn replace(&self, loaded: InForce) {
+        let version = loaded.config.version();
+        {
+            let mut guard = match self.current.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *guard = Some(Arc::new(loaded));
+        }
+        self.changes.send_replace(Some(version));
+    }
+
     /// Reads the file again; a good one replaces the config in force (the
     /// new version is returned), a bad one changes nothing.
     pub fn reload(&self) -> Result<String, ReloadError> {
-        let path = self.path.as_deref().ok_or(ReloadError::NotConfigured)?;
-        let config = read(path).map_err(ReloadError::Invalid)?;
-        let version = config.version();
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *guard = Some(Arc::new(config));
+        let loaded = self.read_file()?;
+        let version = loaded.config.version();
+        self.replace(loaded);
         Ok(version)
     }
 
@@ -134,8 +191,13 @@ impl Routing {
 }
 
 /// Reloads the routing file on every SIGHUP until `cancel`; a bad file is
-/// logged and the running config stays.
-pub async fn reload_on_sighup(routing: Arc<Routing>, cancel: CancellationToken) {
+/// logged and the running config stays. With Redis (`shared`), the reload
+/// is the deployment-wide one of [`SharedRouting::reload_logged`].
+pub async fn reload_on_sighup(
+    routing: Arc<Routing>,
+    shared: Option<Arc<SharedRouting>>,
+    cancel: CancellationToken,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -153,6 +215,15 @@ pub async fn reload_on_sighup(routing: Arc<Routing>, cancel: CancellationToken) 
                     if received.is_none() {
                         return;
                     }
+                    if let Some(shared) = &shared {
+                        // Up to the reload's wait for the other replicas;
+                        // shutdown does not wait for it.
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            _ = shared.reload_logged("SIGHUP") => {}
+                        }
+                        continue;
+                    }
                     let routing = routing.clone();
                     let _ = tokio::task::spawn_blocking(move || routing.reload_logged("SIGHUP")).await;
                 }
@@ -161,17 +232,33 @@ pub async fn reload_on_sighup(routing: Arc<Routing>, cancel: CancellationToken) 
     }
     #[cfg(not(unix))]
     {
-        let _ = routing;
+        let _ = (routing, shared);
         cancel.cancelled().await;
     }
 }
 
-fn read(path: &Path) -> Result<RoutingConfig, Vec<String>> {
+fn read(path: &Path) -> Result<InForce, Vec<String>> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{name}: cannot read the routing file: {e}")])?;
-    RoutingConfig::from_toml(&name, &text)
-        .map_err(|errors| errors.errors.iter().map(ToString::to_string).collect())
+    parse(&name, &text)
+}
+
+/// Parses and validates routing file text; `source` names it in the
+/// problems (one per entry, with line and column).
+pub fn parse(source: &str, text: &str) -> Result<InForce, Vec<String>> {
+    let config = RoutingConfig::from_toml(source, text).map_err(|errors| {
+        errors
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    })?;
+    Ok(InForce {
+        config: Arc::new(config),
+        text: Arc::from(text),
+        source: source.to_owned(),
+    })
 }
 
 /// The plan for a hand-off under `config`. A region the config lacks is

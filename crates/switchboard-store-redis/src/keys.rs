@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | `sb:pools` | set | every pool ever written to; the sweeper and the event feed walk it. Outside any pool slot, so it is written by its own command (once per pool per process), never from a script |
 //! | `sb:config_version` | string | the dispatch config version in force for the deployment; written by the first replica (SET NX) or by `switchboard activate-config`; a replica running another version reports NOT_SERVING (see docs/redis.md). Outside any pool slot, never touched by a script |
+//! | `sb:routing`, `sb:routing:changed`, `sb:replicas` | hash, channel, hash | the routing config in force for the deployment (file text, version, source, activation), the channel announcing a new one, and the routing version each live replica runs: see [`crate::routing_config`]. Outside any pool slot, never touched by a dispatch script |
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |

@@ -65,6 +65,7 @@
 
 mod feed;
 pub mod keys;
+pub mod routing_config;
 mod script;
 
 use async_trait::async_trait;

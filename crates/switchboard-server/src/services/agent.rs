@@ -24,13 +24,17 @@ impl AgentApi {
         AgentApi { state }
     }
 
-    /// With a routing file in force, tells the store which regions'
-    /// geofences admit the agent at `location`.
+    /// Records `location` as the agent's (see `crate::regions`) and, with a
+    /// routing config in force, tells the store which regions' geofences
+    /// admit the agent there.
     async fn resolve_regions(
         &self,
         caller: &Caller,
         location: Option<switchboard_core::model::Location>,
     ) -> Result<(), Status> {
+        self.state
+            .locations
+            .record(&caller.pool, caller.agent()?, location);
         let Some(config) = self.state.routing.config() else {
             return Ok(());
         };
@@ -234,7 +238,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(status)?
             .value;
-        // No location counts as none: the config's `agents_without_location`.
+        // GoOnline declares the session: no location means none (the
+        // file's `agents_without_location`), whatever was known before.
         self.resolve_regions(&caller, location).await?;
         Ok(Response::new(pb::GoOnlineResponse {
             status: convert::pb_status(presence.status) as i32,
@@ -265,6 +270,11 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let pool = caller.pool.clone();
         // Register before attaching, so no event between the two is missed.
         let subscription = self.state.hub.subscribe_agent(&pool, &agent);
+        // Regions from the last location known here, under the config in
+        // force now (it may have changed while no stream was attached).
+        if let Some(location) = self.state.locations.get(&pool, &agent) {
+            self.resolve_regions(&caller, location).await?;
+        }
         let (stream_id, snapshot) = self
             .state
             .store
@@ -440,6 +450,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
     ) -> Result<Response<pb::GoOfflineResponse>, Status> {
         let caller = caller(&request)?;
         let store = &self.state.store;
+        self.state.locations.forget(&caller.pool, caller.agent()?);
         if request.get_ref().drain {
             let offline = store
                 .drain(&caller.pool, caller.agent()?)

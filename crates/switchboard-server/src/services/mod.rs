@@ -7,7 +7,9 @@ pub mod agent;
 pub mod gateway;
 
 use crate::hub::Hub;
+use crate::regions::AgentLocations;
 use crate::routing::Routing;
+use crate::shared_routing::SharedRouting;
 use std::sync::Arc;
 use switchboard_core::DispatchSettings;
 use switchboard_store::Store;
@@ -22,6 +24,12 @@ pub struct AppState {
     pub settings: DispatchSettings,
     /// The routing file in force, if any (swapped by a reload).
     pub routing: Arc<Routing>,
+    /// With Redis: the routing config in force for every replica.
+    pub shared_routing: Option<Arc<SharedRouting>>,
+    /// This replica's id (`server.replica_id`).
+    pub replica_id: String,
+    /// The last location each agent declared through this replica.
+    pub locations: Arc<AgentLocations>,
     /// Development mode: unknown agents self-register on going online.
     pub dev_mode: bool,
     /// Cancelled when the server starts shutting down: streams say goodbye.
