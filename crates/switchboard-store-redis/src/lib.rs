@@ -79,7 +79,8 @@ use switchboard_core::model::{
     RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{
-    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, Timestamp,
+    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, RoutingPlan,
+    Timestamp,
 };
 use switchboard_store::{Applied, EventFeed, Store, StoreError, StoreResult};
 use tokio::sync::{Notify, broadcast};
@@ -657,7 +658,9 @@ impl Store for RedisStore {
         conversation: &ConversationId,
         target: TransferTarget,
         note: &str,
+        plan: Option<RoutingPlan>,
     ) -> StoreResult<Applied<Conversation>> {
+        let _ = plan;
         // The script takes the target apart itself: an agent id, or the new
         // requirements as JSON (it renders them into the stored hand-off).
         let (kind, target) = match target {

@@ -639,7 +639,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                 let result = both!(
                     pair,
                     context(&format!("transfer {id} by {who} to {target:?}")),
-                    |s| s.transfer(&p, &who, &cid(id), target.clone(), note)
+                    |s| s.transfer(&p, &who, &cid(id), target.clone(), note, None)
                 );
                 if result.is_ok() {
                     if to_agent {

@@ -1118,6 +1118,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             to_queue("fraud", vec![Skill::new("fraud", 3)], None),
             "card used abroad",
+            None,
         )
         .await
         .unwrap();
@@ -1188,6 +1189,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             TransferTarget::Agent(agent("bob")),
             "back to billing",
+            None,
         )
         .await
         .unwrap();
@@ -1217,6 +1219,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             to_queue("german", vec![], Some("de")),
             "",
+            None,
         )
         .await
         .unwrap();
@@ -1263,7 +1266,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
         async move {
             domain(
                 store
-                    .transfer(&p, &agent(who), &cid("c1"), target, "note")
+                    .transfer(&p, &agent(who), &cid("c1"), target, "note", None)
                     .await
                     .unwrap_err(),
             )
@@ -1318,6 +1321,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
                 &cid("c2"),
                 to_queue("billing", vec![], None),
                 "",
+                None,
             )
             .await
             .unwrap_err(),
@@ -1334,6 +1338,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
                 &cid("never"),
                 to_queue("billing", vec![], None),
                 "",
+                None,
             )
             .await
             .unwrap_err(),
