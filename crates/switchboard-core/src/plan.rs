@@ -74,10 +74,7 @@ impl PlanRequirements {
         }
         for (i, skill) in self.skills.iter().enumerate() {
             validate::skill_name(&format!("{path}.skills[{i}].name"), &skill.name)?;
-            validate::skill_level(
-                &format!("{path}.skills[{i}].level"),
-                u32::from(skill.level),
-            )?;
+            validate::skill_level(&format!("{path}.skills[{i}].level"), u32::from(skill.level))?;
             if i > 0 && self.skills[i - 1].name >= skill.name {
                 return Err(DomainError::invalid(
                     format!("{path}.skills[{i}].name"),
@@ -235,9 +232,8 @@ impl RoutingPlan {
     }
 
     fn check_at(&self, path: &str, depth: usize) -> Result<(), DomainError> {
-        let priority = |field: String, value: u8| {
-            validate::priority(&field, u32::from(value)).map(|_| ())
-        };
+        let priority =
+            |field: String, value: u8| validate::priority(&field, u32::from(value)).map(|_| ());
         let duration = |field: String, value: i64, min: i64| {
             if (min..=MAX_PLAN_MS).contains(&value) {
                 Ok(())
@@ -263,8 +259,7 @@ impl RoutingPlan {
                 ));
             }
             previous = step.after_ms;
-            step.requirements
-                .check(&format!("{at}.requirements"))?;
+            step.requirements.check(&format!("{at}.requirements"))?;
         }
         if self.aging.rate_micro_per_second > MAX_AGING_RATE_MICRO {
             return Err(DomainError::invalid(

@@ -155,12 +155,22 @@ impl<T: DeserializeOwned> Reply<T> {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ScriptError {
-    NotFound { what: String, id: String },
+    NotFound {
+        what: String,
+        id: String,
+    },
     /// An argument the script cannot read (the Rust side checks plans
     /// first, so this means a bug or a tampered call).
-    Invalid { field: String, reason: String },
-    Precondition { message: String },
-    Permission { message: String },
+    Invalid {
+        field: String,
+        reason: String,
+    },
+    Precondition {
+        message: String,
+    },
+    Permission {
+        message: String,
+    },
 }
 
 impl ScriptError {

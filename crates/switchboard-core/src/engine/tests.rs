@@ -1654,7 +1654,11 @@ fn transfer_to_a_queue_installs_the_target_plan_and_keeps_the_wait() {
     assert_eq!(c.state, ConversationState::Queued, "the plan's first step");
     assert_eq!(c.queued_since, Timestamp(10), "the original wait counts");
     s.sweep(Timestamp(30_999));
-    assert_eq!(offered_to(&s, "c1"), None, "the plan's clock starts at the move");
+    assert_eq!(
+        offered_to(&s, "c1"),
+        None,
+        "the plan's clock starts at the move"
+    );
     s.sweep(Timestamp(31_000));
     assert_eq!(offered_to(&s, "c1"), Some(agent("junior")));
     s.check_invariants().unwrap();
