@@ -38,6 +38,11 @@ use switchboard_testkit::RedisServer;
 
 const STEP_MS: i64 = 1_000;
 const SEEDS: u64 = 24;
+/// Seeds after [`SEEDS`] run a uniform pool (everyone speaks English and
+/// has billing, capacity 2 or 3; hand-offs and plans mostly English
+/// billing at level 1 or 2), so several agents are often eligible at once
+/// and the strategies, aging and windows decide between them.
+const UNIFORM_SEEDS: u64 = 10;
 const STEPS: usize = 90;
 
 fn settings() -> DispatchSettings {
@@ -53,8 +58,9 @@ fn settings() -> DispatchSettings {
     }
 }
 
-/// xorshift64*: reproducible sequences without a dependency.
-struct Rng(u64);
+/// xorshift64*: reproducible sequences without a dependency; the flag
+/// asks for a uniform pool (see [`UNIFORM_SEEDS`]).
+struct Rng(u64, bool);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -102,7 +108,13 @@ fn skills(rng: &mut Rng, min_level: u8) -> Vec<Skill> {
 }
 
 fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
-    let mut languages: Vec<String> = vec![(*rng.pick(&["en", "de"])).to_owned()];
+    let uniform = rng.1;
+    let first = if uniform {
+        "en"
+    } else {
+        *rng.pick(&["en", "de"])
+    };
+    let mut languages: Vec<String> = vec![first.to_owned()];
     if rng.chance(40) {
         let extra = (*rng.pick(&LANGUAGES)).to_owned();
         if !languages.contains(&extra) {
@@ -122,15 +134,15 @@ fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
         vec![]
     };
     let mut entry_skills = skills(rng, 2);
-    if entry_skills.is_empty() {
-        entry_skills.push(Skill::new("billing", 3));
+    if entry_skills.is_empty() || (uniform && entry_skills[0].name != "billing") {
+        entry_skills.insert(0, Skill::new("billing", 2 + rng.below(4) as u8));
     }
     RosterEntry {
         agent_id: agent(id),
         display_name: id.to_uppercase(),
         skills: entry_skills,
         languages,
-        max_capacity: 1 + rng.below(2) as u32,
+        max_capacity: 1 + rng.below(2) as u32 + u32::from(uniform),
         allowed_regions,
         attributes,
         token_epoch: rng.below(3) as u64,
@@ -138,23 +150,30 @@ fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
 }
 
 fn handoff(rng: &mut Rng, id: &str) -> Handoff {
-    Handoff {
-        conversation_id: cid(id),
-        customer_id: format!("customer-{}", rng.below(3)),
-        language: (*rng.pick(&LANGUAGES)).to_owned(),
-        category: "billing".into(),
-        // Mostly requirements some agent meets, so offers happen often.
-        required_skills: skills(rng, 1)
+    let uniform = rng.1 && rng.chance(85);
+    let language = if uniform { "en" } else { *rng.pick(&LANGUAGES) };
+    // Mostly requirements some agent meets, so offers happen often.
+    let required_skills = if uniform {
+        vec![Skill::new("billing", 1 + rng.below(2) as u8)]
+    } else {
+        skills(rng, 1)
             .into_iter()
             .take(if rng.chance(70) { 1 } else { 2 })
             .map(|s| Skill::new(s.name, s.level.min(3)))
-            .collect(),
+            .collect()
+    };
+    Handoff {
+        conversation_id: cid(id),
+        customer_id: format!("customer-{}", rng.below(3)),
+        language: language.to_owned(),
+        category: "billing".into(),
+        required_skills,
         priority: rng.below(3) as u8,
         summary: "wants a human".into(),
         attributes: Default::default(),
         customer_asked_for_human: rng.chance(50),
         chat_reference: format!("chat://{id}"),
-        preferred_agent: if rng.chance(20) {
+        preferred_agent: if rng.chance(if rng.1 { 50 } else { 20 }) {
             Some(agent(AGENTS[rng.below(AGENTS.len())]))
         } else {
             None
@@ -223,16 +242,19 @@ fn random_plan(rng: &mut Rng, handoff: &Handoff, depth: usize) -> RoutingPlan {
         let mut first = PlanRequirements::language_only(language);
         // Mostly requirements some agent meets, as for hand-offs.
         first.skills = skills(rng, 1);
-        if rng.chance(70) {
+        if rng.1 && rng.chance(85) {
+            first.skills = handoff.required_skills.clone();
+        } else if rng.chance(70) {
             first.skills.truncate(1);
             for skill in &mut first.skills {
                 skill.level = skill.level.min(3);
             }
         }
-        if rng.chance(20) {
+        let rules = if rng.1 { 10 } else { 30 };
+        if rng.chance(rules) {
             first.attributes.insert("kyc_cleared".to_owned());
         }
-        if rng.chance(35) {
+        if rng.chance(rules) {
             first.regions = Some(regions(rng));
         }
         steps.push(PlanStep {
@@ -290,7 +312,7 @@ fn random_plan(rng: &mut Rng, handoff: &Handoff, depth: usize) -> RoutingPlan {
             after_ms: half_steps(rng, 3, 14),
             action,
         }),
-        preferred_window_ms: if rng.chance(40) {
+        preferred_window_ms: if rng.chance(if rng.1 { 60 } else { 40 }) {
             half_steps(rng, 1, 5)
         } else {
             0
@@ -632,7 +654,7 @@ impl Coverage {
 }
 
 async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, seed >= SEEDS);
     let p = PoolId::parse("pool", &format!("seed-{seed}")).unwrap();
     let mut streams: std::collections::HashMap<&str, u64> = Default::default();
     // Conversations created with a plan (or given one by a transfer).
@@ -642,7 +664,14 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
         pair.advance(STEP_MS);
         let a = *rng.pick(&AGENTS);
         let context = |what: &str| format!("seed {seed} step {step}: {what}");
-        match rng.below(140) {
+        let mut roll = rng.below(140);
+        // A uniform pool keeps its agents working: fewer detaches, breaks,
+        // go-offlines and drains, more completions and CSAT reports (the
+        // quality-weighted strategy ranks by them).
+        if rng.1 && matches!(roll, 32..=34 | 42..=47 | 100..=102) && rng.chance(80) {
+            roll = *rng.pick(&[77, 98]);
+        }
+        match roll {
             0..=9 => {
                 let entry = roster_entry(&mut rng, a);
                 let _ = both!(pair, context(&format!("upsert_roster {a}")), |s| s
@@ -999,7 +1028,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
         }
         // Apps mostly show their offers at once (else they are withdrawn as
         // undelivered and the agent's stream is dropped).
-        if rng.chance(70) {
+        if rng.chance(if rng.1 { 95 } else { 70 }) {
             for c in in_state(pair, &p, ConversationState::Offered).await {
                 if let Some(pending) = c.pending_offer() {
                     let offer = OfferId {
@@ -1012,6 +1041,33 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                         context(&format!("offer_delivered {who} {offer}")),
                         |s| s.offer_delivered(&p, &who, &offer)
                     );
+                }
+            }
+        }
+        // A uniform pool's agents mostly take what they are offered and come
+        // back from breaks, so several are often free at once.
+        if rng.1 {
+            for (who, offer) in pending_offers(pair, &p).await {
+                if rng.chance(40) {
+                    let _ = both!(pair, context(&format!("accept {who} {offer}")), |s| s
+                        .accept(&p, &who, &offer));
+                }
+            }
+            for presence in pair.memory.agents(&p).await.unwrap() {
+                if !presence.stream_attached && rng.chance(50) {
+                    let who = presence.agent_id.clone();
+                    let result = both!(pair, context(&format!("attach_stream {who}")), |s| s
+                        .attach_stream(&p, &who));
+                    if let (Ok(applied), Some(name)) =
+                        (result, AGENTS.iter().find(|n| **n == who.as_str()))
+                    {
+                        streams.insert(name, applied.value.0);
+                    }
+                }
+                if presence.status == AgentStatus::Away && rng.chance(30) {
+                    let who = presence.agent_id;
+                    let _ = both!(pair, context(&format!("set_status {who} available")), |s| s
+                        .set_status(&p, &who, StatusChoice::Available));
                 }
             }
         }
@@ -1063,7 +1119,7 @@ async fn random_sequences_match_the_in_memory_store() {
         redis_start,
     };
     let mut coverage = Coverage::default();
-    for seed in 0..SEEDS {
+    for seed in 0..SEEDS + UNIFORM_SEEDS {
         run_sequence(&pair, seed, &mut coverage).await;
     }
     println!("{coverage:?}");
