@@ -634,7 +634,7 @@ struct Coverage {
 
 impl Coverage {
     /// Counts what the plans did, from the events of one command.
-    fn count_events(&mut self, events: &[switchboard_core::Event], planned: &BTreeSet<String>) {
+    fn count_events(&mut self, events: &[switchboard_core::Event]) {
         for event in events {
             match &event.kind {
                 EventKind::Requeued { conversation } => {
@@ -805,7 +805,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                     |s| sweep(s)
                 );
                 if let Ok(applied) = swept {
-                    coverage.count_events(&applied.events, &planned);
+                    coverage.count_events(&applied.events);
                 }
             }
             94..=97 | 112..=119 => {
@@ -887,7 +887,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                     |s| s.transfer(&p, &who, &cid(id), target.clone(), note, plan.clone())
                 );
                 if let Ok(applied) = &result {
-                    coverage.count_events(&applied.events, &planned);
+                    coverage.count_events(&applied.events);
                     if to_agent {
                         coverage.transfers_to_agents += 1;
                     } else {
@@ -974,7 +974,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                         planned.insert(id.to_owned());
                         attempts.insert(id.to_owned(), 0);
                     }
-                    coverage.count_events(&applied.events, &planned);
+                    coverage.count_events(&applied.events);
                 }
             }
             132..=136 => {
@@ -994,7 +994,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                 );
                 if let Ok(applied) = &result {
                     coverage.region_updates += 1;
-                    coverage.count_events(&applied.events, &planned);
+                    coverage.count_events(&applied.events);
                 }
             }
             137..=139 => {
