@@ -27,6 +27,12 @@
 //!   as in the engine); the shared conformance suite and a differential
 //!   test against the in-memory store (random command sequences, results
 //!   and events compared step by step) hold the two to the same behaviour.
+//! - Routing plans run in the same script with the engine's semantics
+//!   (relaxation steps as deadlines, per-plan groups, strategies, aging,
+//!   preferred-agent windows, plan timings and penalties, maximum-wait
+//!   actions, agent regions): a plan is checked here
+//!   ([`RoutingPlan::check`]), passed as its serde JSON and kept in the
+//!   conversation row (see [`keys`] and docs/redis.md).
 //! - Rows are JSON, and fields added later (a conversation's `transfers` and
 //!   `csat`, a shift's `transfers` and CSAT counts, an agent's lifetime
 //!   `quality`) are read as absent = zero/empty, so rows written by an older
