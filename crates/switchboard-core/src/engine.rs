@@ -705,6 +705,9 @@ impl PoolState {
         plan: Option<RoutingPlan>,
         now: Timestamp,
     ) -> Result<(Conversation, bool), DomainError> {
+        if let Some(plan) = &plan {
+            plan.check()?;
+        }
         if let Some(existing) = self.conversations.get(&handoff.conversation_id) {
             if let Some(field) = existing.conflicting_field(&handoff) {
                 return Err(DomainError::Conflict {
@@ -718,26 +721,7 @@ impl PoolState {
         let id = handoff.conversation_id.clone();
         let conversation = Conversation::queued(handoff, now);
         let preferred = conversation.handoff.preferred_agent.is_some();
-        let fallback_step = || PlanStep {
-            after_ms: 0,
-            requirements: PlanRequirements {
-                language: conversation.handoff.language.clone(),
-                language_widened: false,
-                skills: conversation.handoff.required_skills.clone(),
-                attributes: BTreeSet::new(),
-                regions: conversation
-                    .handoff
-                    .region
-                    .clone()
-                    .map(|r| BTreeSet::from([r])),
-            },
-        };
-        let plan = plan.map(|mut plan| {
-            if plan.steps.is_empty() {
-                plan.steps.push(fallback_step());
-            }
-            plan
-        });
+        let plan = plan.map(|plan| with_fallback_step(plan, &conversation.handoff));
         self.conversations.insert(id.clone(), conversation);
         match plan {
             None => {
@@ -1199,14 +1183,30 @@ impl PoolState {
     /// the queue with new requirements. The summary, attributes and every
     /// earlier transfer travel with it; the note is added. The transferring
     /// agent is excluded from it and counts a transfer, not a completion.
+    ///
+    /// `plan` is the routing plan of the target queue (the caller computes
+    /// it from the routing policy for the transferred hand-off): on a
+    /// transfer to a queue it replaces the conversation's plan, its clock,
+    /// steps and maximum wait starting now (the queue position still counts
+    /// the original waiting time); `None` there routes the conversation on
+    /// the transfer's requirements with the built-in rules. A transfer to a
+    /// named agent keeps the conversation's plan and ignores `plan`.
     pub fn transfer(
         &mut self,
         agent_id: &AgentId,
         conversation_id: &ConversationId,
         target: TransferTarget,
         note: &str,
+        plan: Option<RoutingPlan>,
         now: Timestamp,
     ) -> Result<Conversation, DomainError> {
+        let plan = match &target {
+            TransferTarget::Queue { .. } => plan,
+            TransferTarget::Agent(_) => None,
+        };
+        if let Some(plan) = &plan {
+            plan.check()?;
+        }
         let conversation = self.conversation_ref(conversation_id)?;
         if conversation.state != ConversationState::Assigned
             || conversation.agent_id.as_ref() != Some(agent_id)
@@ -1251,8 +1251,14 @@ impl PoolState {
                 handoff.language = language.clone();
             }
             // The plan was for the old requirements: from here on the
-            // conversation is routed on the transfer's.
+            // conversation is routed by the target queue's plan, if any,
+            // else on the transfer's requirements.
+            let preferred = handoff.preferred_agent.is_some();
+            let plan = plan.map(|plan| with_fallback_step(plan, handoff));
             self.routing.remove(conversation_id);
+            if let Some(plan) = plan {
+                self.install_plan(conversation_id, plan, preferred, now);
+            }
         }
         if let Some(record) = self.agents.get_mut(agent_id) {
             record.shift.transfers += 1;
@@ -1347,19 +1353,7 @@ impl PoolState {
         limit: usize,
         now: Timestamp,
     ) -> (u32, i64) {
-        let mut plan = plan.clone();
-        if plan.steps.is_empty() {
-            plan.steps.push(PlanStep {
-                after_ms: 0,
-                requirements: PlanRequirements {
-                    language: handoff.language.clone(),
-                    language_widened: false,
-                    skills: handoff.required_skills.clone(),
-                    attributes: BTreeSet::new(),
-                    regions: handoff.region.clone().map(|r| BTreeSet::from([r])),
-                },
-            });
-        }
+        let plan = with_fallback_step(plan.clone(), handoff);
         let routed = Routed {
             step: plan.step_at(0),
             priority: plan.priority,
@@ -2709,6 +2703,24 @@ impl PoolState {
             conversation: c,
         });
     }
+}
+
+/// `plan` with a first step made of the hand-off's own requirements when
+/// it has no steps (language, skills, its named region).
+fn with_fallback_step(mut plan: RoutingPlan, handoff: &Handoff) -> RoutingPlan {
+    if plan.steps.is_empty() {
+        plan.steps.push(PlanStep {
+            after_ms: 0,
+            requirements: PlanRequirements {
+                language: handoff.language.clone(),
+                language_widened: false,
+                skills: handoff.required_skills.clone(),
+                attributes: BTreeSet::new(),
+                regions: handoff.region.clone().map(|r| BTreeSet::from([r])),
+            },
+        });
+    }
+    plan
 }
 
 fn primary_subtag(tag: &str) -> &str {

@@ -17,8 +17,9 @@
 //! crate guarantees it and the property tests check that the engine keeps
 //! an agent eligible once it was.
 
+use crate::error::DomainError;
 use crate::model::Skill;
-use crate::validate::{language_covers, language_lookup_keys};
+use crate::validate::{self, language_covers, language_lookup_keys};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
@@ -61,6 +62,27 @@ impl PlanRequirements {
     pub fn accepts_language(&self, agent_tag: &str) -> bool {
         language_covers(agent_tag, &self.language)
             || (self.language_widened && language_covers(&self.language, agent_tag))
+    }
+
+    /// Checks the language tag (lower-case BCP 47) and the skills (valid
+    /// names, levels 1..=5, sorted, each once), naming the field under
+    /// `path`.
+    fn check(&self, path: &str) -> Result<(), DomainError> {
+        let field = format!("{path}.language");
+        if validate::language(&field, &self.language)? != self.language {
+            return Err(DomainError::invalid(field, "must be lower case"));
+        }
+        for (i, skill) in self.skills.iter().enumerate() {
+            validate::skill_name(&format!("{path}.skills[{i}].name"), &skill.name)?;
+            validate::skill_level(&format!("{path}.skills[{i}].level"), u32::from(skill.level))?;
+            if i > 0 && self.skills[i - 1].name >= skill.name {
+                return Err(DomainError::invalid(
+                    format!("{path}.skills[{i}].name"),
+                    "skills must be sorted by name, each named once",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The exact index tags to look agents up under, when not widened.
@@ -185,7 +207,103 @@ pub struct RoutingPlan {
     pub reject_delay_ms: i64,
 }
 
+/// The longest duration a plan may name (366 days): beyond any sensible
+/// wait, and exact in the Redis store's Lua numbers (doubles).
+pub const MAX_PLAN_MS: i64 = 366 * 24 * 3_600_000;
+
+/// The fastest aging a plan may use: 10 points per second (the routing
+/// file's limit).
+pub const MAX_AGING_RATE_MICRO: u64 = 10 * MICRO;
+
+/// How deep overflow plans may nest (the routing file refuses cycles, so
+/// its chains are shorter than its queue count).
+pub const MAX_OVERFLOW_DEPTH: usize = 16;
+
 impl RoutingPlan {
+    /// Checks that the plan is executable as given, naming the first bad
+    /// field (`plan.steps[1].after_ms`, ...): priorities 0..=9, durations
+    /// 0..=[`MAX_PLAN_MS`], steps in time order with valid languages and
+    /// skills, aging within [`MAX_AGING_RATE_MICRO`] and ceiling 9,
+    /// overflow plans at most [`MAX_OVERFLOW_DEPTH`] deep. The routing crate
+    /// only builds such plans; this keeps a hand-made or corrupted one from
+    /// misbehaving in either store.
+    pub fn check(&self) -> Result<(), DomainError> {
+        self.check_at("plan", 0)
+    }
+
+    fn check_at(&self, path: &str, depth: usize) -> Result<(), DomainError> {
+        let priority =
+            |field: String, value: u8| validate::priority(&field, u32::from(value)).map(|_| ());
+        let duration = |field: String, value: i64, min: i64| {
+            if (min..=MAX_PLAN_MS).contains(&value) {
+                Ok(())
+            } else {
+                Err(DomainError::invalid(
+                    field,
+                    format!("is {value} ms, must be {min} to {MAX_PLAN_MS}"),
+                ))
+            }
+        };
+        priority(format!("{path}.priority"), self.priority)?;
+        let mut previous = 0;
+        for (i, step) in self.steps.iter().enumerate() {
+            let at = format!("{path}.steps[{i}]");
+            duration(format!("{at}.after_ms"), step.after_ms, 0)?;
+            if step.after_ms < previous {
+                return Err(DomainError::invalid(
+                    format!("{at}.after_ms"),
+                    format!(
+                        "{} ms comes before the previous step's {previous} ms; steps must be in time order",
+                        step.after_ms
+                    ),
+                ));
+            }
+            previous = step.after_ms;
+            step.requirements.check(&format!("{at}.requirements"))?;
+        }
+        if self.aging.rate_micro_per_second > MAX_AGING_RATE_MICRO {
+            return Err(DomainError::invalid(
+                format!("{path}.aging.rate_micro_per_second"),
+                format!(
+                    "is {}, must be at most {MAX_AGING_RATE_MICRO}",
+                    self.aging.rate_micro_per_second
+                ),
+            ));
+        }
+        priority(format!("{path}.aging.ceiling"), self.aging.ceiling)?;
+        if let Some(ms) = self.offer_timeout_ms {
+            duration(format!("{path}.offer_timeout_ms"), ms, 1)?;
+        }
+        if let Some(ms) = self.wrap_up_ms {
+            duration(format!("{path}.wrap_up_ms"), ms, 0)?;
+        }
+        duration(
+            format!("{path}.preferred_window_ms"),
+            self.preferred_window_ms,
+            0,
+        )?;
+        duration(format!("{path}.reject_delay_ms"), self.reject_delay_ms, 0)?;
+        if let Some(max_wait) = &self.max_wait {
+            duration(format!("{path}.max_wait.after_ms"), max_wait.after_ms, 0)?;
+            match &max_wait.action {
+                PlanMaxWaitAction::Expire { .. } => {}
+                PlanMaxWaitAction::Callback { priority: p, .. } => {
+                    priority(format!("{path}.max_wait.action.priority"), *p)?;
+                }
+                PlanMaxWaitAction::Overflow { plan, .. } => {
+                    if depth + 1 > MAX_OVERFLOW_DEPTH {
+                        return Err(DomainError::invalid(
+                            format!("{path}.max_wait.action.plan"),
+                            format!("overflow plans nest more than {MAX_OVERFLOW_DEPTH} deep"),
+                        ));
+                    }
+                    plan.check_at(&format!("{path}.max_wait.action.plan"), depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The index of the step in force after `waited_ms` (0 with no steps).
     pub fn step_at(&self, waited_ms: i64) -> usize {
         self.steps
@@ -222,6 +340,69 @@ mod tests {
         assert!(r.accepts_language("de-de"));
         assert!(r.accepts_language("de-at"));
         assert!(!r.accepts_language("den"));
+    }
+
+    #[test]
+    fn check_names_the_first_bad_field() {
+        assert_eq!(RoutingPlan::default().check(), Ok(()));
+        let step = |after_ms, language: &str| PlanStep {
+            after_ms,
+            requirements: PlanRequirements::language_only(language),
+        };
+        let bad = |plan: RoutingPlan| match plan.check() {
+            Err(DomainError::Invalid { field, .. }) => field,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let plan = RoutingPlan {
+            priority: 12,
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.priority");
+        let plan = RoutingPlan {
+            steps: vec![step(0, "en"), step(30_000, "en"), step(10_000, "en")],
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.steps[2].after_ms");
+        let plan = RoutingPlan {
+            steps: vec![step(0, "de|x")],
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.steps[0].requirements.language");
+        let plan = RoutingPlan {
+            steps: vec![step(0, "DE")],
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.steps[0].requirements.language");
+        let mut unsorted = step(0, "en");
+        unsorted.requirements.skills = vec![Skill::new("tech", 2), Skill::new("billing", 2)];
+        let plan = RoutingPlan {
+            steps: vec![unsorted],
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.steps[0].requirements.skills[1].name");
+        let plan = RoutingPlan {
+            aging: PlanAging {
+                rate_micro_per_second: u64::MAX,
+                ceiling: 9,
+            },
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.aging.rate_micro_per_second");
+        let inner = RoutingPlan {
+            reject_delay_ms: -1,
+            ..RoutingPlan::default()
+        };
+        let plan = RoutingPlan {
+            max_wait: Some(PlanMaxWait {
+                after_ms: 1_000,
+                action: PlanMaxWaitAction::Overflow {
+                    queue: "general".into(),
+                    plan: Box::new(inner),
+                },
+            }),
+            ..RoutingPlan::default()
+        };
+        assert_eq!(bad(plan), "plan.max_wait.action.plan.reject_delay_ms");
     }
 
     #[test]

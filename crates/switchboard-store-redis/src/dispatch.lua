@@ -38,7 +38,8 @@
 -- arguments and empties the row caches, so nothing leaks between calls.
 local K, ARGV, command, pool, settings, now, contact_now
 local K_ROSTER, K_AGENTS, K_ONLINE, K_DEADLINES, K_EVENTS, K_GROUPS, K_ARRIVALS
-local K_STREAM_IDS, K_FIRST_OFFERS, K_RATE_GROUPS, K_LAST_CONTACT
+local K_STREAM_IDS, K_FIRST_OFFERS, K_RATE_GROUPS, K_LAST_CONTACT, K_OFFER_SEQ
+local K_PLAN_GENERATIONS
 -- Rows (agents, conversations, roster entries) read during this call, and
 -- which of them changed; written back once, at the end (`flush`).
 local agents, conversations, rosters, dirty_agents, dirty_conversations
@@ -85,6 +86,8 @@ local function begin(keys, args)
   K_FIRST_OFFERS = K .. 'first_offers'
   K_RATE_GROUPS = K .. 'rate_groups'
   K_LAST_CONTACT = K .. 'last_contact'
+  K_OFFER_SEQ = K .. 'offer_seq'
+  K_PLAN_GENERATIONS = K .. 'plan_generations'
   agents, conversations, rosters = {}, {}, {}
   dirty_agents, dirty_conversations = {}, {}
   events = {}
@@ -98,6 +101,13 @@ local MIN_GROUP_SAMPLES = 4
 local MAX_RATE_GROUPS = 10000
 -- How many index entries one ZRANGE fetches while looking for a fit.
 local SCAN_CHUNK = 32
+-- Strategies other than longest idle compare at most this many eligible
+-- agents per language key (engine STRATEGY_CANDIDATES).
+local STRATEGY_CANDIDATES = 64
+-- Micro-points per priority point (plan::MICRO).
+local MICRO = 1000000
+-- A planned conversation's maximum wait with no `Expire` reason of its own.
+local MAX_WAIT_REASON = 'no agent within the maximum wait'
 
 -- ------------------------------------------------------------------ keys
 
@@ -108,6 +118,7 @@ local function k_group_language(primary) return K .. 'glang:' .. primary end
 local function k_queue(gid) return K .. 'queue:' .. gid end
 local function k_queue_age(gid) return K .. 'qage:' .. gid end
 local function k_group_rate(gid) return K .. 'grate:' .. gid end
+local function k_family(primary) return K .. 'family:' .. primary end
 
 -- ------------------------------------------------------------- utilities
 
@@ -389,8 +400,8 @@ end
 -- ------------------------------------------------------------ sessions
 
 local function offerable(s)
-  return s.stream ~= nil and not s.draining and s.wrap_up_until == nil and s.choice == 'available'
-    and s.pending == nil and #s.active < s.capacity
+  return s.stream ~= nil and not s.draining and s.wrap_up_until == nil and s.reject_until == nil
+    and s.choice == 'available' and s.pending == nil and #s.active < s.capacity
 end
 
 local function status_of(s)
@@ -433,6 +444,14 @@ local function reindex(id)
   for _, key in ipairs(index_keys(s)) do
     if old ~= nil then redis.call('ZREM', key, id) end
     if want ~= nil then redis.call('ZADD', key, want, id) end
+  end
+  -- The family of each indexed tag, for widened look-ups (engine
+  -- `families`). Tags whose sets emptied stay listed: an empty set adds
+  -- no candidate, so stale members change no decision.
+  if want ~= nil and old == nil then
+    for _, language in ipairs(s.languages) do
+      redis.call('SADD', k_family(primary_subtag(language)), language)
+    end
   end
 end
 
@@ -505,6 +524,137 @@ local function group_id(c)
   return c.language .. '|' .. table.concat(parts, ',') .. '|' .. region
 end
 
+-- ------------------------------------------------------------ plans
+
+-- A planned conversation's routing state lives in its row as `routed`
+-- (engine `Routed`): the plan (decoded once from the serde JSON the Rust
+-- side sent, see `decode_plan`), when its clock started (`since`), the
+-- step in force (`step`, counted from 0 as in the engine), its
+-- `generation` (older schedule deadlines are stale), the base
+-- `priority` in the queue (a callback lowers it) and when the maximum
+-- wait is due (`max_wait_at`, nil once a callback).
+
+-- A plan as the script keeps it: serde's JSON of `RoutingPlan` with nulls
+-- as nil and the maximum-wait action as `{ kind = ..., ... }`. Returns nil
+-- and a message when the document is not a plan.
+local decode_plan
+local function decode_requirements(r)
+  if type(r) ~= 'table' or type(r.language) ~= 'string' then return nil end
+  local regions = null_to_nil(r.regions)
+  return {
+    language = r.language, language_widened = r.language_widened == true,
+    skills = null_to_nil(r.skills) or {}, attributes = null_to_nil(r.attributes) or {},
+    regions = regions,
+  }
+end
+
+local function decode_plan_table(t)
+  if type(t) ~= 'table' then return nil, 'not an object' end
+  local steps = {}
+  for i, step in ipairs(null_to_nil(t.steps) or {}) do
+    local requirements = type(step) == 'table' and decode_requirements(step.requirements)
+    if not requirements or type(step.after_ms) ~= 'number' then
+      return nil, 'steps[' .. ji(i - 1) .. '] is not a plan step'
+    end
+    steps[i] = { after_ms = step.after_ms, requirements = requirements }
+  end
+  local aging = null_to_nil(t.aging) or {}
+  local plan = {
+    queue = null_to_nil(t.queue) or '', priority = null_to_nil(t.priority) or 0, steps = steps,
+    strategy = null_to_nil(t.strategy) or 'LongestIdle',
+    aging = { rate = null_to_nil(aging.rate_micro_per_second) or 0, ceiling = null_to_nil(aging.ceiling) or 9 },
+    offer_timeout_ms = null_to_nil(t.offer_timeout_ms), wrap_up_ms = null_to_nil(t.wrap_up_ms),
+    preferred_window_ms = null_to_nil(t.preferred_window_ms) or 0,
+    roster_regions_if_listed = t.roster_regions_if_listed == true,
+    misses_before_away = null_to_nil(t.misses_before_away),
+    reject_delay_ms = null_to_nil(t.reject_delay_ms) or 0,
+  }
+  local max_wait = null_to_nil(t.max_wait)
+  if max_wait then
+    local action = type(max_wait) == 'table' and null_to_nil(max_wait.action)
+    if type(action) ~= 'table' or type(max_wait.after_ms) ~= 'number' then
+      return nil, 'max_wait is not a maximum wait'
+    end
+    local decoded
+    if type(action.Expire) == 'table' then
+      decoded = { kind = 'Expire', reason = action.Expire.reason or '' }
+    elseif type(action.Callback) == 'table' then
+      decoded = { kind = 'Callback', priority = action.Callback.priority or 0, reason = action.Callback.reason or '' }
+    elseif type(action.Overflow) == 'table' then
+      local nested, why = decode_plan_table(action.Overflow.plan)
+      if not nested then return nil, 'max_wait.action.plan: ' .. why end
+      decoded = { kind = 'Overflow', queue = action.Overflow.queue or '', plan = nested }
+    else
+      return nil, 'max_wait.action is not one of Expire, Overflow, Callback'
+    end
+    plan.max_wait = { after_ms = max_wait.after_ms, action = decoded }
+  end
+  return plan
+end
+
+decode_plan = function(raw)
+  local ok, t = pcall(cjson.decode, raw)
+  if not ok then return nil, 'not JSON' end
+  return decode_plan_table(t)
+end
+
+local function err_invalid(field, reason)
+  return '{"kind":"invalid","field":' .. js(field) .. ',"reason":' .. js(reason) .. '}'
+end
+
+-- engine `with_fallback_step`: a plan without steps routes on the
+-- conversation's own requirements (language, skills, named region).
+local function with_fallback_step(plan, c)
+  if #plan.steps == 0 then
+    local regions = nil
+    if c.region ~= nil then regions = { c.region } end
+    plan.steps = { {
+      after_ms = 0,
+      requirements = {
+        language = c.language, language_widened = false, skills = c.skills, attributes = {}, regions = regions,
+      },
+    } }
+  end
+  return plan
+end
+
+-- RoutingPlan::step_at: the last step due after `waited` ms (0 with none).
+local function step_at(plan, waited)
+  local at = 0
+  for i, step in ipairs(plan.steps) do
+    if step.after_ms <= waited then at = i - 1 end
+  end
+  return at
+end
+
+local function current_requirements(routed)
+  return routed.plan.steps[routed.step + 1].requirements
+end
+
+-- The group of a planned conversation: `language|skill:level,...|~{...}`
+-- with the rest of its requirements and its aging as JSON in fixed field
+-- order (engine `GroupKey` with `RoutedKey`): `w` widened, `a` attributes,
+-- `g` regions (null: no rule), `l` roster regions if listed, `r` aging rate,
+-- `c` ceiling. Equal requirements give equal ids.
+local function routed_group_id(requirements, plan)
+  local parts = {}
+  for i, s in ipairs(requirements.skills) do parts[i] = s.name .. ':' .. ji(s.level) end
+  local regions = 'null'
+  if requirements.regions ~= nil then regions = jarr(requirements.regions, js) end
+  return requirements.language .. '|' .. table.concat(parts, ',') .. '|~{"w":' .. jb(requirements.language_widened)
+    .. ',"a":' .. jarr(requirements.attributes, js) .. ',"g":' .. regions
+    .. ',"l":' .. jb(plan.roster_regions_if_listed) .. ',"r":' .. ji(plan.aging.rate)
+    .. ',"c":' .. ji(plan.aging.ceiling) .. '}'
+end
+
+-- The group a conversation belongs to (or would), planned or not.
+local function conversation_group_id(c)
+  if c.routed then return routed_group_id(current_requirements(c.routed), c.routed.plan) end
+  return group_id(c)
+end
+
+-- A group id's parts: language, skills, named region (unplanned) and the
+-- rest of planned requirements (`{ w, a, g, l, r, c }` as above, or nil).
 local function parse_group(gid)
   local a = string.find(gid, '|', 1, true)
   local b = string.find(gid, '|', a + 1, true)
@@ -513,16 +663,29 @@ local function parse_group(gid)
     skills[#skills + 1] = { name = name, level = tonumber(level) }
   end
   local rest = string.sub(gid, b + 1)
-  local region = nil
-  if rest ~= '' then region = string.sub(rest, 2) end
-  return string.sub(gid, 1, a - 1), skills, region
+  local region, routed = nil, nil
+  if string.sub(rest, 1, 1) == '~' then
+    routed = cjson.decode(string.sub(rest, 2))
+    routed.g = null_to_nil(routed.g)
+  elseif rest ~= '' then
+    region = string.sub(rest, 2)
+  end
+  return string.sub(gid, 1, a - 1), skills, region, routed
+end
+
+-- The base priority a conversation waits at.
+local function queue_priority(c)
+  if c.routed then return c.routed.priority end
+  return c.priority
 end
 
 -- Queue member: fixed-width `inverted priority|queued since|arrival|id`, all
 -- members scored 0, so ZRANGE is the engine's QueueKey order (higher
 -- priority, then longer waiting, then arrival) and ZRANK the queue position.
+-- Priorities are 0..=9 (plans are checked), so one digit: each priority
+-- level starts with its own digit (ZRANGEBYLEX jumps between levels).
 local function queue_member(c, arrival)
-  return string.format('%d|%015d|%012d|%s', 9 - c.priority, c.queued_since, arrival, c.id)
+  return string.format('%d|%015d|%012d|%s', 9 - queue_priority(c), c.queued_since, arrival, c.id)
 end
 
 local function member_order(m)
@@ -530,21 +693,17 @@ local function member_order(m)
   return tonumber(p[1]), tonumber(p[2]), tonumber(p[3]), p[4]
 end
 
-local function member_less(a, b)
-  local a1, a2, a3 = member_order(a)
-  local b1, b2, b3 = member_order(b)
-  if a1 ~= b1 then return a1 < b1 end
-  if a2 ~= b2 then return a2 < b2 end
-  return a3 < b3
+local function group_language(gid)
+  return string.sub(gid, 1, string.find(gid, '|', 1, true) - 1)
 end
 
 local function enqueue(cid)
   local c = conversation(cid)
   if not c then return end
-  local gid = group_id(c)
+  local gid = conversation_group_id(c)
   local arrival = redis.call('INCR', K_ARRIVALS)
   local member = queue_member(c, arrival)
-  redis.call('SADD', k_group_language(primary_subtag(c.language)), gid)
+  redis.call('SADD', k_group_language(primary_subtag(group_language(gid))), gid)
   redis.call('SADD', K_GROUPS, gid)
   redis.call('ZADD', k_queue(gid), 0, member)
   redis.call('ZADD', k_queue_age(gid), c.queued_since, cid)
@@ -561,7 +720,7 @@ local function dequeue(cid)
   redis.call('ZREM', k_queue_age(gid), cid)
   if redis.call('ZCARD', k_queue(gid)) == 0 then
     redis.call('SREM', K_GROUPS, gid)
-    redis.call('SREM', k_group_language(primary_subtag(c.language)), gid)
+    redis.call('SREM', k_group_language(primary_subtag(group_language(gid))), gid)
   end
   c.group = nil
   c.member = nil
@@ -590,7 +749,7 @@ end
 local function view(c)
   if c.state == 'Queued' then
     local position = queue_position(c)
-    return render_conversation(c, position, expected_wait_ms(group_id(c), position))
+    return render_conversation(c, position, expected_wait_ms(conversation_group_id(c), position))
   end
   return render_conversation(c, 0, 0)
 end
@@ -618,8 +777,13 @@ end
 
 -- Members are `<kind>|<fields>` with the kind numbered in the engine's
 -- `Deadline` variant order (1 offer delivery, 2 offer timeout, 3 stream
--- grace, 4 lease, 5 wrap-up end, 6 maximum wait, 7 retention), so entries
--- due at the same millisecond are handled in the same order as in memory.
+-- grace, 4 lease, 5 wrap-up end, 6 maximum wait, 7 retention, 8 relaxation
+-- step, 9 end of the preferred-agent window, A end of a reject delay: one
+-- character each, so byte order is variant order), so entries due at the
+-- same millisecond are handled in the same order as in memory. A planned
+-- maximum wait carries its time (`6|conv|at`): a transfer or an overflow
+-- installs a new one while the old may still be pending, as the engine's
+-- set holds both (the stale one finds the time moved and does nothing).
 -- NX: an earlier pending entry for the same thing stays (it fires first, as
 -- in the engine's set). A wrap-up end carries its time in the member, so
 -- several can be pending for one agent, as in the engine.
@@ -628,6 +792,32 @@ local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, at, 
 
 local function finish(cid)
   deadline_at(now + settings.retention, '7|' .. cid)
+end
+
+-- engine::install_plan: starts executing `plan` for a conversation (not in
+-- a queue group at the time): its clock starts now, every later step and
+-- the end of the preferred window are scheduled, and the maximum wait.
+local function install_plan(cid, plan, preferred)
+  local c = conversation(cid)
+  local generation = redis.call('INCR', K_PLAN_GENERATIONS)
+  for i = 2, #plan.steps do
+    local after = plan.steps[i].after_ms
+    if after > 0 then
+      deadline_at(now + after, string.format('8|%s|%012d|%06d', cid, generation, i - 1))
+    end
+  end
+  if preferred and plan.preferred_window_ms > 0 then
+    deadline_at(now + plan.preferred_window_ms, string.format('9|%s|%012d', cid, generation))
+  end
+  local max_wait_ms = settings.max_wait
+  if plan.max_wait then max_wait_ms = plan.max_wait.after_ms end
+  local max_wait_at = now + max_wait_ms
+  deadline_at(max_wait_at, '6|' .. cid .. '|' .. ji(max_wait_at))
+  c.routed = {
+    plan = plan, since = now, step = step_at(plan, 0), generation = generation, priority = plan.priority,
+    max_wait_at = max_wait_at,
+  }
+  touch_conversation(cid)
 end
 
 -- ------------------------------------------------------------ matching
@@ -650,15 +840,163 @@ local function fits(agent_id, s, c)
   return true
 end
 
+-- PlanRequirements::accepts_language.
+local function accepts_language(requirements, agent_tag)
+  return language_covers(agent_tag, requirements.language)
+    or (requirements.language_widened and language_covers(requirements.language, agent_tag))
+end
+
+-- engine::plan_eligible: language (exact or family), skills, roster
+-- attributes, and one region both admitting the agent (its resolved set)
+-- and permitted by its roster entry.
+local function plan_eligible(requirements, if_listed, s, roster)
+  local language_ok = false
+  for _, l in ipairs(s.languages) do
+    if accepts_language(requirements, l) then language_ok = true break end
+  end
+  if not language_ok then return false end
+  for _, required in ipairs(requirements.skills) do
+    local level = skill_level(s.skills, required.name)
+    if level == nil or level < required.level then return false end
+  end
+  for _, attribute in ipairs(requirements.attributes) do
+    if not contains(roster.attributes, attribute) then return false end
+  end
+  if requirements.regions == nil then return true end
+  for _, region in ipairs(requirements.regions) do
+    local permitted = contains(roster.allowed_regions, region) or (if_listed and #roster.allowed_regions == 0)
+    if permitted and s.regions ~= nil and contains(s.regions, region) then return true end
+  end
+  return false
+end
+
+-- engine::meets: an online agent meets planned requirements.
+local function meets(agent_id, requirements, if_listed)
+  local s = session_of(agent_id)
+  local roster = roster_of(agent_id)
+  if not s or not roster then return false end
+  return plan_eligible(requirements, if_listed, s, roster)
+end
+
+-- engine::planned_fits: may take the planned conversation now, capacity aside.
+local function planned_fits(agent_id, c)
+  return not contains(c.excluded, agent_id)
+    and meets(agent_id, current_requirements(c.routed), c.routed.plan.roster_regions_if_listed)
+end
+
+local function preferred_window_open(routed)
+  return routed.plan.preferred_window_ms > 0 and now < routed.since + routed.plan.preferred_window_ms
+end
+
+-- engine::reserved_for_another: a planned conversation in its preferred
+-- agent's window, that agent online and eligible, and not `agent_id`.
+local function reserved_for_another(c, agent_id)
+  if not c.routed or not preferred_window_open(c.routed) or c.preferred == nil then return false end
+  return c.preferred ~= agent_id and planned_fits(c.preferred, c)
+end
+
+-- engine::planned_languages: the index tags where agents meeting the
+-- requirements are (the tag's family when widened).
+local function planned_languages(requirements)
+  if not requirements.language_widened then return language_lookup_keys(requirements.language) end
+  local out = {}
+  for _, tag in ipairs(redis.call('SMEMBERS', k_family(primary_subtag(requirements.language)))) do
+    if accepts_language(requirements, tag) then out[#out + 1] = tag end
+  end
+  table.sort(out, byte_less)
+  return out
+end
+
+-- engine::smallest_candidate_set: the smallest index set of `language`
+-- with one of `skills` (any skill when none); nil when a skill has nobody.
+local function smallest_candidate_key(language, skills)
+  if #skills == 0 then return k_avail(language, '*') end
+  local smallest, smallest_size = nil, nil
+  for _, required in ipairs(skills) do
+    local candidate = k_avail(language, required.name)
+    local size = redis.call('ZCARD', candidate)
+    if size == 0 then return nil end
+    if smallest == nil or size < smallest_size then smallest, smallest_size = candidate, size end
+  end
+  return smallest
+end
+
+local function cmp(a, b)
+  if a < b then return -1 end
+  if a > b then return 1 end
+  return 0
+end
+
+-- engine::strategy_cmp: whether candidate `a` ({ id, score }) goes before
+-- `b`; ties by longest idle, then agent id (bytes), so every replica
+-- picks the same agent.
+local function strategy_less(strategy, requirements, a, b)
+  local ra, rb = agent_record(a.id), agent_record(b.id)
+  local primary = 0
+  if strategy == 'LeastOccupied' then
+    local sa, sb = ra.session, rb.session
+    if sa and sb then
+      -- active / capacity compared exactly by cross multiplication.
+      primary = cmp(#sa.active * math.max(sb.capacity, 1), #sb.active * math.max(sa.capacity, 1))
+    end
+  elseif strategy == 'BestSkillMatch' then
+    local sa, sb = ra.session, rb.session
+    if sa and sb then
+      local function score(skills)
+        local total = 0
+        for _, required in ipairs(requirements.skills) do total = total + (skill_level(skills, required.name) or 0) end
+        return total
+      end
+      primary = cmp(score(sb.skills), score(sa.skills))
+    end
+  elseif strategy == 'RoundRobin' then
+    primary = cmp(ra.last_offer_seq or 0, rb.last_offer_seq or 0)
+  elseif strategy == 'QualityWeighted' then
+    -- (total + 4.0 × 5) / (count + 5), higher first, exactly.
+    local qa, qb = ra.quality or {}, rb.quality or {}
+    local na, da = (qa.csat_total or 0) + 20, (qa.csat_count or 0) + 5
+    local nb, db = (qb.csat_total or 0) + 20, (qb.csat_count or 0) + 5
+    primary = cmp(nb * da, na * db)
+  end
+  if primary ~= 0 then return primary < 0 end
+  if a.score ~= b.score then return a.score < b.score end
+  return byte_less(a.id, b.id)
+end
+
+-- PlanAging::effective in micro-points, exact in doubles: the boost
+-- `rate × waited / 1000` is split into whole seconds and the rest.
+local function effective_priority(priority, waited, rate, ceiling)
+  local base = priority * MICRO
+  if rate == 0 then return base end
+  if waited < 0 then waited = 0 end
+  local cap = ceiling * MICRO
+  local seconds = math.floor(waited / 1000)
+  local aged
+  if seconds > 9 * MICRO then
+    aged = cap
+  else
+    aged = base + rate * seconds + math.floor(rate * (waited - seconds * 1000) / 1000)
+    if aged > cap then aged = cap end
+  end
+  if aged < base then aged = base end
+  return aged
+end
+
 local make_offer
 local go_offline
 
 -- A queued conversation looks for the best offerable, eligible agent: the
 -- preferred agent first, else per language key the smallest index set its
 -- skills touch, walked from the longest idle.
+local dispatch_planned
+
 local function dispatch_conversation(cid)
   local c = conversation(cid)
   if not c or c.state ~= 'Queued' then return end
+  if c.routed then
+    dispatch_planned(cid, c)
+    return
+  end
   local best_agent, best_score = nil, nil
   if c.preferred ~= nil then
     local s = session_of(c.preferred)
@@ -706,14 +1044,100 @@ local function dispatch_conversation(cid)
   if best_agent then make_offer(cid, best_agent) end
 end
 
+-- engine::dispatch_planned: a queued planned conversation looks for an
+-- agent: its preferred agent first (and only, while the window is open and
+-- that agent is online and eligible), else by the plan's strategy among up
+-- to STRATEGY_CANDIDATES eligible agents per language key (idle order).
+dispatch_planned = function(cid, c)
+  local routed = c.routed
+  if c.preferred ~= nil and planned_fits(c.preferred, c) then
+    local preferred = session_of(c.preferred)
+    if preferred and offerable(preferred) then
+      make_offer(cid, c.preferred)
+      return
+    end
+    -- Reserved: the preferred agent gets it when free, others once the
+    -- window ends.
+    if preferred_window_open(routed) then return end
+  end
+  local requirements = current_requirements(routed)
+  local strategy = routed.plan.strategy
+  local limit = STRATEGY_CANDIDATES
+  if strategy == 'LongestIdle' then limit = 1 end
+  local candidates, seen = {}, {}
+  for _, language in ipairs(planned_languages(requirements)) do
+    local key = smallest_candidate_key(language, requirements.skills)
+    if key then
+      local start, taken = 0, 0
+      while taken < limit do
+        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1, 'WITHSCORES')
+        if #chunk == 0 then break end
+        for i = 1, #chunk, 2 do
+          local candidate = chunk[i]
+          if planned_fits(candidate, c) then
+            taken = taken + 1
+            if not seen[candidate] then
+              seen[candidate] = true
+              candidates[#candidates + 1] = { id = candidate, score = tonumber(chunk[i + 1]) }
+            end
+            if taken >= limit then break end
+          end
+        end
+        start = start + SCAN_CHUNK
+      end
+    end
+  end
+  local best = nil
+  for _, candidate in ipairs(candidates) do
+    if best == nil or strategy_less(strategy, requirements, candidate, best) then best = candidate end
+  end
+  if best then make_offer(cid, best.id) end
+end
+
+-- Whether rank `a` ({ effective, queued_since, arrival, cid }) goes before `b`:
+-- higher effective priority, then longer waiting, then arrival.
+local function rank_less(a, b)
+  if a.effective ~= b.effective then return a.effective > b.effective end
+  if a.queued_since ~= b.queued_since then return a.queued_since < b.queued_since end
+  if a.arrival ~= b.arrival then return a.arrival < b.arrival end
+  return byte_less(a.cid, b.cid)
+end
+
+-- Whether the agent serves a group's requirements.
+local function serves_group(s, roster, gid)
+  local group_language, group_skills, group_region, routed = parse_group(gid)
+  if routed then
+    local requirements = {
+      language = group_language, language_widened = routed.w, skills = group_skills, attributes = routed.a,
+      regions = routed.g,
+    }
+    return plan_eligible(requirements, routed.l, s, roster), routed
+  end
+  local ok = false
+  for _, l in ipairs(s.languages) do
+    if language_covers(l, group_language) then ok = true break end
+  end
+  if not ok then return false end
+  for _, required in ipairs(group_skills) do
+    local level = skill_level(s.skills, required.name)
+    if level == nil or level < required.level then return false end
+  end
+  if group_region ~= nil then return contains(roster.allowed_regions, group_region) end
+  return true
+end
+
 -- An agent with spare capacity looks at the heads of the queue groups it
--- can serve (never at the whole queue) and takes the best waiting one.
+-- can serve (never at the whole queue) and takes the best waiting one,
+-- skipping conversations it declined or missed and those reserved for
+-- their preferred agent. With aging, the head of every priority level of a
+-- group competes (aging keeps the order within a level): ZRANGEBYLEX jumps
+-- from one level's digit to the next.
 local function dispatch_agent(agent_id)
   local s = session_of(agent_id)
   if not s or not offerable(s) then return end
   local roster = roster_of(agent_id)
   if not roster then return end
-  local best_member, best_cid = nil, nil
+  local best = nil
   local seen_primaries = {}
   for _, language in ipairs(s.languages) do
     local primary = primary_subtag(language)
@@ -722,42 +1146,43 @@ local function dispatch_agent(agent_id)
       local gids = redis.call('SMEMBERS', k_group_language(primary))
       table.sort(gids, byte_less)
       for _, gid in ipairs(gids) do
-        local group_language, group_skills, group_region = parse_group(gid)
-        local ok = false
-        for _, l in ipairs(s.languages) do
-          if language_covers(l, group_language) then ok = true break end
-        end
-        if ok then
-          for _, required in ipairs(group_skills) do
-            local level = skill_level(s.skills, required.name)
-            if level == nil or level < required.level then ok = false break end
-          end
-        end
-        if ok and group_region ~= nil then ok = contains(roster.allowed_regions, group_region) end
-        if ok then
-          -- The head, skipping conversations this agent declined or missed.
-          local start, head, head_cid = 0, nil, nil
-          while head == nil do
-            local chunk = redis.call('ZRANGE', k_queue(gid), start, start + SCAN_CHUNK - 1)
-            if #chunk == 0 then break end
-            for _, member in ipairs(chunk) do
-              local _, _, _, cid = member_order(member)
-              local c = conversation(cid)
-              if c and not contains(c.excluded, agent_id) then
-                head, head_cid = member, cid
-                break
+        local serves, routed = serves_group(s, roster, gid)
+        if serves then
+          local aging = nil
+          if routed and routed.r > 0 then aging = routed end
+          local from = '-'
+          while from do
+            local start, head = 0, nil
+            while head == nil do
+              local chunk = redis.call('ZRANGEBYLEX', k_queue(gid), from, '+', 'LIMIT', start, SCAN_CHUNK)
+              if #chunk == 0 then break end
+              for _, member in ipairs(chunk) do
+                local inverted, queued_since, arrival, cid = member_order(member)
+                local c = conversation(cid)
+                if c and not contains(c.excluded, agent_id) and not reserved_for_another(c, agent_id) then
+                  head = { inverted = inverted, queued_since = queued_since, arrival = arrival, cid = cid }
+                  break
+                end
               end
+              start = start + SCAN_CHUNK
             end
-            start = start + SCAN_CHUNK
-          end
-          if head and (best_member == nil or member_less(head, best_member)) then
-            best_member, best_cid = head, head_cid
+            if head == nil then break end
+            local priority = 9 - head.inverted
+            if aging then
+              head.effective = effective_priority(priority, math.max(now - head.queued_since, 0), aging.r, aging.c)
+            else
+              head.effective = priority * MICRO
+            end
+            if best == nil or rank_less(head, best) then best = head end
+            from = nil
+            -- Past the rest of this priority level.
+            if aging and head.inverted < 9 then from = '[' .. ji(head.inverted + 1) end
           end
         end
       end
     end
   end
-  if best_cid then make_offer(best_cid, agent_id) end
+  if best then make_offer(best.cid, agent_id) end
 end
 
 make_offer = function(cid, agent_id)
@@ -766,7 +1191,9 @@ make_offer = function(cid, agent_id)
   if not c then return end
   c.attempts = c.attempts + 1
   local attempt = c.attempts
-  local deadline = now + settings.offer_timeout
+  local offer_timeout = settings.offer_timeout
+  if c.routed and c.routed.plan.offer_timeout_ms then offer_timeout = c.routed.plan.offer_timeout_ms end
+  local deadline = now + offer_timeout
   c.offers[#c.offers + 1] = { attempt = attempt, agent = agent_id, deadline = deadline, delivered = false, outcome = 'Pending' }
   c.state = 'Offered'
   c.agent = agent_id
@@ -775,7 +1202,7 @@ make_offer = function(cid, agent_id)
   if attempt == 1 then
     redis.call('RPUSH', K_FIRST_OFFERS, now)
     redis.call('LTRIM', K_FIRST_OFFERS, -RATE_WINDOW, -1)
-    local gid = group_id(c)
+    local gid = conversation_group_id(c)
     -- Bound what arbitrary requirement mixes can take: start over (the
     -- pool-wide rate covers the gap).
     if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0
@@ -787,9 +1214,12 @@ make_offer = function(cid, agent_id)
     redis.call('RPUSH', k_group_rate(gid), now)
     redis.call('LTRIM', k_group_rate(gid), -RATE_WINDOW, -1)
   end
+  -- The pool's offer counter, stamped on the agent (round robin).
+  local offer_seq = redis.call('INCR', K_OFFER_SEQ)
   local r = agent_record(agent_id)
   if r then
     r.shift.offers = r.shift.offers + 1
+    r.last_offer_seq = offer_seq
     if r.session then r.session.pending = { cid = cid, attempt = attempt } end
     touch_agent(agent_id)
   end
@@ -901,6 +1331,7 @@ local function offer_timed_out(cid, o)
     touch_conversation(cid)
   end
   local threshold = settings.misses_before_away
+  if c and c.routed and c.routed.plan.misses_before_away then threshold = c.routed.plan.misses_before_away end
   local now_away = false
   local r = agent_record(agent_id)
   if r then
@@ -924,7 +1355,7 @@ local function offer_timed_out(cid, o)
   if not finish_drain_if_done(agent_id) then dispatch_agent(agent_id) end
 end
 
-local function expire(cid)
+local function expire(cid, reason)
   local c = conversation(cid)
   if not c then return end
   if c.state == 'Queued' then
@@ -937,11 +1368,59 @@ local function expire(cid)
   end
   c.state = 'Expired'
   c.agent = nil
-  c.reason = 'no agent within the maximum wait'
+  c.reason = reason
   c.updated_at = now
   touch_conversation(cid)
   finish(cid)
   emit(cid, nil, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+end
+
+-- engine::max_wait_reached: a planned conversation reached its queue's
+-- maximum wait: expired with the queue's reason, moved to the overflow
+-- queue's plan (its clock starts now; the place by waiting time stays), or
+-- kept at the callback priority without a maximum wait any more.
+local function max_wait_reached(cid)
+  local c = conversation(cid)
+  if not c or not (c.state == 'Queued' or c.state == 'Offered') then return end
+  local routed = c.routed
+  if not routed then return end
+  local max_wait = routed.plan.max_wait
+  local reason
+  if not max_wait then
+    expire(cid, MAX_WAIT_REASON)
+    return
+  end
+  local action = max_wait.action
+  if action.kind == 'Expire' then
+    expire(cid, action.reason)
+    return
+  elseif action.kind == 'Callback' then
+    routed.priority = action.priority
+    routed.max_wait_at = nil
+    reason = action.reason
+  else
+    local plan = action.plan
+    if #plan.steps == 0 then
+      plan.steps = { { after_ms = 0, requirements = current_requirements(routed) } }
+    end
+    -- Installed while possibly queued: the regroup below moves it to the
+    -- new plan's group (dequeue reads the group it is in from the row).
+    install_plan(cid, plan, c.preferred ~= nil)
+    reason = 'moved to queue `' .. action.queue .. '` after the maximum wait'
+  end
+  touch_conversation(cid)
+  local queued = c.group ~= nil
+  if queued then
+    -- Regroup: the priority or the requirements changed.
+    dequeue(cid)
+    enqueue(cid)
+  end
+  c.reason = reason
+  c.updated_at = now
+  if queued then
+    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+    dispatch_conversation(cid)
+  end
 end
 
 -- Offline at once: pending offer withdrawn, assigned conversations requeued.
@@ -1005,12 +1484,45 @@ local function act_on_deadline(member)
       dispatch_agent(p[2])
     end
   elseif kind == '6' then
-    expire(p[2])
+    local c = conversation(p[2])
+    if c and c.routed then
+      if c.routed.max_wait_at ~= nil and c.routed.max_wait_at <= now then max_wait_reached(p[2]) end
+    else
+      expire(p[2], MAX_WAIT_REASON)
+    end
   elseif kind == '7' then
     local c = conversation(p[2])
     if c and is_terminal(c.state) then
       conversations[p[2]] = false
       touch_conversation(p[2])
+    end
+  elseif kind == '8' then
+    -- A schedule step is due: the conversation moves to the group of its
+    -- new requirements and looks for an agent at once.
+    local c = conversation(p[2])
+    local routed = c and c.routed
+    local step = tonumber(p[4])
+    if routed and routed.generation == tonumber(p[3]) and step > routed.step then
+      routed.step = math.min(step, #routed.plan.steps - 1)
+      touch_conversation(p[2])
+      if c.group ~= nil then
+        dequeue(p[2])
+        enqueue(p[2])
+        dispatch_conversation(p[2])
+      end
+    end
+  elseif kind == '9' then
+    -- The preferred agent's window ended: anyone eligible may have it.
+    local c = conversation(p[2])
+    if c and c.routed and c.routed.generation == tonumber(p[3]) then dispatch_conversation(p[2]) end
+  elseif kind == 'A' then
+    -- An agent's reject delay may have ended.
+    local s = session_of(p[2])
+    if s and s.reject_until ~= nil and s.reject_until <= now then
+      s.reject_until = nil
+      touch_agent(p[2])
+      reindex(p[2])
+      dispatch_agent(p[2])
     end
   end
 end
@@ -1196,10 +1708,19 @@ function commands.go_offline()
   return jarr(go_offline(arg(1), arg(2)), js)
 end
 
+-- Arguments: the hand-off (serde JSON, kept as is), what matching reads
+-- of it, and the routing plan (serde JSON of `RoutingPlan`, checked by the
+-- Rust side) or nothing. A repeated request keeps the first plan.
 function commands.request()
   local handoff = arg(1)
   local routing = cjson.decode(arg(2))
   local cid = routing.conversation_id
+  local plan = nil
+  if arg(3) and arg(3) ~= '' then
+    local why
+    plan, why = decode_plan(arg(3))
+    if not plan then return nil, err_invalid('plan', 'unreadable routing plan: ' .. why) end
+  end
   local existing = conversation(cid)
   -- The same id: returned as it stands; the Rust side compares payloads.
   if existing then return '[' .. view(existing) .. ',false]' end
@@ -1212,7 +1733,11 @@ function commands.request()
   }
   conversations[cid] = c
   touch_conversation(cid)
-  deadline_at(now + settings.max_wait, '6|' .. cid)
+  if plan then
+    install_plan(cid, with_fallback_step(plan, c), c.preferred ~= nil)
+  else
+    deadline_at(now + settings.max_wait, '6|' .. cid)
+  end
   enqueue(cid)
   emit(cid, nil, function(rendered) return '{"Queued":{"conversation":' .. rendered .. '}}' end)
   dispatch_conversation(cid)
@@ -1298,6 +1823,18 @@ function commands.decline()
   end
   local why = 'declined'
   if reason ~= '' then why = 'declined: ' .. reason end
+  local declined = conversation(cid)
+  local reject_delay = 0
+  if declined.routed then reject_delay = declined.routed.plan.reject_delay_ms end
+  local declining = session_of(agent_id)
+  if reject_delay > 0 and declining then
+    -- Set before the offer closes, so the agent is not indexed (offered
+    -- anything) until the delay ends.
+    local until_at = now + reject_delay
+    if declining.reject_until == nil or declining.reject_until < until_at then declining.reject_until = until_at end
+    touch_agent(agent_id)
+    deadline_at(until_at, 'A|' .. agent_id .. '|' .. ji(until_at))
+  end
   close_offer(cid, attempt, 'Declined', why)
   local c = conversation(cid)
   c.excluded = insert_sorted(c.excluded, agent_id)
@@ -1336,8 +1873,10 @@ function commands.complete()
       r.session.active = without(r.session.active, cid)
       if #r.session.active == 0 then r.session.idle_since = now end
       -- Wrap-up: no new offers until then (set_status available ends it).
-      if settings.wrap_up > 0 and not r.session.draining then
-        r.session.wrap_up_until = now + settings.wrap_up
+      local wrap_up = settings.wrap_up
+      if c.routed and c.routed.plan.wrap_up_ms then wrap_up = c.routed.plan.wrap_up_ms end
+      if wrap_up > 0 and not r.session.draining then
+        r.session.wrap_up_until = now + wrap_up
         wrap_up_until = r.session.wrap_up_until
       end
     end
@@ -1461,9 +2000,18 @@ end
 -- hand-off keeps every other field byte for byte; the transfer is recorded
 -- with the conversation and counted in the agent's shift.
 -- Arguments: agent, conversation, `agent` or `queue`, the target agent
--- (agent) or `{"category","required_skills","language"}` (queue), note.
+-- (agent) or `{"category","required_skills","language"}` (queue), note,
+-- and for a queue the target queue's routing plan (serde JSON) or nothing:
+-- it replaces the conversation's plan, its clock starting now; without
+-- one the conversation is routed on the transfer's requirements.
 function commands.transfer()
   local agent_id, cid, kind, target, note = arg(1), arg(2), arg(3), arg(4), arg(5)
+  local plan = nil
+  if kind == 'queue' and arg(6) and arg(6) ~= '' then
+    local why
+    plan, why = decode_plan(arg(6))
+    if not plan then return nil, err_invalid('plan', 'unreadable routing plan: ' .. why) end
+  end
   local c = conversation(cid)
   if not c then return nil, err_not_found('conversation', cid) end
   if c.state ~= 'Assigned' or c.agent ~= agent_id then
@@ -1499,6 +2047,10 @@ function commands.transfer()
       c.language = language
     end
     c.handoff = json_set_fields(c.handoff, fields)
+    -- The plan was for the old requirements: from here on the target
+    -- queue's plan routes it, if any, else the transfer's requirements.
+    c.routed = nil
+    if plan then install_plan(cid, with_fallback_step(plan, c), c.preferred ~= nil) end
   end
   touch_conversation(cid)
   local r = agent_record(agent_id)
@@ -1541,6 +2093,33 @@ function commands.report_csat()
   return view(c)
 end
 
+-- engine::set_agent_regions: the regions whose geofence admits the agent
+-- (resolved by the caller), as a JSON array, or nothing to forget them.
+-- A change lets the agent look for work at once.
+function commands.set_agent_regions()
+  local id, raw = arg(1), arg(2)
+  local s = session_of(id)
+  if not s then return nil, offline_error(id) end
+  local regions = nil
+  if raw ~= '' then
+    local ok, decoded = pcall(cjson.decode, raw)
+    if not ok or type(decoded) ~= 'table' then return nil, err_invalid('regions', 'not a list of region names') end
+    regions = decoded
+  end
+  local same = (regions == nil) == (s.regions == nil)
+  if same and regions ~= nil then
+    same = #regions == #s.regions
+    for i = 1, #regions do
+      if regions[i] ~= s.regions[i] then same = false break end
+    end
+  end
+  if same then return 'null' end
+  s.regions = regions
+  touch_agent(id)
+  dispatch_agent(id)
+  return 'null'
+end
+
 function commands.sweep()
   local more = sweep(settings.sweep_limit)
   local first = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
@@ -1568,6 +2147,40 @@ end
 -- engine::availability: how many eligible agents could be offered a
 -- would-be hand-off now (walking at most `limit` of the smallest matching
 -- index set), and the expected wait when none could.
+-- engine::availability_with_plan, with a routing plan as the third
+-- argument: agents meeting the plan's first requirements (regions and
+-- attributes included), and the expected wait in its group.
+local function availability_with_plan(probe, limit, raw)
+  local plan, why = decode_plan(raw)
+  if not plan then return nil, err_invalid('plan', 'unreadable routing plan: ' .. why) end
+  plan = with_fallback_step(plan, probe)
+  local requirements = plan.steps[step_at(plan, 0) + 1].requirements
+  local if_listed = plan.roster_regions_if_listed
+  local seen, count = {}, 0
+  for _, language in ipairs(planned_languages(requirements)) do
+    local key = smallest_candidate_key(language, requirements.skills)
+    if key then
+      local start, done = 0, false
+      while not done do
+        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
+        if #chunk == 0 then break end
+        for _, candidate in ipairs(chunk) do
+          if count >= limit then done = true break end
+          if not seen[candidate] and meets(candidate, requirements, if_listed) then
+            seen[candidate] = true
+            count = count + 1
+          end
+        end
+        start = start + SCAN_CHUNK
+      end
+    end
+  end
+  if count > 0 then return '[' .. ji(count) .. ',0]' end
+  local gid = routed_group_id(requirements, plan)
+  local waiting = redis.call('ZCARD', k_queue(gid))
+  return '[0,' .. ji(expected_wait_ms(gid, waiting)) .. ']'
+end
+
 function queries.availability()
   local routing = cjson.decode(arg(1))
   local limit = tonumber(arg(2))
@@ -1575,6 +2188,7 @@ function queries.availability()
     language = routing.language, skills = routing.required_skills,
     region = null_to_nil(routing.region), excluded = {},
   }
+  if arg(3) and arg(3) ~= '' then return availability_with_plan(probe, limit, arg(3)) end
   local seen, count = {}, 0
   for _, language in ipairs(language_lookup_keys(probe.language)) do
     local key = nil

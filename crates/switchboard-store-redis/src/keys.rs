@@ -16,14 +16,15 @@
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |
-//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score), `shift` counters (reset by each go-online) and `quality` (CSAT reports and their sum over every shift; kept when the session ends, so it outlives go-offline/go-online; absent until the first report) |
-//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced (a transfer to a queue rewrites only its `category`, `required_skills` and `language` values in place, every other byte kept), the routing fields, state, offers, excluded agents, transfers, CSAT score, sequence number, and while queued its group and queue member |
-//! | `P avail:<language>:<skill>` | zset | offerable agents (stream attached, available, not draining, not in wrap-up, no pending offer, spare capacity) speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
+//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, `reject_until` (a planned conversation's reject delay after a decline), `regions` (the resolved regions `Store::set_agent_regions` gave; absent until known), stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score), `shift` counters (reset by each go-online), `quality` (CSAT reports and their sum over every shift; kept when the session ends, so it outlives go-offline/go-online; absent until the first report) and `last_offer_seq` (the pool's offer counter at the agent's last offer, for round robin; absent = never) |
+//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced (a transfer to a queue rewrites only its `category`, `required_skills` and `language` values in place, every other byte kept), the routing fields, state, offers, excluded agents, transfers, CSAT score, sequence number, while queued its group and queue member, and for a planned conversation `routed`: the routing plan (decoded from the serde JSON of `RoutingPlan`; an overflow's nested plan inside), when its clock started, the step in force (from 0), its generation, its base priority in the queue and when its maximum wait is due (absent once a callback) |
+//! | `P avail:<language>:<skill>` | zset | offerable agents (stream attached, available, not draining, not in wrap-up or a reject delay, no pending offer, spare capacity) speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
+//! | `P family:<primary subtag>` | set | language tags that have had offerable agents, by primary subtag (`de` → `de`, `de-at`): where a planned requirement with a widened language looks agents up. Added to when an agent enters the index, never pruned (a tag whose sets are empty adds no candidate) |
 //! | `P groups` | set | ids of the non-empty queue groups |
 //! | `P glang:<primary subtag>` | set | ids of the non-empty groups whose language starts with that subtag (what a free agent looks at) |
-//! | `P queue:<group>` | zset | waiting conversations of one group (identical language, skills, region); every score 0 and the member `9-priority|queued since|arrival|id` in fixed width, so ZRANGE order is priority, then waiting time, then arrival, and ZRANK is the queue position |
+//! | `P queue:<group>` | zset | waiting conversations of one group (identical requirements); every score 0 and the member `9-priority|queued since|arrival|id` in fixed width (priorities are 0..=9, one digit), so ZRANGE order is priority, then waiting time, then arrival, ZRANK is the queue position, and ZRANGEBYLEX from a digit reaches one priority level (aging compares the head of each) |
 //! | `P qage:<group>` | zset | the same conversations scored by queued-since (longest wait per group) |
-//! | `P deadlines` | zset | every pending deadline, scored by when it is due; members numbered in the engine's `Deadline` order: `1|conv|attempt` (undelivered offer), `2|conv|attempt` (offer timeout), `3|agent|conv|attempt` (stream-detach grace), `4|agent` (lease), `5|agent|until` (wrap-up end), `6|conv` (maximum wait), `7|conv` (retention). Entries may be stale; each is checked against the rows when it fires |
+//! | `P deadlines` | zset | every pending deadline, scored by when it is due; members numbered in the engine's `Deadline` order, one character each: `1|conv|attempt` (undelivered offer), `2|conv|attempt` (offer timeout), `3|agent|conv|attempt` (stream-detach grace), `4|agent` (lease), `5|agent|until` (wrap-up end), `6|conv` (maximum wait; `6|conv|at` for a plan's, so a transfer's or an overflow's new one coexists with the old), `7|conv` (retention), `8|conv|generation|step` (a plan's relaxation step, both zero-padded), `9|conv|generation` (end of the preferred-agent window), `A|agent|until` (end of a reject delay). Entries may be stale; each is checked against the rows when it fires |
 //! | `P events` | stream | every event of the pool, field `event` = serde JSON of `switchboard_core::Event`, capped with `MAXLEN ~` (`RedisOptions::stream_max_len`) |
 //! | `P arrivals` | string | counter: arrival order in the queue |
 //! | `P stream_ids` | string | counter: agent event stream ids |
@@ -31,9 +32,15 @@
 //! | `P grate:<group>` | list | times of the group's last 64 first offers (its own rate, used from 4 on) |
 //! | `P rate_groups` | set | groups with a `grate:` list; at 10 000 they are all dropped and start over (as the engine bounds its map) |
 //! | `P last_contact` | string | Redis time (ms) the pool was last reached by a command or a sweep: the outage rule below |
+//! | `P offer_seq` | string | counter: every offer of the pool (round robin's order) |
+//! | `P plan_generations` | string | counter: plan installations, so deadlines of a replaced plan are recognised as stale |
 //!
 //! A group id is `language|skill:level,…|=region` (empty after the last `|`
-//! when the conversation names no region).
+//! when the conversation names no region). A planned conversation's group
+//! is `language|skill:level,…|~{"w":…,"a":[…],"g":[…]|null,"l":…,"r":…,"c":…}`:
+//! the requirements of the step in force (widened language, attributes,
+//! regions), the plan's roster-regions rule and its aging rate and ceiling,
+//! rendered in that fixed order so equal requirements share a group.
 //!
 //! # Leases after an outage
 //!

@@ -27,6 +27,12 @@
 //!   as in the engine); the shared conformance suite and a differential
 //!   test against the in-memory store (random command sequences, results
 //!   and events compared step by step) hold the two to the same behaviour.
+//! - Routing plans run in the same script with the engine's semantics
+//!   (relaxation steps as deadlines, per-plan groups, strategies, aging,
+//!   preferred-agent windows, plan timings and penalties, maximum-wait
+//!   actions, agent regions): a plan is checked here
+//!   ([`RoutingPlan::check`]), passed as its serde JSON and kept in the
+//!   conversation row (see [`keys`] and docs/redis.md).
 //! - Rows are JSON, and fields added later (a conversation's `transfers` and
 //!   `csat`, a shift's `transfers` and CSAT counts, an agent's lifetime
 //!   `quality`) are read as absent = zero/empty, so rows written by an older
@@ -72,7 +78,7 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind};
 use serde::de::DeserializeOwned;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,7 +87,8 @@ use switchboard_core::model::{
     RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{
-    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, Timestamp,
+    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, RoutingPlan,
+    Timestamp,
 };
 use switchboard_store::{Applied, EventFeed, Store, StoreError, StoreResult};
 use tokio::sync::{Notify, broadcast};
@@ -335,6 +342,41 @@ impl RedisStore {
             .store(true, Ordering::Release);
         self.feed_shared.wake.notify_one();
         Ok(())
+    }
+
+    /// A hand-off, with the routing plan the script executes for it (if
+    /// any). A repeat is compared with the stored hand-off here, by the
+    /// engine's rule.
+    async fn request_routed(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+        plan: Option<&RoutingPlan>,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
+        let handoff_json = to_json(&handoff)?;
+        let routing = routing(&handoff);
+        let plan = plan.map(to_json).transpose()?.unwrap_or_default();
+        let applied: Applied<(Conversation, bool)> = self
+            .command(
+                pool,
+                Command::Request,
+                &[handoff_json.clone(), routing.to_string(), plan],
+            )
+            .await?;
+        let (existing, created) = &applied.value;
+        if !created {
+            // Compare with the engine's own rule. The stored hand-off went
+            // through JSON; so does the submitted one, so equal payloads
+            // compare equal even where float parsing is not exact.
+            let submitted: Handoff = from_json(&handoff_json)?;
+            if let Some(field) = existing.conflicting_field(&submitted) {
+                return Err(StoreError::Domain(DomainError::Conflict {
+                    conversation_id: handoff.conversation_id.to_string(),
+                    field: field.to_owned(),
+                }));
+            }
+        }
+        Ok(applied)
     }
 
     /// One run of the dispatch script.
@@ -694,7 +736,16 @@ impl Store for RedisStore {
         conversation: &ConversationId,
         target: TransferTarget,
         note: &str,
+        plan: Option<RoutingPlan>,
     ) -> StoreResult<Applied<Conversation>> {
+        // The target queue's plan matters only for a transfer to a queue.
+        let plan = match (&target, plan) {
+            (TransferTarget::Queue { .. }, Some(plan)) => {
+                plan.check()?;
+                to_json(&plan)?
+            }
+            _ => String::new(),
+        };
         // The script takes the target apart itself: an agent id, or the new
         // requirements as JSON (it renders them into the stored hand-off).
         let (kind, target) = match target {
@@ -719,6 +770,7 @@ impl Store for RedisStore {
             kind.to_owned(),
             target,
             note.to_owned(),
+            plan,
         ];
         self.command(pool, Command::Transfer, &args).await
     }
@@ -751,34 +803,58 @@ impl Store for RedisStore {
         .await
     }
 
+    async fn availability_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: &Handoff,
+        plan: &RoutingPlan,
+        limit: usize,
+    ) -> StoreResult<(u32, i64)> {
+        plan.check()?;
+        self.query(
+            pool,
+            Command::Availability,
+            &[
+                routing(handoff).to_string(),
+                limit.to_string(),
+                to_json(plan)?,
+            ],
+        )
+        .await
+    }
+
     async fn request(
         &self,
         pool: &PoolId,
         handoff: Handoff,
     ) -> StoreResult<Applied<(Conversation, bool)>> {
-        let handoff_json = to_json(&handoff)?;
-        let routing = routing(&handoff);
-        let applied: Applied<(Conversation, bool)> = self
-            .command(
-                pool,
-                Command::Request,
-                &[handoff_json.clone(), routing.to_string()],
-            )
-            .await?;
-        let (existing, created) = &applied.value;
-        if !created {
-            // Compare with the engine's own rule. The stored hand-off went
-            // through JSON; so does the submitted one, so equal payloads
-            // compare equal even where float parsing is not exact.
-            let submitted: Handoff = from_json(&handoff_json)?;
-            if let Some(field) = existing.conflicting_field(&submitted) {
-                return Err(StoreError::Domain(DomainError::Conflict {
-                    conversation_id: handoff.conversation_id.to_string(),
-                    field: field.to_owned(),
-                }));
-            }
-        }
-        Ok(applied)
+        self.request_routed(pool, handoff, None).await
+    }
+
+    async fn request_with_plan(
+        &self,
+        pool: &PoolId,
+        handoff: Handoff,
+        plan: RoutingPlan,
+    ) -> StoreResult<Applied<(Conversation, bool)>> {
+        // Checked before the script, as the in-memory store checks before
+        // its command: a refused plan changes nothing.
+        plan.check()?;
+        self.request_routed(pool, handoff, Some(&plan)).await
+    }
+
+    async fn set_agent_regions(
+        &self,
+        pool: &PoolId,
+        agent: &AgentId,
+        regions: Option<BTreeSet<String>>,
+    ) -> StoreResult<Applied<()>> {
+        self.command(
+            pool,
+            Command::SetAgentRegions,
+            &[agent.to_string(), optional_json(&regions)?],
+        )
+        .await
     }
 
     async fn offer_delivered(

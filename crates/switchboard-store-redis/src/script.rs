@@ -100,6 +100,7 @@ pub enum Command {
     Transfer,
     ReportCsat,
     Request,
+    SetAgentRegions,
     OfferDelivered,
     Accept,
     Decline,
@@ -129,6 +130,7 @@ impl Command {
             Command::Transfer => "transfer",
             Command::ReportCsat => "report_csat",
             Command::Request => "request",
+            Command::SetAgentRegions => "set_agent_regions",
             Command::OfferDelivered => "offer_delivered",
             Command::Accept => "accept",
             Command::Decline => "decline",
@@ -213,9 +215,22 @@ impl<T: DeserializeOwned> Reply<T> {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ScriptError {
-    NotFound { what: String, id: String },
-    Precondition { message: String },
-    Permission { message: String },
+    NotFound {
+        what: String,
+        id: String,
+    },
+    /// An argument the script cannot read (the Rust side checks plans
+    /// first, so this means a bug or a tampered call).
+    Invalid {
+        field: String,
+        reason: String,
+    },
+    Precondition {
+        message: String,
+    },
+    Permission {
+        message: String,
+    },
 }
 
 impl ScriptError {
@@ -234,6 +249,9 @@ impl ScriptError {
                     }
                 };
                 StoreError::Domain(DomainError::NotFound { what, id })
+            }
+            ScriptError::Invalid { field, reason } => {
+                StoreError::Domain(DomainError::Invalid { field, reason })
             }
             ScriptError::Precondition { message } => {
                 StoreError::Domain(DomainError::FailedPrecondition(message))

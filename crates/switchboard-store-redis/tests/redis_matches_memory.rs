@@ -2,6 +2,12 @@
 //! store (the engine itself) and the Redis store must give the same results,
 //! the same events and the same refusals, step by step.
 //!
+//! Routing plans: a share of the hand-offs and of the transfers to a queue
+//! carry a random plan (steps that loosen over the wait, strategies, aging,
+//! regions, attributes, preferred-agent windows, plan timings, maximum-wait
+//! actions with nested overflow plans), agents get random resolved regions
+//! (`set_agent_regions`), and availability is probed with plans too.
+//!
 //! Time: both clocks are pinned and move 1 s per step (a manual clock for
 //! memory; [`RedisStore::pin_clock`] for Redis, so its scripts do not read
 //! the running `TIME`). Deadlines that fall on the same millisecond are then
@@ -13,19 +19,30 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, ConversationState, GoOnline, Handoff, Location,
     Presence, QueueStats, RosterEntry, ShiftView, Skill, StatusChoice, TransferTarget,
 };
-use switchboard_core::{AgentId, ConversationId, DispatchSettings, OfferId, PoolId, Timestamp};
+use switchboard_core::plan::{
+    PlanAging, PlanMaxWait, PlanMaxWaitAction, PlanRequirements, PlanStep, PlanStrategy,
+};
+use switchboard_core::{
+    AgentId, ConversationId, DispatchSettings, EventKind, OfferId, PoolId, RoutingPlan, Timestamp,
+};
 use switchboard_store::{Applied, ManualClock, MemoryStore, Store, StoreResult};
 use switchboard_store_redis::{RedisOptions, RedisStore};
 use switchboard_testkit::RedisServer;
 
 const STEP_MS: i64 = 1_000;
 const SEEDS: u64 = 24;
+/// Seeds after [`SEEDS`] run a uniform pool (everyone speaks English and
+/// has billing, capacity 2 or 3; hand-offs and plans mostly English
+/// billing at level 1 or 2), so several agents are often eligible at once
+/// and the strategies, aging and windows decide between them.
+const UNIFORM_SEEDS: u64 = 10;
 const STEPS: usize = 90;
 
 fn settings() -> DispatchSettings {
@@ -41,8 +58,9 @@ fn settings() -> DispatchSettings {
     }
 }
 
-/// xorshift64*: reproducible sequences without a dependency.
-struct Rng(u64);
+/// xorshift64*: reproducible sequences without a dependency; the flag
+/// asks for a uniform pool (see [`UNIFORM_SEEDS`]).
+struct Rng(u64, bool);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -90,7 +108,13 @@ fn skills(rng: &mut Rng, min_level: u8) -> Vec<Skill> {
 }
 
 fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
-    let mut languages: Vec<String> = vec![(*rng.pick(&["en", "de"])).to_owned()];
+    let uniform = rng.1;
+    let first = if uniform {
+        "en"
+    } else {
+        *rng.pick(&["en", "de"])
+    };
+    let mut languages: Vec<String> = vec![first.to_owned()];
     if rng.chance(40) {
         let extra = (*rng.pick(&LANGUAGES)).to_owned();
         if !languages.contains(&extra) {
@@ -101,40 +125,55 @@ fn roster_entry(rng: &mut Rng, id: &str) -> RosterEntry {
     if rng.chance(50) {
         allowed_regions.push("eu".to_owned());
     }
+    if rng.chance(30) {
+        allowed_regions.push("berlin".to_owned());
+    }
+    let attributes = if rng.chance(40) {
+        vec!["kyc_cleared".to_owned()]
+    } else {
+        vec![]
+    };
     let mut entry_skills = skills(rng, 2);
-    if entry_skills.is_empty() {
-        entry_skills.push(Skill::new("billing", 3));
+    if entry_skills.is_empty() || (uniform && entry_skills[0].name != "billing") {
+        entry_skills.insert(0, Skill::new("billing", 2 + rng.below(4) as u8));
     }
     RosterEntry {
         agent_id: agent(id),
         display_name: id.to_uppercase(),
         skills: entry_skills,
         languages,
-        max_capacity: 1 + rng.below(2) as u32,
+        max_capacity: 1 + rng.below(2) as u32 + u32::from(uniform),
         allowed_regions,
-        attributes: vec![],
+        attributes,
         token_epoch: rng.below(3) as u64,
     }
 }
 
 fn handoff(rng: &mut Rng, id: &str) -> Handoff {
-    Handoff {
-        conversation_id: cid(id),
-        customer_id: format!("customer-{}", rng.below(3)),
-        language: (*rng.pick(&LANGUAGES)).to_owned(),
-        category: "billing".into(),
-        // Mostly requirements some agent meets, so offers happen often.
-        required_skills: skills(rng, 1)
+    let uniform = rng.1 && rng.chance(85);
+    let language = if uniform { "en" } else { *rng.pick(&LANGUAGES) };
+    // Mostly requirements some agent meets, so offers happen often.
+    let required_skills = if uniform {
+        vec![Skill::new("billing", 1 + rng.below(2) as u8)]
+    } else {
+        skills(rng, 1)
             .into_iter()
             .take(if rng.chance(70) { 1 } else { 2 })
             .map(|s| Skill::new(s.name, s.level.min(3)))
-            .collect(),
+            .collect()
+    };
+    Handoff {
+        conversation_id: cid(id),
+        customer_id: format!("customer-{}", rng.below(3)),
+        language: language.to_owned(),
+        category: "billing".into(),
+        required_skills,
         priority: rng.below(3) as u8,
         summary: "wants a human".into(),
         attributes: Default::default(),
         customer_asked_for_human: rng.chance(50),
         chat_reference: format!("chat://{id}"),
-        preferred_agent: if rng.chance(20) {
+        preferred_agent: if rng.chance(if rng.1 { 50 } else { 20 }) {
             Some(agent(AGENTS[rng.below(AGENTS.len())]))
         } else {
             None
@@ -144,6 +183,147 @@ fn handoff(rng: &mut Rng, id: &str) -> Handoff {
             latitude: 48.208_176_1,
             longitude: 16.373_819,
         }),
+    }
+}
+
+const REGIONS: [&str; 2] = ["berlin", "eu"];
+
+/// A random set of region names (possibly empty).
+fn regions(rng: &mut Rng) -> BTreeSet<String> {
+    REGIONS
+        .iter()
+        .filter(|_| rng.chance(50))
+        .map(|r| (*r).to_owned())
+        .collect()
+}
+
+/// A duration of whole steps plus half a step, so nothing a plan schedules
+/// is due exactly when a command runs.
+fn half_steps(rng: &mut Rng, min: usize, max: usize) -> i64 {
+    (min + rng.below(max - min + 1)) as i64 * STEP_MS + STEP_MS / 2
+}
+
+/// Requirements a later step loosens: lower levels, fewer skills, the
+/// language's family, fewer rules.
+fn loosen(rng: &mut Rng, before: &PlanRequirements) -> PlanRequirements {
+    let mut next = before.clone();
+    let mut kept = Vec::new();
+    for skill in next.skills {
+        if rng.chance(70) {
+            let lower = skill.level > 1 && rng.chance(60);
+            kept.push(Skill::new(skill.name, skill.level - u8::from(lower)));
+        }
+    }
+    next.skills = kept;
+    if rng.chance(30) {
+        next.language = next.language.split('-').next().unwrap_or("en").to_owned();
+        next.language_widened = true;
+    }
+    if rng.chance(40) {
+        next.attributes.clear();
+    }
+    if rng.chance(40) {
+        next.regions = None;
+    }
+    next
+}
+
+/// A random routing plan for `handoff`: up to three steps that loosen,
+/// any strategy, aging, plan timings, a preferred window, a maximum wait
+/// with any action (overflow plans nest up to `depth` 2).
+fn random_plan(rng: &mut Rng, handoff: &Handoff, depth: usize) -> RoutingPlan {
+    let mut steps = Vec::new();
+    if rng.chance(85) {
+        let language = if rng.chance(70) {
+            handoff.language.clone()
+        } else {
+            (*rng.pick(&LANGUAGES)).to_owned()
+        };
+        let mut first = PlanRequirements::language_only(language);
+        // Mostly requirements some agent meets, as for hand-offs.
+        first.skills = skills(rng, 1);
+        if rng.1 && rng.chance(85) {
+            first.skills = handoff.required_skills.clone();
+        } else if rng.chance(70) {
+            first.skills.truncate(1);
+            for skill in &mut first.skills {
+                skill.level = skill.level.min(3);
+            }
+        }
+        let rules = if rng.1 { 10 } else { 30 };
+        if rng.chance(rules) {
+            first.attributes.insert("kyc_cleared".to_owned());
+        }
+        if rng.chance(rules) {
+            first.regions = Some(regions(rng));
+        }
+        steps.push(PlanStep {
+            after_ms: 0,
+            requirements: first,
+        });
+        let mut after_ms = 0;
+        for _ in 0..rng.below(3) {
+            after_ms += half_steps(rng, 1, 6) + STEP_MS / 2;
+            let requirements = loosen(rng, &steps[steps.len() - 1].requirements);
+            steps.push(PlanStep {
+                after_ms,
+                requirements,
+            });
+        }
+    }
+    let strategies = [
+        PlanStrategy::LongestIdle,
+        PlanStrategy::LeastOccupied,
+        PlanStrategy::BestSkillMatch,
+        PlanStrategy::RoundRobin,
+        PlanStrategy::QualityWeighted,
+    ];
+    let action = match rng.below(if depth < 2 { 3 } else { 2 }) {
+        0 => PlanMaxWaitAction::Expire {
+            reason: "closed for today".into(),
+        },
+        1 => PlanMaxWaitAction::Callback {
+            priority: rng.below(3) as u8,
+            reason: "we will call you back".into(),
+        },
+        _ => PlanMaxWaitAction::Overflow {
+            queue: format!("overflow-{depth}"),
+            plan: Box::new(random_plan(rng, handoff, depth + 1)),
+        },
+    };
+    RoutingPlan {
+        queue: format!("queue-{depth}"),
+        priority: rng.below(4) as u8,
+        steps,
+        strategy: *rng.pick(&strategies),
+        aging: PlanAging {
+            rate_micro_per_second: *rng.pick(&[0, 0, 150_000, 1_000_000]),
+            ceiling: *rng.pick(&[9, 9, 4]),
+        },
+        offer_timeout_ms: rng.chance(40).then(|| half_steps(rng, 1, 4)),
+        wrap_up_ms: rng.chance(40).then(|| {
+            if rng.chance(30) {
+                0
+            } else {
+                half_steps(rng, 1, 4)
+            }
+        }),
+        max_wait: rng.chance(70).then(|| PlanMaxWait {
+            after_ms: half_steps(rng, 3, 14),
+            action,
+        }),
+        preferred_window_ms: if rng.chance(if rng.1 { 60 } else { 40 }) {
+            half_steps(rng, 1, 5)
+        } else {
+            0
+        },
+        roster_regions_if_listed: rng.chance(40),
+        misses_before_away: rng.chance(40).then(|| 1 + rng.below(3) as u32),
+        reject_delay_ms: if rng.chance(40) {
+            half_steps(rng, 1, 4)
+        } else {
+            0
+        },
     }
 }
 
@@ -434,17 +614,64 @@ struct Coverage {
     transfers_to_queues: u32,
     /// Reports that set a score (not the repeats).
     csat_reports: u32,
+    /// Planned hand-offs that created a conversation.
+    planned_requests: u32,
+    /// Transfers to a queue that carried a plan.
+    planned_transfers: u32,
+    /// Offers made to planned conversations (strategies, windows, steps),
+    /// counted from their attempts after every step.
+    planned_offers: u32,
+    /// Agents' resolved regions set (accepted).
+    region_updates: u32,
+    /// Maximum-wait actions seen in events: plan expiries, overflows,
+    /// callbacks.
+    plan_expiries: u32,
+    overflows: u32,
+    callbacks: u32,
+    /// Planned availability probes that found a free agent.
+    planned_agents_found_free: u32,
+}
+
+impl Coverage {
+    /// Counts what the plans did, from the events of one command.
+    fn count_events(&mut self, events: &[switchboard_core::Event]) {
+        for event in events {
+            match &event.kind {
+                EventKind::Requeued { conversation } => {
+                    if conversation.reason.starts_with("moved to queue") {
+                        self.overflows += 1;
+                    } else if conversation.reason == "we will call you back" {
+                        self.callbacks += 1;
+                    }
+                }
+                EventKind::Ended { conversation } if conversation.reason == "closed for today" => {
+                    self.plan_expiries += 1;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, seed >= SEEDS);
     let p = PoolId::parse("pool", &format!("seed-{seed}")).unwrap();
     let mut streams: std::collections::HashMap<&str, u64> = Default::default();
+    // Conversations created with a plan (or given one by a transfer).
+    let mut planned: BTreeSet<String> = BTreeSet::new();
+    let mut attempts: std::collections::HashMap<String, u32> = Default::default();
     for step in 0..STEPS {
         pair.advance(STEP_MS);
         let a = *rng.pick(&AGENTS);
         let context = |what: &str| format!("seed {seed} step {step}: {what}");
-        match rng.below(120) {
+        let mut roll = rng.below(140);
+        // A uniform pool keeps its agents working: fewer detaches, breaks,
+        // go-offlines and drains, more completions and CSAT reports (the
+        // quality-weighted strategy ranks by them).
+        if rng.1 && matches!(roll, 32..=34 | 42..=47 | 100..=102) && rng.chance(80) {
+            roll = *rng.pick(&[77, 98]);
+        }
+        match roll {
             0..=9 => {
                 let entry = roster_entry(&mut rng, a);
                 let _ = both!(pair, context(&format!("upsert_roster {a}")), |s| s
@@ -520,8 +747,11 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
             48..=59 => {
                 let id = *rng.pick(&CONVERSATIONS);
                 let h = handoff(&mut rng, id);
-                let _ = both!(pair, context(&format!("request {h:?}")), |s| s
+                let result = both!(pair, context(&format!("request {h:?}")), |s| s
                     .request(&p, h.clone()));
+                if result.is_ok_and(|applied| applied.value.1) {
+                    planned.remove(id);
+                }
             }
             60..=63 => {
                 let (who, offer) = some_offer(pair, &mut rng, &p).await;
@@ -569,11 +799,14 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
             86..=93 => {
                 let steps = 1 + rng.below(4) as i64;
                 pair.advance(steps * STEP_MS);
-                let _ = both!(
+                let swept = both!(
                     pair,
                     context(&format!("sweep after {steps} more steps")),
                     |s| sweep(s)
                 );
+                if let Ok(applied) = swept {
+                    coverage.count_events(&applied.events);
+                }
             }
             94..=97 | 112..=119 => {
                 // Mostly an assigned conversation by its holder; sometimes
@@ -613,6 +846,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                         .set_status(&p, &colleague, StatusChoice::Available));
                     free = colleagues(free_agents(pair, &p).await);
                 }
+                let mut plan = None;
                 let target = if rng.chance(50) {
                     if !free.is_empty() && rng.chance(75) {
                         TransferTarget::Agent(rng.pick(&free).clone())
@@ -636,16 +870,35 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                     "needs \"fraud\" desk"
                 };
                 let to_agent = matches!(target, TransferTarget::Agent(_));
+                // Half the transfers carry a plan: the target queue's for a
+                // transfer to a queue (ignored for a transfer to an agent).
+                let mut attempts_before = 0;
+                if rng.chance(50)
+                    && let Ok(c) = pair.memory.conversation(&p, &cid(id)).await
+                {
+                    plan = Some(random_plan(&mut rng, &c.handoff, 0));
+                    attempts_before = c.attempts;
+                }
                 let result = both!(
                     pair,
-                    context(&format!("transfer {id} by {who} to {target:?}")),
-                    |s| s.transfer(&p, &who, &cid(id), target.clone(), note)
+                    context(&format!(
+                        "transfer {id} by {who} to {target:?} with {plan:?}"
+                    )),
+                    |s| s.transfer(&p, &who, &cid(id), target.clone(), note, plan.clone())
                 );
-                if result.is_ok() {
+                if let Ok(applied) = &result {
+                    coverage.count_events(&applied.events);
                     if to_agent {
                         coverage.transfers_to_agents += 1;
                     } else {
                         coverage.transfers_to_queues += 1;
+                        if plan.is_some() {
+                            coverage.planned_transfers += 1;
+                            planned.insert(id.to_owned());
+                            attempts.insert(id.to_owned(), attempts_before);
+                        } else {
+                            planned.remove(id);
+                        }
                     }
                 }
             }
@@ -706,6 +959,56 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                 );
                 coverage.agents_found_free += u32::from(result.is_ok_and(|(free, _)| free > 0));
             }
+            120..=131 => {
+                let id = *rng.pick(&CONVERSATIONS);
+                let h = handoff(&mut rng, id);
+                let plan = random_plan(&mut rng, &h, 0);
+                let result = both!(
+                    pair,
+                    context(&format!("request {h:?} with {plan:?}")),
+                    |s| s.request_with_plan(&p, h.clone(), plan.clone())
+                );
+                if let Ok(applied) = &result {
+                    if applied.value.1 {
+                        coverage.planned_requests += 1;
+                        planned.insert(id.to_owned());
+                        attempts.insert(id.to_owned(), 0);
+                    }
+                    coverage.count_events(&applied.events);
+                }
+            }
+            132..=136 => {
+                // Mostly an online agent: the server resolves regions at
+                // go-online and on located heartbeats.
+                let online = pair.memory.agents(&p).await.unwrap();
+                let who = if !online.is_empty() && rng.chance(85) {
+                    rng.pick(&online).agent_id.clone()
+                } else {
+                    agent(a)
+                };
+                let resolved = rng.chance(85).then(|| regions(&mut rng));
+                let result = both!(
+                    pair,
+                    context(&format!("set_agent_regions {who} {resolved:?}")),
+                    |s| s.set_agent_regions(&p, &who, resolved.clone())
+                );
+                if let Ok(applied) = &result {
+                    coverage.region_updates += 1;
+                    coverage.count_events(&applied.events);
+                }
+            }
+            137..=139 => {
+                let h = handoff(&mut rng, "probe");
+                let plan = random_plan(&mut rng, &h, 0);
+                let limit = 1 + rng.below(4);
+                let result = both!(
+                    pair,
+                    context(&format!("availability {h:?} with {plan:?} limit {limit}")),
+                    |s| s.availability_with_plan(&p, &h, &plan, limit)
+                );
+                coverage.planned_agents_found_free +=
+                    u32::from(result.is_ok_and(|(free, _)| free > 0));
+            }
             _ => {
                 let id = *rng.pick(&CONVERSATIONS);
                 let _ = both!(pair, context(&format!("conversation {id}")), |s| s
@@ -725,7 +1028,7 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
         }
         // Apps mostly show their offers at once (else they are withdrawn as
         // undelivered and the agent's stream is dropped).
-        if rng.chance(70) {
+        if rng.chance(if rng.1 { 95 } else { 70 }) {
             for c in in_state(pair, &p, ConversationState::Offered).await {
                 if let Some(pending) = c.pending_offer() {
                     let offer = OfferId {
@@ -739,6 +1042,41 @@ async fn run_sequence(pair: &Pair, seed: u64, coverage: &mut Coverage) {
                         |s| s.offer_delivered(&p, &who, &offer)
                     );
                 }
+            }
+        }
+        // A uniform pool's agents mostly take what they are offered and come
+        // back from breaks, so several are often free at once.
+        if rng.1 {
+            for (who, offer) in pending_offers(pair, &p).await {
+                if rng.chance(40) {
+                    let _ = both!(pair, context(&format!("accept {who} {offer}")), |s| s
+                        .accept(&p, &who, &offer));
+                }
+            }
+            for presence in pair.memory.agents(&p).await.unwrap() {
+                if !presence.stream_attached && rng.chance(50) {
+                    let who = presence.agent_id.clone();
+                    let result = both!(pair, context(&format!("attach_stream {who}")), |s| s
+                        .attach_stream(&p, &who));
+                    if let (Ok(applied), Some(name)) =
+                        (result, AGENTS.iter().find(|n| **n == who.as_str()))
+                    {
+                        streams.insert(name, applied.value.0);
+                    }
+                }
+                if presence.status == AgentStatus::Away && rng.chance(30) {
+                    let who = presence.agent_id;
+                    let _ = both!(pair, context(&format!("set_status {who} available")), |s| s
+                        .set_status(&p, &who, StatusChoice::Available));
+                }
+            }
+        }
+        // Offers made to planned conversations, by whatever command.
+        for id in &planned {
+            if let Ok(c) = pair.memory.conversation(&p, &cid(id)).await {
+                let seen = attempts.entry(id.clone()).or_insert(0);
+                coverage.planned_offers += c.attempts.saturating_sub(*seen);
+                *seen = c.attempts;
             }
         }
         // After every step the whole visible state must agree too.
@@ -781,7 +1119,7 @@ async fn random_sequences_match_the_in_memory_store() {
         redis_start,
     };
     let mut coverage = Coverage::default();
-    for seed in 0..SEEDS {
+    for seed in 0..SEEDS + UNIFORM_SEEDS {
         run_sequence(&pair, seed, &mut coverage).await;
     }
     println!("{coverage:?}");
@@ -792,7 +1130,15 @@ async fn random_sequences_match_the_in_memory_store() {
             && coverage.agents_found_free > 0
             && coverage.transfers_to_agents > 0
             && coverage.transfers_to_queues > 0
-            && coverage.csat_reports > 0,
+            && coverage.csat_reports > 0
+            && coverage.planned_requests > 0
+            && coverage.planned_transfers > 0
+            && coverage.planned_offers > 0
+            && coverage.region_updates > 0
+            && coverage.plan_expiries > 0
+            && coverage.overflows > 0
+            && coverage.callbacks > 0
+            && coverage.planned_agents_found_free > 0,
         "the random sequences exercised every command: {coverage:?}"
     );
 }

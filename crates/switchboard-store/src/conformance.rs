@@ -10,14 +10,17 @@
 
 use crate::{Store, StoreError};
 use async_trait::async_trait;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use switchboard_core::model::{
     AgentStatus, ConversationState, GoOnline, Handoff, RosterEntry, ShiftView, Skill, StatusChoice,
     TransferTarget,
 };
+use switchboard_core::plan::{
+    PlanAging, PlanMaxWait, PlanMaxWaitAction, PlanRequirements, PlanStep, PlanStrategy,
+};
 use switchboard_core::{
-    AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId,
+    AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId, RoutingPlan,
 };
 
 /// What the suite needs of a store under test.
@@ -84,7 +87,17 @@ macro_rules! conformance_suite {
             transfer_to_a_queue_or_a_named_agent,
             transfer_refusals,
             csat_counts_once_in_the_shift_and_for_life,
-            availability_counts_free_eligible_agents_and_estimates_the_wait
+            availability_counts_free_eligible_agents_and_estimates_the_wait,
+            plan_relaxation_step_fires_after_the_wait,
+            plan_regions_admit_only_agents_the_region_admits,
+            plan_preferred_agent_gets_the_window,
+            plan_strategies_pick_the_right_agent,
+            plan_aging_reorders_the_queue,
+            plan_max_wait_expires_overflows_or_calls_back,
+            plan_reject_delay_holds_offers_after_a_decline,
+            plan_timings_replace_the_pool_settings,
+            plan_transfer_to_a_queue_keeps_a_plan,
+            plan_refusals_name_the_field
         );
     };
     (@tests $make:path, $settings:path; $($name:ident),*) => {
@@ -1118,6 +1131,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             to_queue("fraud", vec![Skill::new("fraud", 3)], None),
             "card used abroad",
+            None,
         )
         .await
         .unwrap();
@@ -1188,6 +1202,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             TransferTarget::Agent(agent("bob")),
             "back to billing",
+            None,
         )
         .await
         .unwrap();
@@ -1217,6 +1232,7 @@ pub async fn transfer_to_a_queue_or_a_named_agent(h: &dyn Harness) {
             &cid("c1"),
             to_queue("german", vec![], Some("de")),
             "",
+            None,
         )
         .await
         .unwrap();
@@ -1263,7 +1279,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
         async move {
             domain(
                 store
-                    .transfer(&p, &agent(who), &cid("c1"), target, "note")
+                    .transfer(&p, &agent(who), &cid("c1"), target, "note", None)
                     .await
                     .unwrap_err(),
             )
@@ -1318,6 +1334,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
                 &cid("c2"),
                 to_queue("billing", vec![], None),
                 "",
+                None,
             )
             .await
             .unwrap_err(),
@@ -1334,6 +1351,7 @@ pub async fn transfer_refusals(h: &dyn Harness) {
                 &cid("never"),
                 to_queue("billing", vec![], None),
                 "",
+                None,
             )
             .await
             .unwrap_err(),
@@ -1402,4 +1420,675 @@ pub async fn csat_counts_once_in_the_shift_and_for_life(h: &dyn Harness) {
     assert_eq!(view.quality.average(), Some(3.0));
     let err = domain(store.report_csat(&p, &cid("never"), 4).await.unwrap_err());
     assert!(matches!(err, DomainError::NotFound { .. }), "{err}");
+}
+
+// ------------------------------------------------------------ routing plans
+
+/// A plan step from `after_ms` on: `language`, `skills` (sorted here).
+pub fn plan_step(after_ms: i64, language: &str, skills: &[(&str, u8)]) -> PlanStep {
+    let mut requirements = PlanRequirements::language_only(language);
+    requirements.skills = skills.iter().map(|(n, l)| Skill::new(*n, *l)).collect();
+    requirements.skills.sort();
+    PlanStep {
+        after_ms,
+        requirements,
+    }
+}
+
+/// A plan of the `billing` queue with these steps, everything else default.
+pub fn plan_of(steps: Vec<PlanStep>) -> RoutingPlan {
+    RoutingPlan {
+        queue: "billing".into(),
+        steps,
+        ..RoutingPlan::default()
+    }
+}
+
+/// Roster + online (capacity `capacity`) + stream attached for `entry`,
+/// then a tiny step of time (distinct idle times).
+async fn ready_entry(h: &dyn Harness, p: &PoolId, entry: RosterEntry, capacity: u32) {
+    let store = h.store();
+    let id = entry.agent_id.clone();
+    store.upsert_roster(p, entry).await.unwrap();
+    store
+        .go_online(
+            p,
+            &id,
+            GoOnline {
+                capacity: Some(capacity),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    store.attach_stream(p, &id).await.unwrap();
+    h.advance(5).await;
+}
+
+/// [`entry`] with these skills.
+fn entry_with(id: &str, skills: &[(&str, u8)]) -> RosterEntry {
+    RosterEntry {
+        skills: skills.iter().map(|(n, l)| Skill::new(*n, *l)).collect(),
+        ..entry(id)
+    }
+}
+
+/// Who the conversation is offered to now, if it is offered.
+async fn offered_to(h: &dyn Harness, p: &PoolId, id: &str) -> Option<AgentId> {
+    let c = h.store().conversation(p, &cid(id)).await.unwrap();
+    (c.state == ConversationState::Offered)
+        .then_some(c.agent_id)
+        .flatten()
+}
+
+fn offered_in(events: &[switchboard_core::Event]) -> Vec<(String, AgentId)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Offered { offer, .. } => {
+                Some((offer.conversation_id.to_string(), e.agent_id.clone()?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+pub async fn plan_relaxation_step_fires_after_the_wait(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready_entry(h, &p, entry_with("junior", &[("billing", 2)]), 1).await;
+    let plan = plan_of(vec![
+        plan_step(0, "en", &[("billing", 4)]),
+        plan_step(300, "en", &[("billing", 2)]),
+    ]);
+    let requested = store
+        .request_with_plan(&p, handoff("c1"), plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        requested.value.0.state,
+        ConversationState::Queued,
+        "the first step needs level 4"
+    );
+    let stats = store.queue_stats(&p).await.unwrap();
+    assert_eq!(
+        stats
+            .queues
+            .iter()
+            .map(|q| (q.skill.as_str(), q.depth))
+            .collect::<Vec<_>>(),
+        vec![("billing", 1)],
+        "counted under the skills in force"
+    );
+    sweep_after(h, 200).await;
+    assert_eq!(offered_to(h, &p, "c1").await, None, "not due yet");
+    h.advance(150).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(
+        offered_in(&swept.events),
+        vec![("c1".to_owned(), agent("junior"))],
+        "the step regroups it and it looks for an agent at once"
+    );
+    // A repeated request keeps the first plan and is not a conflict.
+    let again = store
+        .request_with_plan(&p, handoff("c1"), plan_of(vec![]))
+        .await
+        .unwrap();
+    assert!(!again.value.1);
+    assert_eq!(again.value.0.state, ConversationState::Offered);
+}
+
+pub async fn plan_regions_admit_only_agents_the_region_admits(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    let berlin = || BTreeSet::from(["berlin".to_owned()]);
+    let listed = |id: &str| RosterEntry {
+        allowed_regions: vec!["berlin".into()],
+        ..entry(id)
+    };
+    // Longest idle first: outside (located elsewhere), unlisted (inside,
+    // but its roster entry lists no region), inside (regions not known yet).
+    ready_entry(h, &p, listed("outside"), 1).await;
+    ready_entry(h, &p, entry("unlisted"), 1).await;
+    ready_entry(h, &p, listed("inside"), 1).await;
+    store
+        .set_agent_regions(
+            &p,
+            &agent("outside"),
+            Some(BTreeSet::from(["munich".to_owned()])),
+        )
+        .await
+        .unwrap();
+    store
+        .set_agent_regions(&p, &agent("unlisted"), Some(berlin()))
+        .await
+        .unwrap();
+    let mut step = plan_step(0, "en", &[("billing", 2)]);
+    step.requirements.regions = Some(berlin());
+    let plan = plan_of(vec![step]);
+    assert_eq!(
+        store
+            .availability_with_plan(&p, &handoff("probe"), &plan, 10)
+            .await
+            .unwrap()
+            .0,
+        0,
+        "nobody is admitted yet"
+    );
+    let requested = store
+        .request_with_plan(&p, handoff("c1"), plan.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        requested.value.0.state,
+        ConversationState::Queued,
+        "residency fails closed: unknown regions admit nobody"
+    );
+    // The agent's regions become known: it looks for work at once.
+    let resolved = store
+        .set_agent_regions(&p, &agent("inside"), Some(berlin()))
+        .await
+        .unwrap();
+    assert_eq!(
+        offered_in(&resolved.events),
+        vec![("c1".to_owned(), agent("inside"))]
+    );
+    // An empty roster list puts no limit only with `if_listed`.
+    store
+        .request_with_plan(&p, handoff("c2"), plan.clone())
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c2").await, None);
+    let if_listed = RoutingPlan {
+        roster_regions_if_listed: true,
+        ..plan.clone()
+    };
+    assert_eq!(
+        store
+            .availability_with_plan(&p, &handoff("probe"), &if_listed, 10)
+            .await
+            .unwrap(),
+        (1, 0)
+    );
+    store
+        .request_with_plan(&p, handoff("c3"), if_listed)
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c3").await, Some(agent("unlisted")));
+    // Forgetting the regions is not an error; an offline agent's is.
+    store
+        .set_agent_regions(&p, &agent("outside"), None)
+        .await
+        .unwrap();
+    let err = domain(
+        store
+            .set_agent_regions(&p, &agent("nobody"), Some(berlin()))
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, DomainError::FailedPrecondition(_)), "{err}");
+}
+
+pub async fn plan_preferred_agent_gets_the_window(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "other").await;
+    ready(h, &p, "pref").await;
+    let plan = RoutingPlan {
+        preferred_window_ms: 400,
+        offer_timeout_ms: Some(5_000),
+        ..plan_of(vec![plan_step(0, "en", &[("billing", 2)])])
+    };
+    let returning = |id: &str| Handoff {
+        preferred_agent: Some(agent("pref")),
+        ..handoff(id)
+    };
+    store
+        .request_with_plan(&p, returning("c1"), plan.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        offered_to(h, &p, "c1").await,
+        Some(agent("pref")),
+        "the preferred agent first, though `other` idles longer"
+    );
+    store
+        .offer_delivered(&p, &agent("pref"), &offer("c1", 1))
+        .await
+        .unwrap();
+    // The preferred agent is busy now: the next one waits for it.
+    store
+        .request_with_plan(&p, returning("c2"), plan)
+        .await
+        .unwrap();
+    assert_eq!(
+        offered_to(h, &p, "c2").await,
+        None,
+        "reserved in the window"
+    );
+    // `other` coming back from a break skips the reserved conversation.
+    store
+        .set_status(
+            &p,
+            &agent("other"),
+            StatusChoice::Away {
+                reason: "coffee".into(),
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .set_status(&p, &agent("other"), StatusChoice::Available)
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c2").await, None);
+    h.advance(450).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(
+        offered_in(&swept.events),
+        vec![("c2".to_owned(), agent("other"))],
+        "after the window anyone eligible may have it"
+    );
+}
+
+pub async fn plan_strategies_pick_the_right_agent(h: &dyn Harness) {
+    let store = h.store();
+    let planned = |strategy: PlanStrategy| RoutingPlan {
+        strategy,
+        ..plan_of(vec![plan_step(0, "en", &[("billing", 2)])])
+    };
+    // Longest idle: the index order.
+    let p = pool("idle");
+    ready(h, &p, "first").await;
+    ready(h, &p, "second").await;
+    store
+        .request_with_plan(&p, handoff("c1"), planned(PlanStrategy::LongestIdle))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("first")));
+
+    // Least occupied: `busy` idles longer but holds one of two.
+    let p = pool("occupied");
+    ready_entry(h, &p, entry("busy"), 2).await;
+    store.request(&p, handoff("c0")).await.unwrap();
+    store
+        .accept(&p, &agent("busy"), &offer("c0", 1))
+        .await
+        .unwrap();
+    ready_entry(h, &p, entry("free"), 2).await;
+    store
+        .request_with_plan(&p, handoff("c1"), planned(PlanStrategy::LeastOccupied))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("free")));
+
+    // Best skill match: the expert, though the novice idles longer.
+    let p = pool("skill");
+    ready_entry(h, &p, entry_with("novice", &[("billing", 2)]), 1).await;
+    ready_entry(h, &p, entry_with("expert", &[("billing", 5)]), 1).await;
+    store
+        .request_with_plan(&p, handoff("c1"), planned(PlanStrategy::BestSkillMatch))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("expert")));
+
+    // Round robin: `recent` idles longer but was offered something.
+    let p = pool("robin");
+    ready_entry(
+        h,
+        &p,
+        entry_with("recent", &[("billing", 4), ("fraud", 4)]),
+        1,
+    )
+    .await;
+    ready(h, &p, "never").await;
+    let mut fraud = handoff("c0");
+    fraud.required_skills = vec![Skill::new("fraud", 2)];
+    store.request(&p, fraud).await.unwrap();
+    store
+        .decline(&p, &agent("recent"), &offer("c0", 1), "")
+        .await
+        .unwrap();
+    store
+        .request_with_plan(&p, handoff("c1"), planned(PlanStrategy::RoundRobin))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("never")));
+
+    // Quality weighted: `rated` (one 5: 25/6 > 4.0) completed last, so
+    // `unrated` idles longer.
+    let p = pool("quality");
+    ready(h, &p, "rated").await;
+    store.request(&p, handoff("c0")).await.unwrap();
+    store
+        .accept(&p, &agent("rated"), &offer("c0", 1))
+        .await
+        .unwrap();
+    ready(h, &p, "unrated").await;
+    store
+        .complete(&p, &agent("rated"), &cid("c0"), "resolved")
+        .await
+        .unwrap();
+    store.report_csat(&p, &cid("c0"), 5).await.unwrap();
+    h.advance(5).await;
+    store
+        .request_with_plan(&p, handoff("c1"), planned(PlanStrategy::QualityWeighted))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("rated")));
+    store
+        .request_with_plan(&p, handoff("c2"), planned(PlanStrategy::LongestIdle))
+        .await
+        .unwrap();
+    assert_eq!(
+        offered_to(h, &p, "c2").await,
+        Some(agent("unrated")),
+        "the control: longest idle picks the other"
+    );
+}
+
+pub async fn plan_aging_reorders_the_queue(h: &dyn Harness) {
+    let store = h.store();
+    let at_priority = |priority: u8, rate_micro_per_second: u64| RoutingPlan {
+        priority,
+        aging: PlanAging {
+            rate_micro_per_second,
+            ceiling: 9,
+        },
+        ..plan_of(vec![plan_step(0, "en", &[("billing", 2)])])
+    };
+    // Without aging the later priority-5 conversation goes first; with 10
+    // points a second the earlier priority-0 one reaches the ceiling after
+    // 0.9 s and wins the tie at 9 by its longer wait.
+    for (name, rate, first) in [("plain", 0, "high"), ("aging", 10_000_000, "low")] {
+        let p = pool(name);
+        store
+            .request_with_plan(&p, handoff("low"), at_priority(0, rate))
+            .await
+            .unwrap();
+        h.advance(1_000).await;
+        store
+            .request_with_plan(&p, handoff("high"), at_priority(5, rate))
+            .await
+            .unwrap();
+        let low = store.conversation(&p, &cid("low")).await.unwrap();
+        assert_eq!(
+            low.queue_position, 1,
+            "{name}: the queue position counts base priority"
+        );
+        ready(h, &p, "alice").await;
+        assert_eq!(
+            offered_to(h, &p, first).await,
+            Some(agent("alice")),
+            "{name}: `{first}` goes first"
+        );
+    }
+}
+
+pub async fn plan_max_wait_expires_overflows_or_calls_back(h: &dyn Harness) {
+    let store = h.store();
+    let nobody_qualifies = || vec![plan_step(0, "en", &[("fraud", 5)])];
+    let with_action = |action: PlanMaxWaitAction| RoutingPlan {
+        max_wait: Some(PlanMaxWait {
+            after_ms: 300,
+            action,
+        }),
+        ..plan_of(nobody_qualifies())
+    };
+    // Expire with the queue's reason.
+    let p = pool("expire");
+    let plan = with_action(PlanMaxWaitAction::Expire {
+        reason: "closed for today".into(),
+    });
+    store
+        .request_with_plan(&p, handoff("c1"), plan)
+        .await
+        .unwrap();
+    sweep_after(h, 200).await;
+    assert_eq!(state_of(h, &p, "c1").await.0, ConversationState::Queued);
+    sweep_after(h, 150).await;
+    let (state, _, reason) = state_of(h, &p, "c1").await;
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Expired, "closed for today")
+    );
+
+    // Overflow to a queue anyone with billing may serve.
+    let p = pool("overflow");
+    ready(h, &p, "alice").await;
+    let general = plan_of(vec![plan_step(0, "en", &[("billing", 1)])]);
+    let plan = with_action(PlanMaxWaitAction::Overflow {
+        queue: "general".into(),
+        plan: Box::new(general),
+    });
+    store
+        .request_with_plan(&p, handoff("c1"), plan)
+        .await
+        .unwrap();
+    assert_eq!(state_of(h, &p, "c1").await.0, ConversationState::Queued);
+    h.advance(350).await;
+    let swept = store.sweep().await.unwrap();
+    let kinds: Vec<(&str, String)> = swept
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Requeued { conversation } => Some(("requeued", conversation.reason.clone())),
+            EventKind::Offered { .. } => Some(("offered", String::new())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (
+                "requeued",
+                "moved to queue `general` after the maximum wait".to_owned()
+            ),
+            ("offered", String::new())
+        ]
+    );
+    assert_eq!(offered_to(h, &p, "c1").await, Some(agent("alice")));
+    let c = store.conversation(&p, &cid("c1")).await.unwrap();
+    assert_eq!(
+        c.created_at, c.queued_since,
+        "the place by waiting time stays"
+    );
+
+    // Callback: stays queued at the callback priority and never expires.
+    let p = pool("callback");
+    let plan = with_action(PlanMaxWaitAction::Callback {
+        priority: 0,
+        reason: "we will call you back".into(),
+    });
+    store
+        .request_with_plan(&p, handoff("c1"), plan)
+        .await
+        .unwrap();
+    h.advance(350).await;
+    let swept = store.sweep().await.unwrap();
+    assert!(
+        swept.events.iter().any(|e| matches!(&e.kind,
+            EventKind::Requeued { conversation } if conversation.reason == "we will call you back")),
+        "{:?}",
+        swept.events
+    );
+    sweep_after(h, 4_000).await;
+    let (state, _, reason) = state_of(h, &p, "c1").await;
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "we will call you back"),
+        "past the pool's maximum wait too"
+    );
+}
+
+pub async fn plan_reject_delay_holds_offers_after_a_decline(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    let plan = RoutingPlan {
+        reject_delay_ms: 400,
+        ..plan_of(vec![plan_step(0, "en", &[("billing", 2)])])
+    };
+    store
+        .request_with_plan(&p, handoff("c1"), plan)
+        .await
+        .unwrap();
+    store
+        .decline(&p, &agent("alice"), &offer("c1", 1), "")
+        .await
+        .unwrap();
+    store.request(&p, handoff("c2")).await.unwrap();
+    assert_eq!(offered_to(h, &p, "c2").await, None, "in the reject delay");
+    assert_eq!(
+        status_of(h, &p, "alice").await,
+        AgentStatus::Available,
+        "the status stays available"
+    );
+    sweep_after(h, 200).await;
+    assert_eq!(offered_to(h, &p, "c2").await, None);
+    h.advance(250).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(
+        offered_in(&swept.events),
+        vec![("c2".to_owned(), agent("alice"))],
+        "the delay ends: it looks for work at once"
+    );
+}
+
+pub async fn plan_timings_replace_the_pool_settings(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    let plan = RoutingPlan {
+        offer_timeout_ms: Some(250),
+        misses_before_away: Some(1),
+        wrap_up_ms: Some(300),
+        ..plan_of(vec![plan_step(0, "en", &[("billing", 2)])])
+    };
+    let requested = store
+        .request_with_plan(&p, handoff("c1"), plan.clone())
+        .await
+        .unwrap();
+    let c = requested.value.0;
+    assert_eq!(
+        c.offers[0].deadline.millis_since(c.updated_at),
+        250,
+        "the plan's offer timeout"
+    );
+    store
+        .offer_delivered(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    h.advance(300).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(
+        notices(&swept.events),
+        vec![(
+            "missed_offers".to_owned(),
+            "1 offers in a row were missed: set away".to_owned()
+        )],
+        "one miss is enough under this plan"
+    );
+    store
+        .set_status(&p, &agent("alice"), StatusChoice::Available)
+        .await
+        .unwrap();
+    store
+        .request_with_plan(&p, handoff("c2"), plan)
+        .await
+        .unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c2", 1))
+        .await
+        .unwrap();
+    store
+        .complete(&p, &agent("alice"), &cid("c2"), "resolved")
+        .await
+        .unwrap();
+    assert_eq!(status_of(h, &p, "alice").await, AgentStatus::WrapUp);
+    sweep_after(h, 350).await;
+    assert_eq!(status_of(h, &p, "alice").await, AgentStatus::Available);
+}
+
+pub async fn plan_transfer_to_a_queue_keeps_a_plan(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    ready_with_skill(h, &p, "fred", "fraud").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let queued_since = store
+        .conversation(&p, &cid("c1"))
+        .await
+        .unwrap()
+        .queued_since;
+    h.advance(50).await;
+    // The fraud queue's plan: level 5 first, level 3 after 300 ms.
+    let fraud = plan_of(vec![
+        plan_step(0, "en", &[("fraud", 5)]),
+        plan_step(300, "en", &[("fraud", 3)]),
+    ]);
+    let moved = store
+        .transfer(
+            &p,
+            &agent("alice"),
+            &cid("c1"),
+            to_queue("fraud", vec![Skill::new("fraud", 3)], None),
+            "",
+            Some(fraud),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.value.state,
+        ConversationState::Queued,
+        "level 5 first"
+    );
+    assert_eq!(
+        moved.value.queued_since, queued_since,
+        "the original waiting time counts"
+    );
+    sweep_after(h, 200).await;
+    assert_eq!(offered_to(h, &p, "c1").await, None);
+    h.advance(150).await;
+    let swept = store.sweep().await.unwrap();
+    assert_eq!(
+        offered_in(&swept.events),
+        vec![("c1".to_owned(), agent("fred"))],
+        "the target plan's step is due from the transfer on"
+    );
+}
+
+pub async fn plan_refusals_name_the_field(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    let bad = RoutingPlan {
+        priority: 12,
+        ..plan_of(vec![])
+    };
+    let err = domain(
+        store
+            .request_with_plan(&p, handoff("c1"), bad.clone())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        err,
+        DomainError::invalid("plan.priority", "is 12, must be 0 to 9")
+    );
+    assert!(matches!(
+        store.conversation(&p, &cid("c1")).await,
+        Err(StoreError::Domain(DomainError::NotFound { .. }))
+    ));
+    let err = domain(
+        store
+            .availability_with_plan(&p, &handoff("x"), &bad, 10)
+            .await
+            .unwrap_err(),
+    );
+    assert!(matches!(err, DomainError::Invalid { .. }), "{err}");
+    // A plan without steps routes on the hand-off's own requirements.
+    ready(h, &p, "alice").await;
+    store
+        .request_with_plan(&p, handoff("c2"), plan_of(vec![]))
+        .await
+        .unwrap();
+    assert_eq!(offered_to(h, &p, "c2").await, Some(agent("alice")));
 }

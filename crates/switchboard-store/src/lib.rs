@@ -1,6 +1,7 @@
 //! Where dispatch state lives. One trait, [`Store`], of atomic domain
 //! commands; an in-memory implementation ([`MemoryStore`]) that is the
-//! default; a Redis one to come. Both must pass [`conformance`].
+//! default; a Redis one (`switchboard-store-redis`). Both must pass
+//! [`conformance`].
 //!
 //! # Design
 //!
@@ -161,6 +162,14 @@ pub trait Store: Send + Sync + 'static {
     /// The agent holding a conversation hands it to a named agent (as an
     /// offer) or back to the queue with new requirements; the note and the
     /// context travel with it. Not the holder: FailedPrecondition.
+    ///
+    /// `plan`: the target queue's routing plan (a transfer to a queue with
+    /// a routing file in force). It replaces the conversation's plan, its
+    /// clock starting at the transfer (the queue position keeps the
+    /// original waiting time); `None` routes it on the transfer's
+    /// requirements with the built-in rules. A transfer to a named agent
+    /// keeps the conversation's plan and ignores this one. An invalid plan
+    /// is InvalidArgument ([`RoutingPlan::check`]).
     async fn transfer(
         &self,
         pool: &PoolId,
@@ -168,8 +177,9 @@ pub trait Store: Send + Sync + 'static {
         conversation: &ConversationId,
         target: TransferTarget,
         note: &str,
+        plan: Option<RoutingPlan>,
     ) -> StoreResult<Applied<Conversation>> {
-        let _ = (pool, agent, conversation, target, note);
+        let _ = (pool, agent, conversation, target, note, plan);
         Err(StoreError::Unsupported("transfer"))
     }
 
@@ -198,7 +208,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// [`Store::availability`] for a hand-off that would be routed by
-    /// `plan`. Stores that cannot execute plans refuse with Unsupported.
+    /// `plan`. Stores that cannot execute plans refuse with Unsupported; an
+    /// invalid plan is InvalidArgument ([`RoutingPlan::check`]).
     async fn availability_with_plan(
         &self,
         pool: &PoolId,
@@ -222,8 +233,9 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::request`] with a routing plan the engine executes for the
     /// conversation (relaxation steps, strategy, aging, timings, maximum
     /// wait action, preferred agent window). A repeated request keeps the
-    /// first plan. Stores that cannot execute plans refuse with
-    /// Unsupported (the Redis store, for now).
+    /// first plan. An invalid plan is InvalidArgument naming the field
+    /// ([`RoutingPlan::check`]), checked before anything else. Stores that
+    /// cannot execute plans refuse with Unsupported.
     async fn request_with_plan(
         &self,
         pool: &PoolId,

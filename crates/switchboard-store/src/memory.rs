@@ -206,9 +206,13 @@ impl Store for MemoryStore {
         conversation: &ConversationId,
         target: TransferTarget,
         note: &str,
+        plan: Option<RoutingPlan>,
     ) -> StoreResult<Applied<Conversation>> {
+        if let (Some(plan), TransferTarget::Queue { .. }) = (&plan, &target) {
+            plan.check()?;
+        }
         self.command(pool, |s, now| {
-            s.transfer(agent, conversation, target, note, now)
+            s.transfer(agent, conversation, target, note, plan, now)
         })
     }
 
@@ -245,6 +249,7 @@ impl Store for MemoryStore {
         plan: &RoutingPlan,
         limit: usize,
     ) -> StoreResult<(u32, i64)> {
+        plan.check()?;
         self.query(pool, |s, now| {
             Ok(s.availability_with_plan(handoff, plan, limit, now))
         })
@@ -256,6 +261,9 @@ impl Store for MemoryStore {
         handoff: Handoff,
         plan: RoutingPlan,
     ) -> StoreResult<Applied<(Conversation, bool)>> {
+        // Checked before the command (and its sweep), as the Redis store
+        // checks before its script.
+        plan.check()?;
         self.command(pool, |s, now| s.request_with_plan(handoff, Some(plan), now))
     }
 

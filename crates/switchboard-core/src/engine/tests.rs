@@ -574,7 +574,7 @@ proptest! {
                                     language: None,
                                 },
                             };
-                            let _ = s.transfer(&holder, &view.handoff.conversation_id, target, "note", t);
+                            let _ = s.transfer(&holder, &view.handoff.conversation_id, target, "note", None, t);
                         }
                 }
                 Op::Csat(c, score) => { let _ = s.report_csat(&cid(&format!("c{c}")), score, t); }
@@ -741,6 +741,7 @@ fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
             &cid("c1"),
             TransferTarget::Agent(agent("fraud")),
             "",
+            None,
             Timestamp(32),
         )
         .unwrap_err();
@@ -751,6 +752,7 @@ fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
             &cid("c1"),
             TransferTarget::Agent(agent("first")),
             "",
+            None,
             Timestamp(32),
         )
         .unwrap_err();
@@ -767,6 +769,7 @@ fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
                 language: None,
             },
             "card used abroad",
+            None,
             Timestamp(33),
         )
         .unwrap();
@@ -810,6 +813,7 @@ fn agent_transfers_to_a_queue_or_a_colleague_with_the_context() {
         &cid("c1"),
         TransferTarget::Agent(agent("other")),
         "back to billing",
+        None,
         Timestamp(35),
     )
     .unwrap();
@@ -1507,7 +1511,9 @@ proptest! {
                                     Some(a) => TransferTarget::Agent(agent(&format!("a{a}"))),
                                     None => TransferTarget::Queue { category: "fraud".into(), required_skills: vec![Skill::new("fraud", 2)], language: None },
                                 };
-                                let _ = s.transfer(&holder, &id, target, "note", t);
+                                // Half the transfers to a queue carry its plan.
+                                let plan = c.is_multiple_of(2).then(|| test_plan(c + 1));
+                                let _ = s.transfer(&holder, &id, target, "note", plan, t);
                             },
                             _ => {}
                         }
@@ -1613,5 +1619,73 @@ fn availability_with_a_plan_counts_agents_meeting_its_first_requirements() {
         s.availability_with_plan(&h, &plan(vec![(0, widened)]), 10, Timestamp(1))
             .0,
         2
+    );
+}
+
+#[test]
+fn transfer_to_a_queue_installs_the_target_plan_and_keeps_the_wait() {
+    let mut s = planned_pool();
+    online(&mut s, "first", &[("billing", 3)], &["en"], 1, 0);
+    online(&mut s, "junior", &[("fraud", 2)], &["en"], 1, 1);
+    s.request(handoff("c1", "en", &[("billing", 2)], 0), Timestamp(10))
+        .unwrap();
+    s.accept(&agent("first"), &offer("c1", 1), Timestamp(11))
+        .unwrap();
+    // The fraud queue's plan: level 4 first, any fraud level 2 after 30 s.
+    let fraud = plan(vec![
+        (0, requirements("en", &[("fraud", 4)])),
+        (30_000, requirements("en", &[("fraud", 2)])),
+    ]);
+    let target = TransferTarget::Queue {
+        category: "fraud".into(),
+        required_skills: vec![Skill::new("fraud", 2)],
+        language: None,
+    };
+    let c = s
+        .transfer(
+            &agent("first"),
+            &cid("c1"),
+            target,
+            "",
+            Some(fraud),
+            Timestamp(1_000),
+        )
+        .unwrap();
+    assert_eq!(c.state, ConversationState::Queued, "the plan's first step");
+    assert_eq!(c.queued_since, Timestamp(10), "the original wait counts");
+    s.sweep(Timestamp(30_999));
+    assert_eq!(
+        offered_to(&s, "c1"),
+        None,
+        "the plan's clock starts at the move"
+    );
+    s.sweep(Timestamp(31_000));
+    assert_eq!(offered_to(&s, "c1"), Some(agent("junior")));
+    s.check_invariants().unwrap();
+
+    // A transfer to a named agent keeps the plan; a bad plan is refused.
+    let bad = RoutingPlan {
+        priority: 10,
+        ..RoutingPlan::default()
+    };
+    s.accept(&agent("junior"), &offer("c1", 2), Timestamp(31_001))
+        .unwrap();
+    let err = s
+        .transfer(
+            &agent("junior"),
+            &cid("c1"),
+            TransferTarget::Queue {
+                category: "fraud".into(),
+                required_skills: vec![],
+                language: None,
+            },
+            "",
+            Some(bad),
+            Timestamp(31_002),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, DomainError::Invalid { field, .. } if field == "plan.priority"),
+        "{err}"
     );
 }

@@ -7,7 +7,7 @@ use crate::convert::{self, Audience};
 use crate::error::status;
 use std::collections::HashMap;
 use switchboard_core::event::OFFER_NOT_DELIVERED;
-use switchboard_core::model::AgentSnapshot;
+use switchboard_core::model::{AgentSnapshot, TransferTarget};
 use switchboard_core::{AgentId, ConversationId, Event, EventKind, PoolId};
 use switchboard_proto::v1 as pb;
 use switchboard_proto::v1::agent_event::Kind;
@@ -430,10 +430,38 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let id = convert::conversation_id("conversation_id", &body.conversation_id)?;
         let note = convert::short_text("note", &body.note)?;
         let target = convert::transfer_target(body.target)?;
+        // With a routing file, a transfer to a queue is routed by that
+        // queue's plan for the hand-off as the transfer leaves it.
+        let plan = match (&target, self.state.routing.config()) {
+            (
+                TransferTarget::Queue {
+                    category,
+                    required_skills,
+                    language,
+                },
+                Some(config),
+            ) => {
+                let store = &self.state.store;
+                let mut handoff = store
+                    .conversation(&caller.pool, &id)
+                    .await
+                    .map_err(status)?
+                    .handoff;
+                handoff.category = category.clone();
+                handoff.required_skills = required_skills.clone();
+                if let Some(language) = language {
+                    handoff.language = language.clone();
+                }
+                let plan = crate::routing::plan_for(&config, &handoff)
+                    .map_err(|e| Status::invalid_argument(format!("invalid `region`: {e}")))?;
+                Some(plan)
+            }
+            _ => None,
+        };
         let conversation = self
             .state
             .store
-            .transfer(&caller.pool, caller.agent()?, &id, target, &note)
+            .transfer(&caller.pool, caller.agent()?, &id, target, &note, plan)
             .await
             .map_err(status)?
             .value;
