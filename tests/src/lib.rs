@@ -109,6 +109,7 @@ impl TestServer {
             routing,
             shared_routing: None,
             replica_id: "test-server".into(),
+            max_pending_handoffs: 0,
         };
         let task = tokio::spawn(serve(listener, options, async move {
             let _ = stopped.await;

@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 /// This replica itself.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// This replica's id, as `GetRouting` and `sbctl routing show` list it
@@ -41,6 +41,22 @@ pub struct ServerSettings {
     /// Empty (the default): `<hostname>-<pid>` (in Kubernetes the hostname
     /// is the pod's name).
     pub replica_id: String,
+    /// Load shedding: while this many hand-offs (RequestAgent calls) are in
+    /// progress on this replica, a new one is refused at once with
+    /// RESOURCE_EXHAUSTED, before any store work (accepts, completions and
+    /// the rest are never shed). 0: no limit. The default, 1024, is far
+    /// above what a replica that keeps up ever has in progress (arrival
+    /// rate × time per hand-off: a few at 2,000/s).
+    pub max_pending_handoffs: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            replica_id: String::new(),
+            max_pending_handoffs: 1024,
+        }
+    }
 }
 
 impl ServerSettings {

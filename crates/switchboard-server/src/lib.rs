@@ -7,6 +7,7 @@
 //! uses [`serve_gated`]: health also says whether this replica's config
 //! version is the one in force (see [`config_version`]).
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod config_version;
@@ -56,6 +57,9 @@ pub struct ServerOptions {
     pub shared_routing: Option<Arc<shared_routing::SharedRouting>>,
     /// This replica's id (`server.replica_id`), as GetRouting reports it.
     pub replica_id: String,
+    /// New hand-offs in progress beyond which RequestAgent is refused with
+    /// RESOURCE_EXHAUSTED (`server.max_pending_handoffs`; 0: no limit).
+    pub max_pending_handoffs: usize,
 }
 
 /// Serves until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -169,6 +173,7 @@ pub async fn serve_gated(
         routing: options.routing.clone(),
         shared_routing: options.shared_routing.clone(),
         replica_id: options.replica_id.clone(),
+        admission: admission::Admission::new(options.max_pending_handoffs),
         locations,
         dev_mode: options.dev_mode,
         shutdown: cancel.clone(),

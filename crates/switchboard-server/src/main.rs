@@ -230,6 +230,7 @@ async fn run_server(
             routing,
             shared_routing,
             replica_id,
+            max_pending_handoffs: config.server.max_pending_handoffs,
         },
         gate,
         shutdown_signal(),

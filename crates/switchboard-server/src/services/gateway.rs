@@ -47,6 +47,8 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         request: Request<pb::RequestAgentRequest>,
     ) -> Result<Response<pb::RequestAgentResponse>, Status> {
         let caller = caller(&request)?;
+        // Shed before any work when this replica is already behind.
+        let _admitted = self.state.admission.admit()?;
         let handoff = convert::handoff(request.into_inner())?;
         let requested = match self.state.routing.config() {
             None => self.state.store.request(&caller.pool, handoff).await,

@@ -28,6 +28,8 @@ pub struct AppState {
     pub shared_routing: Option<Arc<SharedRouting>>,
     /// This replica's id (`server.replica_id`).
     pub replica_id: String,
+    /// The gate in front of new hand-offs (load shedding).
+    pub admission: Arc<crate::admission::Admission>,
     /// The last location each agent declared through this replica.
     pub locations: Arc<AgentLocations>,
     /// Development mode: unknown agents self-register on going online.
