@@ -8,7 +8,7 @@
 // Test support code: a failed expectation should panic with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::{Store, StoreError};
+use crate::{Applied, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use switchboard_core::plan::{
     PlanAging, PlanMaxWait, PlanMaxWaitAction, PlanRequirements, PlanStep, PlanStrategy,
 };
 use switchboard_core::{
-    AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId, RoutingPlan,
+    AgentId, ConversationId, DispatchSettings, DomainError, EventKind, OfferId, PoolId,
+    RoutingPlan, Timestamp,
 };
 
 /// What the suite needs of a store under test.
@@ -240,9 +241,10 @@ async fn state_of(
     (c.state, c.agent_id, c.reason)
 }
 
-async fn sweep_after(h: &dyn Harness, ms: i64) {
+/// Moves the clock by `ms` and sweeps; returns what the sweep did.
+async fn sweep_after(h: &dyn Harness, ms: i64) -> Applied<Option<Timestamp>> {
     h.advance(ms).await;
-    h.store().sweep().await.unwrap();
+    h.store().sweep().await.unwrap()
 }
 
 fn domain(err: StoreError) -> DomainError {
@@ -875,8 +877,7 @@ pub async fn wrap_up_holds_offers_until_it_ends_or_the_agent_is_available(h: &dy
     h.advance(300).await;
     store.sweep().await.unwrap();
     assert_eq!(state_of(h, &p, "c2").await.0, ConversationState::Queued);
-    h.advance(150).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 150).await;
     assert!(
         notices(&swept.events).contains(&("status_changed".to_owned(), "wrap-up ended".to_owned())),
         "{:?}",
@@ -1522,8 +1523,7 @@ pub async fn plan_relaxation_step_fires_after_the_wait(h: &dyn Harness) {
     );
     sweep_after(h, 200).await;
     assert_eq!(offered_to(h, &p, "c1").await, None, "not due yet");
-    h.advance(150).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 150).await;
     assert_eq!(
         offered_in(&swept.events),
         vec![("c1".to_owned(), agent("junior"))],
@@ -1680,8 +1680,7 @@ pub async fn plan_preferred_agent_gets_the_window(h: &dyn Harness) {
         .await
         .unwrap();
     assert_eq!(offered_to(h, &p, "c2").await, None);
-    h.advance(450).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 450).await;
     assert_eq!(
         offered_in(&swept.events),
         vec![("c2".to_owned(), agent("other"))],
@@ -1864,8 +1863,7 @@ pub async fn plan_max_wait_expires_overflows_or_calls_back(h: &dyn Harness) {
         .await
         .unwrap();
     assert_eq!(state_of(h, &p, "c1").await.0, ConversationState::Queued);
-    h.advance(350).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 350).await;
     let kinds: Vec<(&str, String)> = swept
         .events
         .iter()
@@ -1902,8 +1900,7 @@ pub async fn plan_max_wait_expires_overflows_or_calls_back(h: &dyn Harness) {
         .request_with_plan(&p, handoff("c1"), plan)
         .await
         .unwrap();
-    h.advance(350).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 350).await;
     assert!(
         swept.events.iter().any(|e| matches!(&e.kind,
             EventKind::Requeued { conversation } if conversation.reason == "we will call you back")),
@@ -1943,8 +1940,7 @@ pub async fn plan_reject_delay_holds_offers_after_a_decline(h: &dyn Harness) {
     );
     sweep_after(h, 200).await;
     assert_eq!(offered_to(h, &p, "c2").await, None);
-    h.advance(250).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 250).await;
     assert_eq!(
         offered_in(&swept.events),
         vec![("c2".to_owned(), agent("alice"))],
@@ -1975,8 +1971,7 @@ pub async fn plan_timings_replace_the_pool_settings(h: &dyn Harness) {
         .offer_delivered(&p, &agent("alice"), &offer("c1", 1))
         .await
         .unwrap();
-    h.advance(300).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 300).await;
     assert_eq!(
         notices(&swept.events),
         vec![(
@@ -2048,8 +2043,7 @@ pub async fn plan_transfer_to_a_queue_keeps_a_plan(h: &dyn Harness) {
     );
     sweep_after(h, 200).await;
     assert_eq!(offered_to(h, &p, "c1").await, None);
-    h.advance(150).await;
-    let swept = store.sweep().await.unwrap();
+    let swept = sweep_after(h, 150).await;
     assert_eq!(
         offered_in(&swept.events),
         vec![("c1".to_owned(), agent("fred"))],
