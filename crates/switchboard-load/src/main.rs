@@ -18,6 +18,7 @@ mod procstat;
 mod profile;
 mod progress;
 mod redis_ceiling;
+mod redis_stats;
 mod report;
 mod run;
 mod schedule;

@@ -165,6 +165,25 @@ pub fn print_run(report: &RunReport) {
         );
     }
     println!("load tool CPU: {:.0}% of a core", report.tool_cpu_percent);
+    if let Some(redis) = &report.redis {
+        println!(
+            "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core",
+            redis.round_trips_per_handoff, redis.micros_per_round_trip, redis.cpu_percent
+        );
+        let mut commands = table(&[
+            "redis command (incl. inside calls)",
+            "per hand-off",
+            "µs per call",
+        ]);
+        for c in redis.commands.iter().take(12) {
+            commands.add_row(vec![
+                c.command.clone(),
+                format!("{:.2}", c.calls_per_handoff),
+                format!("{:.1}", c.micros_per_call),
+            ]);
+        }
+        println!("{commands}");
+    }
     let invariants = &report.invariants;
     if invariants.total() == 0 {
         println!(

@@ -131,6 +131,11 @@ pub struct RunArgs {
     /// Pin the echo server of --compare-echo to this CPU (taskset).
     #[arg(long)]
     pub echo_server_cpu: Option<usize>,
+    /// The Redis behind the server (`redis://host:port`): report the round
+    /// trips per hand-off, Redis's time per call and its CPU over the
+    /// measured window (INFO commandstats and cpu at its start and end).
+    #[arg(long)]
+    pub redis_url: Option<String>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -227,6 +232,8 @@ pub struct RunReport {
     /// The load tool's own CPU during the load, percent of one core.
     pub tool_cpu_percent: f64,
     pub echo: Option<EchoComparison>,
+    /// With --redis-url: what Redis did during the measured window.
+    pub redis: Option<crate::redis_stats::RedisUsage>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -415,6 +422,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         Option<procstat::Sample>,
         Option<procstat::Sample>,
     )> = None;
+    let mut redis_start = None;
     let load_end = start + args.warmup + args.duration;
     progress.load_started(args.warmup + args.duration);
     while !schedule.is_finished() {
@@ -426,6 +434,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
                 server_pid.as_deref().and_then(procstat::sample),
                 procstat::sample("self"),
             ));
+            if let Some(url) = &args.redis_url {
+                redis_start = Some(crate::redis_stats::sample(url).await?);
+            }
         }
         progress.load(start, &context.metrics);
     }
@@ -434,6 +445,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let end_calls = unary_calls(&context.metrics);
     let server_end = server_pid.as_deref().and_then(procstat::sample);
     let self_end = procstat::sample("self");
+    let redis_end = match &args.redis_url {
+        Some(url) => Some(crate::redis_stats::sample(url).await?),
+        None => None,
+    };
     let (start_totals, start_calls, server_start, self_start) =
         window_start.unwrap_or((Totals::default(), 0, server_idle, None));
 
@@ -471,6 +486,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             start_totals.handoffs_completed,
         ),
         unary_calls_per_sec: per_sec(end_calls, start_calls),
+    };
+    let redis = match (&redis_start, &redis_end) {
+        (Some(start), Some(end)) => Some(crate::redis_stats::usage(
+            start,
+            end,
+            window,
+            end_totals.requested.saturating_sub(start_totals.requested),
+        )),
+        _ => None,
     };
     let ticks = procstat::ticks_per_second();
     let server_resources = match (server_idle, server_end) {
@@ -538,6 +562,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         server_resources,
         tool_cpu_percent,
         echo,
+        redis,
     })
 }
 

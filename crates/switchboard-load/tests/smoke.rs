@@ -41,12 +41,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the server and waits until it accepts TCP connections.
-fn start_server() -> (Server, String) {
+/// Starts the server (`serve` plus `extra`) and waits until it accepts TCP
+/// connections.
+fn start_server(extra: &[&str]) -> (Server, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(server_binary())
         .args(["serve", "--listen", &listen])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -63,14 +65,15 @@ fn start_server() -> (Server, String) {
     (server, format!("http://{listen}"))
 }
 
-#[test]
-fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
-    let (server, url) = start_server();
+/// A short run with small numbers against `url`, plus `extra`; returns the
+/// JSON report after checking the exit code, completed hand-offs and the
+/// invariants.
+fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
         .args([
             "run",
             "--server",
-            &url,
+            url,
             "--server-pid",
             &server.0.id().to_string(),
             "--agents",
@@ -100,6 +103,7 @@ fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
             "0.2",
             "--json",
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .output()
         .expect("run switchboard-load");
@@ -133,7 +137,44 @@ fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
             .unwrap()
             > 0.0
     );
-    drop(server);
+    report
+}
+
+#[test]
+fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
+    let (server, url) = start_server(&[]);
+    let report = short_run(&server, &url, &[]);
+    assert!(report["redis"].is_null(), "no --redis-url: {report:#}");
+}
+
+/// On the Redis store (the harness's own redis-server), the report says
+/// what Redis did: round trips per hand-off and Redis's time per call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
+    let redis = switchboard_testkit::RedisServer::start().await;
+    let redis_url = redis.url();
+    let report = tokio::task::spawn_blocking(move || {
+        let (server, url) = start_server(&["--redis", &redis_url]);
+        short_run(&server, &url, &["--redis-url", &redis_url])
+    })
+    .await
+    .unwrap();
+    let redis = &report["redis"];
+    let round_trips = redis["round_trips_per_handoff"].as_f64().unwrap();
+    // request, offer delivered, accept, complete, plus shares of heartbeats
+    // and sweeps: a handful, never zero, never dozens.
+    assert!(
+        (2.0..20.0).contains(&round_trips),
+        "round trips per hand-off {round_trips}: {redis:#}"
+    );
+    assert!(redis["micros_per_round_trip"].as_f64().unwrap() > 0.0);
+    let commands: Vec<&str> = redis["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["command"].as_str())
+        .collect();
+    assert!(commands.contains(&"fcall"), "{commands:?}");
 }
 
 /// The echo ceiling's own server and load work end to end.
