@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod replicas;
+pub mod routing_scenarios;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -229,8 +230,18 @@ pub struct AgentApp {
 impl AgentApp {
     pub async fn online(
         id: &str,
+        client: AgentServiceClient<Authed>,
+        skills: &[(&str, u32)],
+    ) -> AgentApp {
+        AgentApp::online_at(id, client, skills, None).await
+    }
+
+    /// [`AgentApp::online`] at `location` (none: the agent has no location).
+    pub async fn online_at(
+        id: &str,
         mut client: AgentServiceClient<Authed>,
         skills: &[(&str, u32)],
+        location: Option<Location>,
     ) -> AgentApp {
         client
             .go_online(GoOnlineRequest {
@@ -243,7 +254,7 @@ impl AgentApp {
                     .collect(),
                 languages: vec!["en".into()],
                 capacity: 1,
-                location: None,
+                location,
             })
             .await
             .unwrap();
@@ -310,6 +321,23 @@ impl AgentApp {
                 Kind::Offer(offer) => return offer,
                 Kind::Notice(_) | Kind::Assignment(_) | Kind::ConversationEnded(_) => continue,
                 other => panic!("agent {} expected an offer, got {other:?}", self.id),
+            }
+        }
+    }
+
+    /// The next offer within `wait`, skipping notices and news of earlier
+    /// conversations; `None` if none came (a revoked offer is a failure).
+    pub async fn offer_within(&mut self, wait: Duration) -> Option<Offer> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(remaining).await? {
+                Kind::Offer(offer) => return Some(offer),
+                Kind::Notice(_) | Kind::Assignment(_) | Kind::ConversationEnded(_) => continue,
+                other => panic!(
+                    "agent {} expected an offer or nothing, got {other:?}",
+                    self.id
+                ),
             }
         }
     }

@@ -68,6 +68,26 @@ pub async fn start_replica(
     ServerProcess::start(&["--redis", redis_url], &env).await
 }
 
+/// A replica named `id` with [`fast_settings`] and the routing file at
+/// `file`, SERVING. The first replica on a Redis puts its file in force;
+/// later ones run the config in force, whatever their file says.
+pub async fn routing_replica(
+    redis: &switchboard_testkit::RedisServer,
+    id: &str,
+    file: &std::path::Path,
+) -> ServerProcess {
+    let file = file.display().to_string();
+    start_replica(
+        &redis.url(),
+        &fast_settings(),
+        &[
+            ("SWITCHBOARD_ROUTING__FILE", &file),
+            ("SWITCHBOARD_SERVER__REPLICA_ID", id),
+        ],
+    )
+    .await
+}
+
 /// Like [`start_replica`], but returns as soon as the replica answers health
 /// checks, SERVING or not (a replica whose config version is not the one in
 /// force never turns SERVING).

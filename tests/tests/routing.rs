@@ -1,9 +1,12 @@
-//! End-to-end tests of the routing file over real gRPC: a relaxation step
-//! firing while a customer waits, a returning customer's preferred agent
-//! getting the first offer, a region refusing an agent located elsewhere,
-//! reloads (good and bad) through AdminService and SIGHUP, regions of
-//! connected agents re-resolved at a reload; with the
-//! real binary, a bad file refused at startup with exit code 64.
+//! End-to-end tests of the routing file over real gRPC with the embedded
+//! store: a relaxation step firing while a customer waits, a returning
+//! customer's preferred agent getting the first offer, a region refusing an
+//! agent located elsewhere, a transfer to a queue routed by that queue's
+//! plan (these four are the scenarios of `switchboard_e2e::routing_scenarios`,
+//! run on Redis replicas too in `routing_redis.rs`), reloads (good and bad)
+//! through AdminService and SIGHUP, regions of connected agents re-resolved
+//! at a reload; with the real binary, a bad file refused at startup with
+//! exit code 64.
 
 // Test helpers: failures should panic with their message.
 #![allow(clippy::unwrap_used)]
@@ -11,198 +14,57 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 use switchboard_auth::{Keyring, Role};
+use switchboard_e2e::routing_scenarios::{
+    self, MUNICH, agent_at, routing_file, write_routing_file,
+};
 use switchboard_e2e::*;
 use tonic::Code;
 
-const BERLIN: Location = Location {
-    latitude: 52.52,
-    longitude: 13.40,
-};
-const MUNICH: Location = Location {
-    latitude: 48.14,
-    longitude: 11.58,
-};
-
-/// A routing file: `billing` needs level `level` at first, no billing
-/// skill at all after one second; Berlin as a region; preferred agents get
-/// 30 s.
-fn routing_file(level: u32) -> String {
-    format!(
-        r#"
-[routing]
-default_queue = "general"
-preferred_agent_window_seconds = 30
-roster_allowed_regions = "if_listed"
-
-[regions.berlin]
-wkt = "POLYGON((13.08 52.34, 13.76 52.34, 13.76 52.68, 13.08 52.68, 13.08 52.34))"
-
-[queues.general]
-
-[queues.billing]
-skills = {{ billing = {level} }}
-
-[[queues.billing.relax]]
-after_seconds = 1
-drop_skill = "billing"
-"#
-    )
-}
-
 fn write(dir: &Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("routing.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    write_routing_file(dir, "routing.toml", text)
 }
 
-async fn agent_at(
-    server: &TestServer,
-    id: &str,
-    skills: &[(&str, u32)],
-    location: Option<Location>,
-) -> AgentApp {
-    let mut client = server.agent_client(id).await;
-    client
-        .go_online(GoOnlineRequest {
-            skills: skills
-                .iter()
-                .map(|(n, l)| Skill {
-                    name: (*n).into(),
-                    level: *l,
-                })
-                .collect(),
-            languages: vec!["en".into()],
-            capacity: 1,
-            location,
-        })
-        .await
-        .unwrap();
-    AgentApp::subscribe(id, client).await
+/// An in-process server (embedded store) with [`routing_file`]`(level)`,
+/// and the path of its file.
+async fn server_with_routing_file(dir: &Path, level: u32) -> (TestServer, std::path::PathBuf) {
+    let path = write(dir, &routing_file(level));
+    let server = TestServer::start_with_routing(fast_settings(), &path).await;
+    (server, path)
 }
 
 #[tokio::test]
 async fn a_relaxation_step_fires_while_the_customer_waits() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &routing_file(4));
-    let server = TestServer::start_with_routing(fast_settings(), &path).await;
-    let mut junior = server.agent("junior", &[("billing", 2)]).await;
-    let mut gateway = server.gateway().await;
-    let started = Instant::now();
-    let ticket = gateway
-        .request_agent(handoff("c1", "billing", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .conversation
-        .unwrap();
-    assert_eq!(ticket.state(), ConversationState::Queued);
-    // Level 4 required at first: the level-2 agent is not offered it.
-    assert!(
-        junior
-            .next_within(Duration::from_millis(500))
-            .await
-            .is_none()
-    );
-    // After one second the step drops the skill.
-    let offer = junior.expect_offer().await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "offered after {:?}, before the step was due",
-        started.elapsed()
-    );
-    junior.accept(&offer).await.unwrap();
+    let (server, _) = server_with_routing_file(dir.path(), 4).await;
+    let url = server.url();
+    routing_scenarios::a_relaxation_step_fires_while_the_customer_waits(&url, &url).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_returning_customer_gets_the_preferred_agent_first() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &routing_file(1));
-    let server = TestServer::start_with_routing(fast_settings(), &path).await;
-    // `other` has been idle longest: without a preference it would be first.
-    let mut other = server.agent("other", &[("billing", 3)]).await;
-    let mut preferred = server.agent("preferred", &[("billing", 3)]).await;
-    let mut gateway = server.gateway().await;
-    let mut request = handoff("c1", "billing", 1);
-    request.preferred_agent_id = "preferred".into();
-    gateway.request_agent(request).await.unwrap();
-    let offer = preferred.expect_offer().await;
-    assert!(
-        other
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none()
-    );
-    // Declined: the preferred agent is excluded, the window no longer
-    // holds it back, and the next agent gets it.
-    preferred.decline(&offer).await.unwrap();
-    other.expect_offer().await;
+    let (server, _) = server_with_routing_file(dir.path(), 1).await;
+    let url = server.url();
+    routing_scenarios::a_returning_customer_gets_the_preferred_agent_first(&url, &url, &url).await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_region_refuses_agents_located_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), &routing_file(1));
-    let server = TestServer::start_with_routing(fast_settings(), &path).await;
-    let mut munich = agent_at(&server, "munich", &[("billing", 3)], Some(MUNICH)).await;
-    let mut nowhere = agent_at(&server, "nowhere", &[("billing", 3)], None).await;
-    let mut gateway = server.gateway().await;
+    let (server, _) = server_with_routing_file(dir.path(), 1).await;
+    let url = server.url();
+    routing_scenarios::a_region_refuses_agents_located_elsewhere(&url, &url).await;
+    server.stop().await;
+}
 
-    // A region the file lacks is the gateway's mistake.
-    let mut request = handoff("c0", "billing", 1);
-    request.region = "mars".into();
-    let err = gateway.request_agent(request).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    assert!(err.message().contains("mars"), "{err}");
-
-    // Availability follows the region rule too.
-    let probe = |region: &str| CheckAvailabilityRequest {
-        language: "en".into(),
-        required_skills: vec![],
-        region: region.into(),
-    };
-    let anywhere = gateway.check_availability(probe("")).await.unwrap();
-    assert_eq!(anywhere.into_inner().agents_available, 2);
-    let in_berlin = gateway.check_availability(probe("berlin")).await.unwrap();
-    assert_eq!(in_berlin.into_inner().agents_available, 0);
-
-    // A Berlin customer: the Munich agent and the agent with no location
-    // (excluded by default) are refused.
-    let mut request = handoff("c1", "billing", 1);
-    request.region = "berlin".into();
-    gateway.request_agent(request).await.unwrap();
-    assert!(
-        munich
-            .next_within(Duration::from_millis(400))
-            .await
-            .is_none()
-    );
-    assert!(
-        nowhere
-            .next_within(Duration::from_millis(100))
-            .await
-            .is_none()
-    );
-    // The Munich agent travels to Berlin: its heartbeat's location admits
-    // it and the waiting customer is offered at once.
-    munich
-        .client
-        .heartbeat(HeartbeatRequest {
-            location: Some(BERLIN),
-        })
-        .await
-        .unwrap();
-    let offer = munich.expect_offer().await;
-    assert_eq!(offer.conversation.unwrap().conversation_id, "c1");
-
-    // A customer located in Berlin (no region named) counts the same.
-    let mut berliner = agent_at(&server, "berliner", &[("billing", 3)], Some(BERLIN)).await;
-    let mut request = handoff("c2", "billing", 1);
-    request.customer_location = Some(BERLIN);
-    gateway.request_agent(request).await.unwrap();
-    let offer = berliner.expect_offer().await;
-    assert_eq!(offer.conversation.unwrap().conversation_id, "c2");
+#[tokio::test]
+async fn a_transfer_to_a_queue_follows_the_target_queues_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = server_with_routing_file(dir.path(), 1).await;
+    let url = server.url();
+    routing_scenarios::a_transfer_to_a_queue_follows_the_target_queues_plan(&url, &url, &url).await;
     server.stop().await;
 }
 
@@ -219,10 +81,10 @@ async fn a_reload_re_resolves_the_regions_of_connected_agents_from_their_last_lo
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), &routing_file(1));
     let server = TestServer::start_with_routing(fast_settings(), &path).await;
-    let mut munich = agent_at(&server, "munich", &[("billing", 3)], Some(MUNICH)).await;
+    let mut munich = agent_at(&server.url(), "munich", &[("billing", 3)], Some(MUNICH)).await;
     // Went online in Munich, then again without a location: from then on it
     // has none (`agents_without_location` = exclude), whatever it said before.
-    let mut forgetful = agent_at(&server, "forgetful", &[("billing", 3)], Some(MUNICH)).await;
+    let mut forgetful = agent_at(&server.url(), "forgetful", &[("billing", 3)], Some(MUNICH)).await;
     forgetful
         .client
         .go_online(GoOnlineRequest {

@@ -6,8 +6,8 @@
 //! config this build cannot use is refused (at startup) or takes the
 //! replica out of rotation (while running).
 //!
-//! No hand-off here carries a plan: the Redis store executes plans once
-//! the Lua port lands.
+//! No hand-off here carries a plan: routing by the shared config across
+//! replicas (hand-offs, transfers, a reload) is `routing_redis.rs`.
 
 // Test helpers: failures should panic with their message.
 #![allow(clippy::unwrap_used)]
@@ -42,20 +42,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A replica named `id` with the routing file at `file`, SERVING.
-async fn replica(redis: &RedisServer, id: &str, file: &Path) -> ServerProcess {
-    let file = file.display().to_string();
-    start_replica(
-        &redis.url(),
-        &fast_settings(),
-        &[
-            ("SWITCHBOARD_ROUTING__FILE", &file),
-            ("SWITCHBOARD_SERVER__REPLICA_ID", id),
-        ],
-    )
-    .await
 }
 
 async fn get_routing(url: &str) -> GetRoutingResponse {
@@ -122,8 +108,8 @@ async fn a_reload_on_one_replica_is_applied_and_reported_by_every_replica() {
     let file_a = write(dir.path(), "a.toml", &routing_text(1));
     let file_b = write(dir.path(), "b.toml", &routing_text(1));
     let v1 = version_of(&routing_text(1));
-    let a = replica(&redis, "replica-a", &file_a).await;
-    let b = replica(&redis, "replica-b", &file_b).await;
+    let a = routing_replica(&redis, "replica-a", &file_a).await;
+    let b = routing_replica(&redis, "replica-b", &file_b).await;
 
     let both_v1 = [pair("replica-a", &v1), pair("replica-b", &v1)];
     wait_listed(&a.url, &both_v1, WAIT).await;
@@ -232,13 +218,13 @@ async fn a_replica_started_later_runs_the_version_in_force_not_its_own_file() {
     let dir = tempfile::tempdir().unwrap();
     let v1 = version_of(&routing_text(1));
     let v3 = version_of(&routing_text(3));
-    let a = replica(
+    let a = routing_replica(
         &redis,
         "replica-a",
         &write(dir.path(), "a.toml", &routing_text(1)),
     )
     .await;
-    let late = replica(
+    let late = routing_replica(
         &redis,
         "replica-late",
         &write(dir.path(), "late.toml", &routing_text(3)),
@@ -278,13 +264,13 @@ async fn a_replica_started_later_runs_the_version_in_force_not_its_own_file() {
 async fn a_lost_change_message_is_made_up_by_the_poll() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = replica(
+    let a = routing_replica(
         &redis,
         "replica-a",
         &write(dir.path(), "a.toml", &routing_text(1)),
     )
     .await;
-    let b = replica(
+    let b = routing_replica(
         &redis,
         "replica-b",
         &write(dir.path(), "b.toml", &routing_text(1)),
@@ -328,8 +314,8 @@ async fn replicas_converge_after_redis_restarts() {
     let mut redis = RedisServer::start_with_aof().await;
     let dir = tempfile::tempdir().unwrap();
     let file_a = write(dir.path(), "a.toml", &routing_text(1));
-    let a = replica(&redis, "replica-a", &file_a).await;
-    let b = replica(
+    let a = routing_replica(&redis, "replica-a", &file_a).await;
+    let b = routing_replica(
         &redis,
         "replica-b",
         &write(dir.path(), "b.toml", &routing_text(1)),
@@ -394,7 +380,7 @@ async fn replicas_converge_after_redis_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let late = replica(
+    let late = routing_replica(
         &redis,
         "replica-late",
         &write(dir.path(), "late.toml", &routing_text(6)),
@@ -462,7 +448,7 @@ async fn a_config_this_build_cannot_use_takes_a_running_replica_out_of_rotation(
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "a.toml", &routing_text(1));
-    let a = replica(&redis, "replica-a", &file).await;
+    let a = routing_replica(&redis, "replica-a", &file).await;
     let v1 = version_of(&routing_text(1));
 
     let unusable = store_unusable(&redis).await;
@@ -496,8 +482,8 @@ async fn concurrent_reloads_on_two_replicas_leave_one_whole_config_in_force() {
     let dir = tempfile::tempdir().unwrap();
     let file_a = write(dir.path(), "a.toml", &routing_text(1));
     let file_b = write(dir.path(), "b.toml", &routing_text(1));
-    let a = replica(&redis, "replica-a", &file_a).await;
-    let b = replica(&redis, "replica-b", &file_b).await;
+    let a = routing_replica(&redis, "replica-a", &file_a).await;
+    let b = routing_replica(&redis, "replica-b", &file_b).await;
     std::fs::write(&file_a, routing_text(7)).unwrap();
     std::fs::write(&file_b, routing_text(8)).unwrap();
     let (va, vb) = (version_of(&routing_text(7)), version_of(&routing_text(8)));
@@ -535,8 +521,8 @@ async fn sighup_on_one_replica_reloads_for_every_replica() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file_a = write(dir.path(), "a.toml", &routing_text(1));
-    let a = replica(&redis, "replica-a", &file_a).await;
-    let b = replica(
+    let a = routing_replica(&redis, "replica-a", &file_a).await;
+    let b = routing_replica(
         &redis,
         "replica-b",
         &write(dir.path(), "b.toml", &routing_text(1)),
