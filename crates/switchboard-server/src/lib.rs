@@ -136,6 +136,20 @@ impl Health {
     }
 }
 
+/// How long a connection may stay silent before the server pings it: one
+/// and a half heartbeat intervals (15 s by default), at least 1 s. hyper
+/// pings only a connection from which no frame arrived for that long, so a
+/// healthy app, which heartbeats every interval on the connection that
+/// carries its stream, is never pinged; a dead one is noticed within this
+/// plus the 5 s ping timeout, before its lease (3 intervals by default)
+/// runs out. Pinging at exactly the heartbeat interval cost, with 10,000
+/// agents, up to 1,000 pings and acks a second whenever a heartbeat came a
+/// little late (docs/performance.md).
+pub fn keepalive_interval(settings: &DispatchSettings) -> Duration {
+    let ms = settings.heartbeat_interval_ms.saturating_mul(3) / 2;
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0).max(1_000))
+}
+
 fn service_name<S: tonic::server::NamedService>() -> &'static str {
     S::NAME
 }
@@ -287,7 +301,7 @@ pub async fn serve_gated(
 
     let server = tonic::transport::Server::builder()
         // Dead agent connections are noticed through HTTP/2 keepalive.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_interval(Some(keepalive_interval(&options.settings)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .tcp_keepalive(Some(Duration::from_secs(30)))
         .add_service(health_service)
@@ -318,4 +332,25 @@ pub async fn serve_gated(
     }
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_waits_longer_than_a_heartbeat_and_less_than_a_lease() {
+        let settings = DispatchSettings::default();
+        let interval = keepalive_interval(&settings);
+        assert_eq!(interval, Duration::from_secs(15));
+        let heartbeat = Duration::from_millis(settings.heartbeat_interval_ms as u64);
+        let lease = Duration::from_millis(settings.lease_ms as u64);
+        assert!(interval > heartbeat);
+        assert!(interval + Duration::from_secs(5) < lease);
+        let tiny = DispatchSettings {
+            heartbeat_interval_ms: 10,
+            ..DispatchSettings::default()
+        };
+        assert_eq!(keepalive_interval(&tiny), Duration::from_secs(1));
+    }
 }
