@@ -44,9 +44,13 @@ pub struct ServerSettings {
     /// Load shedding: while this many hand-offs (RequestAgent calls) are in
     /// progress on this replica, a new one is refused at once with
     /// RESOURCE_EXHAUSTED, before any store work (accepts, completions and
-    /// the rest are never shed). 0: no limit. The default, 1024, is far
-    /// above what a replica that keeps up ever has in progress (arrival
-    /// rate × time per hand-off: a few at 2,000/s).
+    /// the rest are never shed). 0: no limit. The default, 64, is far
+    /// above what a replica that keeps up has in progress (arrival rate ×
+    /// time per hand-off: ~2 at 500/s on Redis, ~1 embedded) and low enough
+    /// that an overloaded Redis keeps room for accepts and completions
+    /// (measured: at 1,000/s offered to one Redis-backed replica, 1,024
+    /// let every call time out; 64 served ~525/s with no other error:
+    /// docs/performance.md).
     pub max_pending_handoffs: usize,
 }
 
@@ -54,7 +58,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
             replica_id: String::new(),
-            max_pending_handoffs: 1024,
+            max_pending_handoffs: 64,
         }
     }
 }
