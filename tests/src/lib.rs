@@ -111,6 +111,7 @@ impl TestServer {
             shared_routing: None,
             replica_id: "test-server".into(),
             max_pending_handoffs: 0,
+            max_runtime_lag_ms: 0,
         };
         let task = tokio::spawn(serve(listener, options, async move {
             let _ = stopped.await;

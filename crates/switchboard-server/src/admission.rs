@@ -16,6 +16,18 @@
 //!
 //! Only new hand-offs are shed: refusing accepts or completions would
 //! waste work already done and keep agents busy longer.
+//!
+//! The count alone cannot see a replica whose own CPU is the bottleneck:
+//! with the embedded store a hand-off never waits inside its handler, so
+//! the backlog builds up before the handlers run (in the runtime's task
+//! queue and the sockets), and at about a second behind, offers start
+//! being withdrawn as undelivered, agents resubscribe, and the extra work
+//! tips the replica over (seen at 2,000/s on one core:
+//! docs/performance.md). So a second signal: a monitor task sleeps
+//! [`LAG_PROBE`] in a loop and records how late it wakes up; while that
+//! lag exceeds `server.max_runtime_lag_ms`, new hand-offs are refused too.
+//! The refusal itself is cheap (no decoding of the hand-off, no store
+//! call), so shedding frees the CPU the admitted work needs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,11 +37,18 @@ use tonic::Status;
 /// How often, at most, a replica logs that it is shedding.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long the lag monitor sleeps between two probes.
+pub const LAG_PROBE: Duration = Duration::from_millis(25);
+
 /// The gate in front of new hand-offs.
 #[derive(Debug)]
 pub struct Admission {
     /// 0: no limit.
     limit: usize,
+    /// Runtime lag beyond which new hand-offs are refused (ms; 0: never).
+    max_lag_ms: u64,
+    /// The last lag the monitor measured, in ms.
+    lag_ms: AtomicU64,
     in_progress: AtomicUsize,
     shed: AtomicU64,
     started: Instant,
@@ -50,10 +69,13 @@ impl Drop for Admitted {
 }
 
 impl Admission {
-    /// At most `limit` hand-offs in progress at once; 0 admits everything.
-    pub fn new(limit: usize) -> Arc<Admission> {
+    /// At most `limit` hand-offs in progress at once, and none while the
+    /// runtime lags more than `max_lag_ms`; 0 turns either rule off.
+    pub fn new(limit: usize, max_lag_ms: u64) -> Arc<Admission> {
         Arc::new(Admission {
             limit,
+            max_lag_ms,
+            lag_ms: AtomicU64::new(0),
             in_progress: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             started: Instant::now(),
@@ -63,6 +85,16 @@ impl Admission {
 
     /// Admits one hand-off, or refuses it with RESOURCE_EXHAUSTED.
     pub fn admit(self: &Arc<Self>) -> Result<Admitted, Status> {
+        let lag = self.lag_ms.load(Ordering::Relaxed);
+        if self.max_lag_ms > 0 && lag > self.max_lag_ms {
+            let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            self.log_shedding(shed);
+            return Err(Status::resource_exhausted(format!(
+                "this replica is overloaded: it runs {lag} ms behind \
+                 (server.max_runtime_lag_ms {}); nothing was created, retry with backoff",
+                self.max_lag_ms
+            )));
+        }
         let now = self.in_progress.fetch_add(1, Ordering::AcqRel) + 1;
         let admitted = Admitted {
             admission: self.clone(),
@@ -78,6 +110,30 @@ impl Admission {
              (server.max_pending_handoffs); nothing was created, retry with backoff",
             self.limit
         )))
+    }
+
+    /// Records the lag the monitor measured.
+    pub fn record_lag(&self, lag: Duration) {
+        let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
+        self.lag_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The last lag measured, in ms.
+    pub fn lag_ms(&self) -> u64 {
+        self.lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// Measures the runtime's lag until `cancel`: sleeps [`LAG_PROBE`] and
+    /// records how much later than asked it woke up.
+    pub async fn monitor_lag(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            let asked = tokio::time::Instant::now();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(LAG_PROBE) => {}
+            }
+            self.record_lag(asked.elapsed().saturating_sub(LAG_PROBE));
+        }
     }
 
     /// Hand-offs refused since start.
@@ -115,7 +171,7 @@ mod tests {
 
     #[test]
     fn admits_up_to_the_limit_and_frees_slots_on_drop() {
-        let admission = Admission::new(2);
+        let admission = Admission::new(2, 0);
         let a = admission.admit().map_err(|s| s.to_string());
         let b = admission.admit().map_err(|s| s.to_string());
         assert!(a.is_ok() && b.is_ok());
@@ -135,9 +191,52 @@ mod tests {
 
     #[test]
     fn zero_admits_everything() {
-        let admission = Admission::new(0);
+        let admission = Admission::new(0, 0);
         let held: Vec<_> = (0..10_000).map(|_| admission.admit()).collect();
         assert!(held.iter().all(Result::is_ok));
         assert_eq!(admission.shed_total(), 0);
+    }
+
+    #[test]
+    fn a_lagging_runtime_refuses_new_handoffs_until_it_catches_up() {
+        let admission = Admission::new(64, 250);
+        admission.record_lag(Duration::from_millis(400));
+        let refused = admission
+            .admit()
+            .err()
+            .map(|s| (s.code(), s.message().to_owned()));
+        let (code, message) = refused.unwrap_or((tonic::Code::Ok, String::new()));
+        assert_eq!(code, tonic::Code::ResourceExhausted);
+        assert!(message.contains("400 ms behind"), "{message}");
+        assert!(message.contains("server.max_runtime_lag_ms"), "{message}");
+        assert_eq!(admission.in_progress(), 0);
+        admission.record_lag(Duration::from_millis(3));
+        assert!(admission.admit().is_ok(), "caught up: admitted again");
+    }
+
+    /// The monitor sees a runtime whose one thread is blocked.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_monitor_measures_a_blocked_runtime() {
+        let admission = Admission::new(0, 100);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let monitor = tokio::spawn(admission.clone().monitor_lag(cancel.clone()));
+        tokio::time::sleep(LAG_PROBE * 2).await;
+        assert!(admission.admit().is_ok(), "idle: no lag");
+        // Block the only thread while the monitor's sleep is due: its
+        // probe wakes ~300 ms late. yield_now lets the runtime poll its
+        // timers and run the monitor before this task resumes.
+        std::thread::sleep(Duration::from_millis(300));
+        for _ in 0..20 {
+            if admission.lag_ms() >= 150 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let lag = admission.lag_ms();
+        let refused = admission.admit().err().map(|s| s.code());
+        cancel.cancel();
+        let _ = monitor.await;
+        assert!(lag >= 150, "the monitor saw a lag of only {lag} ms");
+        assert_eq!(refused, Some(tonic::Code::ResourceExhausted));
     }
 }

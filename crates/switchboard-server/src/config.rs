@@ -52,6 +52,13 @@ pub struct ServerSettings {
     /// let every call time out; 64 served ~525/s with no other error:
     /// docs/performance.md).
     pub max_pending_handoffs: usize,
+    /// Load shedding on the replica's own CPU: while its runtime wakes a
+    /// timer more than this many ms late (measured every 25 ms), new
+    /// hand-offs are refused with RESOURCE_EXHAUSTED. 250 ms is far above a
+    /// healthy replica's lag (well under 1 ms) and well below the
+    /// one-second offer-delivery grace, past which offers are withdrawn as
+    /// undelivered and the overload feeds on itself. 0: never.
+    pub max_runtime_lag_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -59,6 +66,7 @@ impl Default for ServerSettings {
         ServerSettings {
             replica_id: String::new(),
             max_pending_handoffs: 64,
+            max_runtime_lag_ms: 250,
         }
     }
 }

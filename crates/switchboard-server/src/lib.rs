@@ -60,6 +60,9 @@ pub struct ServerOptions {
     /// New hand-offs in progress beyond which RequestAgent is refused with
     /// RESOURCE_EXHAUSTED (`server.max_pending_handoffs`; 0: no limit).
     pub max_pending_handoffs: usize,
+    /// Runtime lag (ms) beyond which RequestAgent is refused
+    /// (`server.max_runtime_lag_ms`; 0: never).
+    pub max_runtime_lag_ms: u64,
 }
 
 /// Serves until `shutdown` resolves, then drains: health goes NOT_SERVING,
@@ -180,6 +183,9 @@ pub async fn serve_gated(
         locations.clone(),
         cancel.child_token(),
     ));
+    let admission =
+        admission::Admission::new(options.max_pending_handoffs, options.max_runtime_lag_ms);
+    tracker.spawn(admission.clone().monitor_lag(cancel.child_token()));
     let state = AppState {
         store: options.store.clone(),
         hub,
@@ -187,7 +193,7 @@ pub async fn serve_gated(
         routing: options.routing.clone(),
         shared_routing: options.shared_routing.clone(),
         replica_id: options.replica_id.clone(),
-        admission: admission::Admission::new(options.max_pending_handoffs),
+        admission: admission.clone(),
         locations,
         dev_mode: options.dev_mode,
         shutdown: cancel.clone(),

@@ -231,6 +231,7 @@ async fn run_server(
             shared_routing,
             replica_id,
             max_pending_handoffs: config.server.max_pending_handoffs,
+            max_runtime_lag_ms: config.server.max_runtime_lag_ms,
         },
         gate,
         shutdown_signal(),
