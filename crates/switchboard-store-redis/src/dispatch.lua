@@ -921,6 +921,26 @@ local function smallest_candidate_key(language, skills)
   return smallest
 end
 
+-- The availability probes: counts, up to `limit`, the agents of index
+-- `key` (longest idle first) that `accepts`, skipping the ones already
+-- `seen` under another language key; returns the new count.
+local function count_in_index(key, limit, count, seen, accepts)
+  local start = 0
+  while count < limit do
+    local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
+    if #chunk == 0 then break end
+    for _, candidate in ipairs(chunk) do
+      if count >= limit then break end
+      if not seen[candidate] and accepts(candidate) then
+        seen[candidate] = true
+        count = count + 1
+      end
+    end
+    start = start + SCAN_CHUNK
+  end
+  return count
+end
+
 local function cmp(a, b)
   if a < b then return -1 end
   if a > b then return 1 end
@@ -1004,22 +1024,7 @@ local function dispatch_conversation(cid)
   end
   if best_agent == nil then
     for _, language in ipairs(language_lookup_keys(c.language)) do
-      local key = nil
-      if #c.skills == 0 then
-        key = k_avail(language, '*')
-      else
-        local smallest, smallest_size, missing = nil, nil, false
-        for _, required in ipairs(c.skills) do
-          local candidate = k_avail(language, required.name)
-          local size = redis.call('ZCARD', candidate)
-          if size == 0 then
-            missing = true
-          elseif smallest == nil or size < smallest_size then
-            smallest, smallest_size = candidate, size
-          end
-        end
-        if not missing then key = smallest end
-      end
+      local key = smallest_candidate_key(language, c.skills)
       if key then
         local start, found, found_score = 0, nil, nil
         while found == nil do
@@ -2160,19 +2165,9 @@ local function availability_with_plan(probe, limit, raw)
   for _, language in ipairs(planned_languages(requirements)) do
     local key = smallest_candidate_key(language, requirements.skills)
     if key then
-      local start, done = 0, false
-      while not done do
-        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
-        if #chunk == 0 then break end
-        for _, candidate in ipairs(chunk) do
-          if count >= limit then done = true break end
-          if not seen[candidate] and meets(candidate, requirements, if_listed) then
-            seen[candidate] = true
-            count = count + 1
-          end
-        end
-        start = start + SCAN_CHUNK
-      end
+      count = count_in_index(key, limit, count, seen, function(candidate)
+        return meets(candidate, requirements, if_listed)
+      end)
     end
   end
   if count > 0 then return '[' .. ji(count) .. ',0]' end
@@ -2191,37 +2186,12 @@ function queries.availability()
   if arg(3) and arg(3) ~= '' then return availability_with_plan(probe, limit, arg(3)) end
   local seen, count = {}, 0
   for _, language in ipairs(language_lookup_keys(probe.language)) do
-    local key = nil
-    if #probe.skills == 0 then
-      key = k_avail(language, '*')
-    else
-      local smallest, smallest_size, missing = nil, nil, false
-      for _, required in ipairs(probe.skills) do
-        local candidate = k_avail(language, required.name)
-        local size = redis.call('ZCARD', candidate)
-        if size == 0 then
-          missing = true
-        elseif smallest == nil or size < smallest_size then
-          smallest, smallest_size = candidate, size
-        end
-      end
-      if not missing then key = smallest end
-    end
+    local key = smallest_candidate_key(language, probe.skills)
     if key then
-      local start, done = 0, false
-      while not done do
-        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
-        if #chunk == 0 then break end
-        for _, candidate in ipairs(chunk) do
-          if count >= limit then done = true break end
-          local s = session_of(candidate)
-          if s and not seen[candidate] and fits(candidate, s, probe) then
-            seen[candidate] = true
-            count = count + 1
-          end
-        end
-        start = start + SCAN_CHUNK
-      end
+      count = count_in_index(key, limit, count, seen, function(candidate)
+        local s = session_of(candidate)
+        return s ~= nil and fits(candidate, s, probe)
+      end)
     end
   end
   if count > 0 then return '[' .. ji(count) .. ',0]' end
