@@ -154,17 +154,25 @@ macro_rules! one_round_trip {
     }};
 }
 
-#[tokio::test]
-async fn the_common_path_costs_one_fcall_per_call() {
-    let server = RedisServer::start().await;
+/// A store on `server`, and the test's own connection to it.
+async fn store_and_connection(
+    server: &RedisServer,
+) -> (RedisStore, redis::aio::MultiplexedConnection) {
     let store = RedisStore::connect(&server.url(), DispatchSettings::default())
         .await
         .expect("the store connects");
-    let mut connection = redis::Client::open(server.url())
+    let connection = redis::Client::open(server.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .expect("the test's own connection");
+    (store, connection)
+}
+
+#[tokio::test]
+async fn the_common_path_costs_one_fcall_per_call() {
+    let server = RedisServer::start().await;
+    let (store, mut connection) = store_and_connection(&server).await;
     let p = PoolId::parse("pool", "p1").unwrap();
     // Warm up: the script loaded, the pool registered, both agents ready.
     for id in ["alice", "bob"] {
@@ -224,14 +232,7 @@ async fn the_common_path_costs_one_fcall_per_call() {
 #[tokio::test]
 async fn a_redis_that_lost_the_library_gets_it_back_on_the_next_call() {
     let server = RedisServer::start().await;
-    let store = RedisStore::connect(&server.url(), DispatchSettings::default())
-        .await
-        .expect("the store connects");
-    let mut connection = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("the test's own connection");
+    let (store, mut connection) = store_and_connection(&server).await;
     let p = PoolId::parse("pool", "p1").unwrap();
     store.upsert_roster(&p, entry("alice")).await.unwrap();
     let _: String = redis::cmd("FUNCTION")
