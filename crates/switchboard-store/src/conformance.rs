@@ -173,43 +173,12 @@ pub fn entry(id: &str) -> RosterEntry {
 /// Roster + online + stream attached, then a tiny step of time so agents
 /// brought online one after another have distinct idle times.
 async fn ready(h: &dyn Harness, p: &PoolId, id: &str) -> u64 {
-    let store = h.store();
-    store.upsert_roster(p, entry(id)).await.unwrap();
-    store
-        .go_online(
-            p,
-            &agent(id),
-            GoOnline {
-                capacity: Some(1),
-                ..Default::default()
-            },
-            false,
-        )
-        .await
-        .unwrap();
-    let (stream, _) = store.attach_stream(p, &agent(id)).await.unwrap().value;
-    h.advance(5).await;
-    stream
+    ready_entry(h, p, entry(id), 1).await
 }
 
 /// [`ready`] with a capacity of `capacity`.
 async fn ready_with(h: &dyn Harness, p: &PoolId, id: &str, capacity: u32) {
-    let store = h.store();
-    store.upsert_roster(p, entry(id)).await.unwrap();
-    store
-        .go_online(
-            p,
-            &agent(id),
-            GoOnline {
-                capacity: Some(capacity),
-                ..Default::default()
-            },
-            false,
-        )
-        .await
-        .unwrap();
-    store.attach_stream(p, &agent(id)).await.unwrap();
-    h.advance(5).await;
+    ready_entry(h, p, entry(id), capacity).await;
 }
 
 async fn status_of(h: &dyn Harness, p: &PoolId, id: &str) -> AgentStatus {
@@ -1063,24 +1032,7 @@ pub async fn availability_counts_free_eligible_agents_and_estimates_the_wait(h: 
 
 /// Roster + online + stream attached for an agent with only `skill` at 4.
 async fn ready_with_skill(h: &dyn Harness, p: &PoolId, id: &str, skill: &str) {
-    let store = h.store();
-    let mut specialist = entry(id);
-    specialist.skills = vec![Skill::new(skill, 4)];
-    store.upsert_roster(p, specialist).await.unwrap();
-    store
-        .go_online(
-            p,
-            &agent(id),
-            GoOnline {
-                capacity: Some(1),
-                ..Default::default()
-            },
-            false,
-        )
-        .await
-        .unwrap();
-    store.attach_stream(p, &agent(id)).await.unwrap();
-    h.advance(5).await;
+    ready_entry(h, p, entry_with(id, &[(skill, 4)]), 1).await;
 }
 
 async fn shift_of(h: &dyn Harness, p: &PoolId, id: &str) -> ShiftView {
@@ -1446,8 +1398,8 @@ pub fn plan_of(steps: Vec<PlanStep>) -> RoutingPlan {
 }
 
 /// Roster + online (capacity `capacity`) + stream attached for `entry`,
-/// then a tiny step of time (distinct idle times).
-async fn ready_entry(h: &dyn Harness, p: &PoolId, entry: RosterEntry, capacity: u32) {
+/// then a tiny step of time (distinct idle times); returns the stream id.
+async fn ready_entry(h: &dyn Harness, p: &PoolId, entry: RosterEntry, capacity: u32) -> u64 {
     let store = h.store();
     let id = entry.agent_id.clone();
     store.upsert_roster(p, entry).await.unwrap();
@@ -1463,8 +1415,9 @@ async fn ready_entry(h: &dyn Harness, p: &PoolId, entry: RosterEntry, capacity: 
         )
         .await
         .unwrap();
-    store.attach_stream(p, &id).await.unwrap();
+    let (stream, _) = store.attach_stream(p, &id).await.unwrap().value;
     h.advance(5).await;
+    stream
 }
 
 /// [`entry`] with these skills.
