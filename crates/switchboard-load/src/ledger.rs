@@ -56,7 +56,7 @@ impl Violations {
         self.lost_conversations + self.over_capacity + self.ineligible_offers
     }
 
-    fn note(&mut self, example: String) {
+    pub fn note(&mut self, example: String) {
         if self.examples.len() < 10 {
             self.examples.push(example);
         }
@@ -75,9 +75,13 @@ pub struct Settlement {
     pub outstanding: u64,
 }
 
+/// How many lost conversations the report names.
+const LOST_EXAMPLES: usize = 5;
+
 #[derive(Default)]
 struct Inner {
     records: HashMap<u64, Record>,
+    lost_examples: Vec<String>,
     violations: Violations,
 }
 
@@ -298,7 +302,7 @@ impl Ledger {
                 .collect();
             lost.sort_unstable();
             inner.violations.lost_conversations = lost.len() as u64;
-            for sequence in lost.iter().take(5) {
+            for sequence in lost.iter().take(LOST_EXAMPLES) {
                 let example = format!(
                     "{}-{sequence} was never assigned nor ended (answer {:?})",
                     self.run_id,
@@ -306,8 +310,19 @@ impl Ledger {
                 );
                 inner.violations.note(example);
             }
+            inner.lost_examples = lost
+                .iter()
+                .take(LOST_EXAMPLES)
+                .map(|sequence| format!("{}-{sequence}", self.run_id))
+                .collect();
             inner.violations.clone()
         })
+    }
+
+    /// The ids of the lost conversations [`Ledger::finish`] gave as
+    /// examples, so the run can ask the server what became of them.
+    pub fn lost_examples(&self) -> Vec<String> {
+        self.with(|inner| inner.lost_examples.clone())
     }
 }
 

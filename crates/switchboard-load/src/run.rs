@@ -13,12 +13,13 @@ use serde::Serialize;
 use switchboard_auth::Role;
 use switchboard_proto::v1::agent_service_client::AgentServiceClient;
 use switchboard_proto::v1::gateway_service_client::GatewayServiceClient;
+use switchboard_proto::v1::{ConversationState, GetConversationRequest};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::agents::SimulatedAgent;
-use crate::client::{TokenMint, connect_many};
+use crate::client::{Authorized, TokenMint, connect_many};
 use crate::echo::{self, EchoStep};
 use crate::ledger::{Ledger, Settlement, Violations};
 use crate::metrics::{Counters, Metrics, MetricsSummary, Series};
@@ -396,6 +397,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         .into_iter()
         .map(|channel| GatewayServiceClient::with_interceptor(channel, gateway_bearer.clone()))
         .collect();
+    let inspector = gateway_clients.first().cloned();
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + args.warmup;
     let _ = context.measure_from.set(measure_from);
@@ -458,7 +460,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     while context.ledger.settlement().outstanding > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let invariants = context.ledger.finish();
+    let mut invariants = context.ledger.finish();
+    if let Some(client) = inspector {
+        for example in describe_lost(client, context.ledger.lost_examples()).await {
+            invariants.note(example);
+        }
+    }
     let settlement = context.ledger.settlement();
     context.agents_stop.cancel();
     progress.phase("agents going offline");
@@ -609,4 +616,39 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5h").is_err());
     }
+}
+
+/// What the server says became of each lost conversation (state, reason,
+/// offer attempts, holder), asked before the agents go offline: the
+/// difference between "the tool missed an event" and "the server never
+/// placed it" is the first thing to know about a lost conversation.
+async fn describe_lost(
+    mut client: GatewayServiceClient<Authorized>,
+    ids: Vec<String>,
+) -> Vec<String> {
+    let mut notes = Vec::with_capacity(ids.len());
+    for id in ids {
+        let request = GetConversationRequest {
+            conversation_id: id.clone(),
+        };
+        let note = match client.get_conversation(request).await {
+            Ok(answer) => match answer.into_inner().conversation {
+                Some(c) => format!(
+                    "{id} on the server: {:?}, reason {:?}, {} offer attempt(s), agent {:?}",
+                    ConversationState::try_from(c.state).unwrap_or(ConversationState::Unspecified),
+                    c.reason,
+                    c.attempts,
+                    c.agent_id
+                ),
+                None => format!("{id} on the server: no conversation in the answer"),
+            },
+            Err(status) => format!(
+                "{id} on the server: GetConversation {:?}: {}",
+                status.code(),
+                status.message()
+            ),
+        };
+        notes.push(note);
+    }
+    notes
 }
