@@ -22,7 +22,7 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
-    #[tracing::instrument(skip_all, fields(rpc = "upsert_roster_entry"))]
+    #[tracing::instrument(skip_all)]
     async fn upsert_roster_entry(
         &self,
         request: Request<pb::UpsertRosterEntryRequest>,
@@ -107,7 +107,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "force_offline"))]
+    #[tracing::instrument(skip_all)]
     async fn force_offline(
         &self,
         request: Request<pb::ForceOfflineRequest>,
@@ -145,7 +145,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "reassign"))]
+    #[tracing::instrument(skip_all)]
     async fn reassign(
         &self,
         request: Request<pb::ReassignRequest>,
@@ -173,7 +173,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "reload_routing"))]
+    #[tracing::instrument(skip_all)]
     async fn reload_routing(
         &self,
         request: Request<pb::ReloadRoutingRequest>,

@@ -222,7 +222,7 @@ async fn run_stream(
 impl pb::agent_service_server::AgentService for AgentApi {
     type SubscribeStream = AgentStream;
 
-    #[tracing::instrument(skip_all, fields(rpc = "go_online"))]
+    #[tracing::instrument(skip_all)]
     async fn go_online(
         &self,
         request: Request<pb::GoOnlineRequest>,
@@ -259,7 +259,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "subscribe"))]
+    #[tracing::instrument(skip_all)]
     async fn subscribe(
         &self,
         request: Request<pb::SubscribeRequest>,
@@ -316,7 +316,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "heartbeat"))]
+    #[tracing::instrument(skip_all)]
     async fn heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
@@ -339,7 +339,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "set_status"))]
+    #[tracing::instrument(skip_all)]
     async fn set_status(
         &self,
         request: Request<pb::SetStatusRequest>,
@@ -358,7 +358,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "accept_offer"))]
+    #[tracing::instrument(skip_all)]
     async fn accept_offer(
         &self,
         request: Request<pb::AcceptOfferRequest>,
@@ -380,7 +380,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "decline_offer"))]
+    #[tracing::instrument(skip_all)]
     async fn decline_offer(
         &self,
         request: Request<pb::DeclineOfferRequest>,
@@ -396,7 +396,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         Ok(Response::new(pb::DeclineOfferResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "complete_conversation"))]
+    #[tracing::instrument(skip_all)]
     async fn complete_conversation(
         &self,
         request: Request<pb::CompleteConversationRequest>,
@@ -420,7 +420,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "transfer_conversation"))]
+    #[tracing::instrument(skip_all)]
     async fn transfer_conversation(
         &self,
         request: Request<pb::TransferConversationRequest>,
@@ -471,7 +471,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "go_offline"))]
+    #[tracing::instrument(skip_all)]
     async fn go_offline(
         &self,
         request: Request<pb::GoOfflineRequest>,

@@ -41,7 +41,7 @@ type WatchStream = ReceiverStream<Result<pb::ConversationEvent, Status>>;
 impl pb::gateway_service_server::GatewayService for GatewayApi {
     type WatchConversationStream = WatchStream;
 
-    #[tracing::instrument(skip_all, fields(rpc = "request_agent"))]
+    #[tracing::instrument(skip_all)]
     async fn request_agent(
         &self,
         request: Request<pb::RequestAgentRequest>,
@@ -78,7 +78,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "watch_conversation"))]
+    #[tracing::instrument(skip_all)]
     async fn watch_conversation(
         &self,
         request: Request<pb::WatchConversationRequest>,
@@ -140,7 +140,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "get_conversation"))]
+    #[tracing::instrument(skip_all)]
     async fn get_conversation(
         &self,
         request: Request<pb::GetConversationRequest>,
@@ -158,7 +158,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "cancel_conversation"))]
+    #[tracing::instrument(skip_all)]
     async fn cancel_conversation(
         &self,
         request: Request<pb::CancelConversationRequest>,
@@ -179,7 +179,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "report_csat"))]
+    #[tracing::instrument(skip_all)]
     async fn report_csat(
         &self,
         request: Request<pb::ReportCsatRequest>,
@@ -200,7 +200,7 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(rpc = "check_availability"))]
+    #[tracing::instrument(skip_all)]
     async fn check_availability(
         &self,
         request: Request<pb::CheckAvailabilityRequest>,
