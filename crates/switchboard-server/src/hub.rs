@@ -126,8 +126,7 @@ impl Hub {
     }
 
     /// Routes one event to its agent and its watchers.
-    pub fn route(&self, event: Event) {
-        let event = Arc::new(event);
+    pub fn route(&self, event: Arc<Event>) {
         if let Some(agent) = &event.agent_id {
             deliver(&self.agents, &(event.pool.clone(), agent.clone()), &event);
         }

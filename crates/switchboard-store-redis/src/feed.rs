@@ -45,7 +45,7 @@ pub struct FeedShared {
 
 pub struct FeedConfig {
     pub client: redis::Client,
-    pub sender: broadcast::Sender<Event>,
+    pub sender: broadcast::Sender<Arc<Event>>,
     pub shared: Arc<FeedShared>,
     /// The stream id to start every pool at (`<redis ms>-0`).
     pub start_id: String,
@@ -142,7 +142,7 @@ async fn follow(
                     {
                         Some(Ok(event)) => {
                             // A send fails only when nobody listens.
-                            let _ = config.sender.send(event);
+                            let _ = config.sender.send(Arc::new(event));
                         }
                         Some(Err(e)) => {
                             tracing::error!(stream = %stream.key, id = %entry.id, error = %e, "unreadable event skipped")

@@ -190,7 +190,7 @@ pub struct RedisStore {
     /// Pools this process has added to [`keys::POOLS`]. A `std` mutex: held
     /// for a lookup or an insert, never across an `.await`.
     registered: Mutex<HashSet<PoolId>>,
-    feed: broadcast::Sender<Event>,
+    feed: broadcast::Sender<Arc<Event>>,
     feed_shared: Arc<FeedShared>,
     _feed_task: FeedTask,
 }

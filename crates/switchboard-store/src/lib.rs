@@ -20,6 +20,7 @@ pub use memory::MemoryStore;
 
 use async_trait::async_trait;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use switchboard_core::RoutingPlan;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
@@ -54,8 +55,9 @@ pub struct Applied<T> {
     pub events: Vec<Event>,
 }
 
-/// A subscription to every event of every pool, in commit order.
-pub type EventFeed = broadcast::Receiver<Event>;
+/// A subscription to every event of every pool, in commit order. Shared
+/// (`Arc`): every subscriber gets the same event, not a copy of it.
+pub type EventFeed = broadcast::Receiver<Arc<Event>>;
 
 /// The dispatch state of all pools. Every method is atomic: it either
 /// happens entirely or not at all. Every method takes the pool, and nothing

@@ -26,7 +26,7 @@ pub struct MemoryStore {
     pools: RwLock<HashMap<PoolId, Arc<Mutex<PoolState>>>>,
     settings: DispatchSettings,
     clock: Arc<dyn Clock>,
-    feed: broadcast::Sender<switchboard_core::Event>,
+    feed: broadcast::Sender<Arc<switchboard_core::Event>>,
 }
 
 impl MemoryStore {
@@ -91,7 +91,7 @@ impl MemoryStore {
     fn publish(&self, events: &[switchboard_core::Event]) {
         for event in events {
             // No subscriber is not an error: nobody is watching yet.
-            let _ = self.feed.send(event.clone());
+            let _ = self.feed.send(Arc::new(event.clone()));
         }
     }
 }
