@@ -6,9 +6,10 @@
 //!   puts the agent back (so the state stays the same size). Both the
 //!   request and the cancel are timed separately.
 //! - `agent_free`: an agent becomes available with N conversations waiting
-//!   and is offered the best one it can serve; the cycle then cancels that
-//!   conversation and hands over a fresh one with the same requirements
-//!   (untimed), so N stays constant.
+//!   and is offered the best one it can serve; the cycle then sets it away,
+//!   cancels that conversation and hands over a fresh one with the same
+//!   requirements (untimed), so N and the share the agent can serve stay
+//!   constant and every timed call makes an offer.
 //!
 //! Run: `cargo bench -p switchboard-core --bench matching`.
 
@@ -95,8 +96,9 @@ fn pool_with_agents(n: usize, rng: &mut Lcg) -> PoolState {
         let now = Timestamp(i as i64);
         let _ = state.go_online(&agent_id(i), GoOnline::default(), false, now);
         let _ = state.attach_stream(&agent_id(i), now);
+        // As a store does after every command.
+        state.take_events();
     }
-    state.take_events();
     state
 }
 
@@ -183,26 +185,20 @@ fn bench_agent_free(n: usize, ops: usize) {
             1 + rng.next(5) as u8,
         );
         let _ = state.request(h, Timestamp(1 + i as i64));
+        state.take_events();
     }
-    state.take_events();
     let mut free = Histogram::<u64>::new(3).unwrap_or_else(|e| panic!("{e}"));
+    let mut offered = 0;
     let now = Timestamp(n as i64 + 10);
     for i in 0..ops {
         let started = Instant::now();
         let _ = state.set_status(&agent, StatusChoice::Available, now);
         free.record(started.elapsed().as_nanos() as u64)
             .unwrap_or_else(|e| panic!("{e}"));
-        // Untimed: cancel what it was offered, refill, go away again.
-        if let Some(offer) = state.presence(&agent).and_then(|p| p.pending_offer) {
-            let _ = state.cancel(&offer.conversation_id, "", now);
-        }
-        let h = handoff(
-            &format!("refill-{i}"),
-            LANGUAGES[rng.next(10)],
-            rng.next(SKILLS),
-            1 + rng.next(5) as u8,
-        );
-        let _ = state.request(h, now);
+        // Untimed: away first (so the cancel below does not free the agent
+        // for the next conversation), cancel what it was offered and hand
+        // over a fresh one with the same requirements: N and the share the
+        // agent can serve stay constant.
         let _ = state.set_status(
             &agent,
             StatusChoice::Away {
@@ -210,9 +206,20 @@ fn bench_agent_free(n: usize, ops: usize) {
             },
             now,
         );
+        if let Some(offer) = state.presence(&agent).and_then(|p| p.pending_offer) {
+            offered += 1;
+            if let Ok(c) = state.cancel(&offer.conversation_id, "", now) {
+                let mut h = c.handoff;
+                h.conversation_id =
+                    ConversationId::parse("conversation_id", &format!("refill-{i}"))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                let _ = state.request(h, now);
+            }
+        }
         state.take_events();
     }
     report("agent_free (best conv)", n, &free);
+    println!("{:<22} offered {offered} of {ops}", "");
 }
 
 fn main() {

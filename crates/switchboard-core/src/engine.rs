@@ -155,6 +155,98 @@ struct QueueKey {
     conversation_id: ConversationId,
 }
 
+/// The requirement groups of one primary language subtag, filed by the
+/// first skill they require, so a free agent visits only the groups whose
+/// first skill it has (a group requires all of its skills), and reaches
+/// each group without hashing its key.
+#[derive(Debug, Default)]
+struct LanguageGroups {
+    without_skills: BTreeMap<GroupKey, Group>,
+    by_first_skill: HashMap<String, BTreeMap<GroupKey, Group>>,
+}
+
+impl LanguageGroups {
+    fn shelf(&self, key: &GroupKey) -> Option<&BTreeMap<GroupKey, Group>> {
+        match key.skills.first() {
+            None => Some(&self.without_skills),
+            Some(first) => self.by_first_skill.get(first.name.as_str()),
+        }
+    }
+
+    fn get(&self, key: &GroupKey) -> Option<&Group> {
+        self.shelf(key)?.get(key)
+    }
+
+    /// The group of `key`, created empty if new (keys are cloned only
+    /// then).
+    fn get_or_create(&mut self, key: &GroupKey) -> Option<&mut Group> {
+        let shelf = match key.skills.first() {
+            None => &mut self.without_skills,
+            Some(first) => {
+                if !self.by_first_skill.contains_key(first.name.as_str()) {
+                    self.by_first_skill
+                        .insert(first.name.clone(), BTreeMap::new());
+                }
+                self.by_first_skill.get_mut(first.name.as_str())?
+            }
+        };
+        if !shelf.contains_key(key) {
+            shelf.insert(key.clone(), Group::default());
+        }
+        shelf.get_mut(key)
+    }
+
+    /// Takes `queue_key` out of the group of `key`; an emptied group goes.
+    fn remove_entry(&mut self, key: &GroupKey, queue_key: &QueueKey) {
+        let shelf = match key.skills.first() {
+            None => &mut self.without_skills,
+            Some(first) => match self.by_first_skill.get_mut(first.name.as_str()) {
+                Some(shelf) => shelf,
+                None => return,
+            },
+        };
+        let Some(group) = shelf.get_mut(key) else {
+            return;
+        };
+        group.by_priority.remove(queue_key);
+        group
+            .by_age
+            .remove(&(queue_key.queued_since, queue_key.arrival));
+        if !group.by_priority.is_empty() {
+            return;
+        }
+        shelf.remove(key);
+        if shelf.is_empty()
+            && let Some(first) = key.skills.first()
+        {
+            self.by_first_skill.remove(first.name.as_str());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.without_skills.is_empty() && self.by_first_skill.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.without_skills
+            .iter()
+            .chain(self.by_first_skill.values().flatten())
+    }
+
+    /// The groups an agent with `skills` may serve, as far as skills go:
+    /// those requiring none, and those whose first skill it has.
+    fn for_skills<'a>(
+        &'a self,
+        skills: &'a [Skill],
+    ) -> impl Iterator<Item = (&'a GroupKey, &'a Group)> {
+        let with_skills = skills
+            .iter()
+            .filter_map(|s| self.by_first_skill.get(s.name.as_str()))
+            .flatten();
+        self.without_skills.iter().chain(with_skills)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Group {
     by_priority: BTreeSet<QueueKey>,
@@ -237,17 +329,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    fn index_keys(&self) -> Vec<(String, String)> {
-        let mut keys = Vec::with_capacity(self.languages.len() * (self.skills.len() + 1));
-        for language in &self.languages {
-            keys.push((language.clone(), ANY_SKILL.to_owned()));
-            for skill in &self.skills {
-                keys.push((language.clone(), skill.name.clone()));
-            }
-        }
-        keys
     }
 
     fn skill_level(&self, name: &str) -> Option<u8> {
@@ -345,12 +426,18 @@ pub struct PoolState {
     settings: DispatchSettings,
     roster: HashMap<AgentId, RosterEntry>,
     agents: HashMap<AgentId, AgentRecord>,
-    conversations: HashMap<ConversationId, Conversation>,
-    available: HashMap<(String, String), BTreeSet<(i64, AgentId)>>,
-    groups: HashMap<GroupKey, Group>,
-    /// Group keys by primary language subtag, so a free agent finds the
-    /// groups of its languages without looking at others.
-    groups_by_language: HashMap<String, BTreeSet<GroupKey>>,
+    /// Boxed: growing the map then moves pointers, not whole conversations
+    /// (retention keeps finished ones for an hour, so it gets large).
+    conversations: HashMap<ConversationId, Box<Conversation>>,
+    /// Offerable agents by language, then skill ([`ANY_SKILL`]: all of the
+    /// language's), longest idle first. Nested so that a look-up by `&str`
+    /// allocates nothing.
+    available: AgentIndex,
+    /// Waiting conversations in groups of identical requirements, by the
+    /// primary language subtag (then first skill) of the requirements, so
+    /// a free agent finds the groups of its languages and skills without
+    /// looking at others.
+    groups: HashMap<String, LanguageGroups>,
     queued: HashMap<ConversationId, (GroupKey, QueueKey)>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
     recent_first_offers: VecDeque<Timestamp>,
@@ -359,7 +446,8 @@ pub struct PoolState {
     group_first_offers: HashMap<GroupKey, VecDeque<Timestamp>>,
     /// Planned conversations' routing state.
     routing: HashMap<ConversationId, Routed>,
-    /// Indexed language tags by primary subtag, for widened look-ups.
+    /// Indexed language tags by primary subtag, for widened look-ups (a tag
+    /// stays once indexed; its sets may be empty).
     families: HashMap<String, BTreeSet<String>>,
     /// Counts offers, for round robin.
     offer_seq: u64,
@@ -380,7 +468,6 @@ impl PoolState {
             conversations: HashMap::new(),
             available: HashMap::new(),
             groups: HashMap::new(),
-            groups_by_language: HashMap::new(),
             queued: HashMap::new(),
             deadlines: BTreeSet::new(),
             recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
@@ -722,7 +809,8 @@ impl PoolState {
         let conversation = Conversation::queued(handoff, now);
         let preferred = conversation.handoff.preferred_agent.is_some();
         let plan = plan.map(|plan| with_fallback_step(plan, &conversation.handoff));
-        self.conversations.insert(id.clone(), conversation);
+        self.conversations
+            .insert(id.clone(), Box::new(conversation));
         match plan {
             None => {
                 self.deadlines.insert((
@@ -1334,8 +1422,7 @@ impl PoolState {
             return (available, 0);
         }
         let waiting = self
-            .groups
-            .get(&group_key(handoff))
+            .group(&group_key(handoff))
             .map_or(0, |g| g.by_priority.len() as u32);
         (
             0,
@@ -1383,10 +1470,7 @@ impl PoolState {
             return (available, 0);
         }
         let key = routed.group_key();
-        let waiting = self
-            .groups
-            .get(&key)
-            .map_or(0, |g| g.by_priority.len() as u32);
+        let waiting = self.group(&key).map_or(0, |g| g.by_priority.len() as u32);
         (0, self.expected_wait_in(Some(&key), waiting, now))
     }
 
@@ -1541,12 +1625,12 @@ impl PoolState {
             && let Some(conversation) = self.conversations.get(&offer.conversation_id)
             && let Some(record) = conversation.pending_offer()
         {
-            offers.push((record.clone(), conversation.clone()));
+            offers.push((record.clone(), Conversation::clone(conversation)));
         }
         let assignments = session
             .active
             .iter()
-            .filter_map(|id| self.conversations.get(id).cloned())
+            .filter_map(|id| self.conversations.get(id).map(|c| Conversation::clone(c)))
             .collect();
         let away_reason = match &session.choice {
             StatusChoice::Away { reason } => reason.clone(),
@@ -1597,7 +1681,7 @@ impl PoolState {
     /// the conversations one by one), and totals.
     pub fn queue_stats(&self, now: Timestamp) -> QueueStats {
         let mut by_skill: BTreeMap<String, (u32, i64)> = BTreeMap::new();
-        for (key, group) in &self.groups {
+        for (key, group) in self.groups.values().flat_map(LanguageGroups::iter) {
             let depth = group.by_priority.len() as u32;
             let longest = group
                 .by_age
@@ -1777,8 +1861,13 @@ impl PoolState {
                 return Err(format!("{id} finished but queued"));
             }
         }
-        let indexed_agents: HashSet<&AgentId> =
-            self.available.values().flatten().map(|(_, a)| a).collect();
+        let indexed_agents: HashSet<&AgentId> = self
+            .available
+            .values()
+            .flat_map(HashMap::values)
+            .flatten()
+            .map(|(_, a)| a)
+            .collect();
         for agent in indexed_agents {
             if self.session(agent).and_then(|s| s.indexed_score).is_none() {
                 return Err(format!("agent {agent} left in the index"));
@@ -1803,6 +1892,7 @@ impl PoolState {
     fn conversation_ref(&self, id: &ConversationId) -> Result<&Conversation, DomainError> {
         self.conversations
             .get(id)
+            .map(|c| &**c)
             .ok_or_else(|| DomainError::NotFound {
                 what: "conversation",
                 id: id.to_string(),
@@ -1812,6 +1902,7 @@ impl PoolState {
     fn conversation_mut(&mut self, id: &ConversationId) -> Result<&mut Conversation, DomainError> {
         self.conversations
             .get_mut(id)
+            .map(|c| &mut **c)
             .ok_or_else(|| DomainError::NotFound {
                 what: "conversation",
                 id: id.to_string(),
@@ -1848,7 +1939,7 @@ impl PoolState {
         };
         conversation.seq += 1;
         let seq = conversation.seq;
-        let snapshot = Box::new(conversation.clone());
+        let snapshot = conversation.clone();
         self.events.push(Event {
             pool: self.pool.clone(),
             at: now,
@@ -2142,12 +2233,14 @@ impl PoolState {
             arrival: self.arrivals,
             conversation_id: id.clone(),
         };
-        let primary = primary_subtag(&group_key.language).to_owned();
-        self.groups_by_language
-            .entry(primary)
-            .or_default()
-            .insert(group_key.clone());
-        let group = self.groups.entry(group_key.clone()).or_default();
+        let primary = primary_subtag(&group_key.language);
+        let language_groups = match self.groups.get_mut(primary) {
+            Some(language_groups) => language_groups,
+            None => self.groups.entry(primary.to_owned()).or_default(),
+        };
+        let Some(group) = language_groups.get_or_create(&group_key) else {
+            return;
+        };
         group.by_priority.insert(queue_key.clone());
         group
             .by_age
@@ -2159,23 +2252,18 @@ impl PoolState {
         let Some((group_key, queue_key)) = self.queued.remove(id) else {
             return;
         };
-        let Some(group) = self.groups.get_mut(&group_key) else {
+        let primary = primary_subtag(&group_key.language);
+        let Some(language_groups) = self.groups.get_mut(primary) else {
             return;
         };
-        group.by_priority.remove(&queue_key);
-        group
-            .by_age
-            .remove(&(queue_key.queued_since, queue_key.arrival));
-        if group.by_priority.is_empty() {
-            self.groups.remove(&group_key);
-            let primary = primary_subtag(&group_key.language);
-            if let Some(keys) = self.groups_by_language.get_mut(primary) {
-                keys.remove(&group_key);
-                if keys.is_empty() {
-                    self.groups_by_language.remove(primary);
-                }
-            }
+        language_groups.remove_entry(&group_key, &queue_key);
+        if language_groups.is_empty() {
+            self.groups.remove(primary);
         }
+    }
+
+    fn group(&self, key: &GroupKey) -> Option<&Group> {
+        self.groups.get(primary_subtag(&key.language))?.get(key)
     }
 
     /// The requirement group a conversation belongs to (or would).
@@ -2190,8 +2278,7 @@ impl PoolState {
         let Some((group_key, queue_key)) = self.queued.get(id) else {
             return 0;
         };
-        self.groups
-            .get(group_key)
+        self.group(group_key)
             .map(|g| g.by_priority.range(..queue_key.clone()).count() as u32)
             .unwrap_or(0)
     }
@@ -2230,24 +2317,23 @@ impl PoolState {
         if want == session.indexed_score {
             return;
         }
-        let keys = session.index_keys();
         let old = session.indexed_score.take();
         session.indexed_score = want;
-        for key in keys {
-            if let Some(score) = old {
-                index_remove(
-                    &mut self.available,
-                    &mut self.families,
-                    &key,
-                    &(score, agent_id.clone()),
-                );
+        if let Some(score) = old {
+            let entry = (score, agent_id.clone());
+            for language in &session.languages {
+                index_remove(&mut self.available, language, &session.skills, &entry);
             }
-            if let Some(score) = want {
+        }
+        if let Some(score) = want {
+            let entry = (score, agent_id.clone());
+            for language in &session.languages {
                 index_insert(
                     &mut self.available,
                     &mut self.families,
-                    key,
-                    (score, agent_id.clone()),
+                    language,
+                    &session.skills,
+                    &entry,
                 );
             }
         }
@@ -2264,13 +2350,9 @@ impl PoolState {
         let Some(score) = session.indexed_score.take() else {
             return;
         };
-        for key in session.index_keys() {
-            index_remove(
-                &mut self.available,
-                &mut self.families,
-                &key,
-                &(score, agent_id.clone()),
-            );
+        let entry = (score, agent_id.clone());
+        for language in &session.languages {
+            index_remove(&mut self.available, language, &session.skills, &entry);
         }
     }
 
@@ -2328,16 +2410,18 @@ impl PoolState {
             return;
         };
         let mut best: Option<(Reverse<u64>, Timestamp, u64, &ConversationId)> = None;
-        let mut seen_primaries = HashSet::new();
-        for language in &session.languages {
+        for (i, language) in session.languages.iter().enumerate() {
             let primary = primary_subtag(language);
-            if !seen_primaries.insert(primary) {
+            let seen = session.languages[..i]
+                .iter()
+                .any(|l| primary_subtag(l) == primary);
+            if seen {
                 continue;
             }
-            let Some(group_keys) = self.groups_by_language.get(primary) else {
+            let Some(language_groups) = self.groups.get(primary) else {
                 continue;
             };
-            for group_key in group_keys {
+            for (group_key, group) in language_groups.for_skills(&session.skills) {
                 let serves = match group_key.requirements() {
                     None => {
                         let serves_language = session
@@ -2367,9 +2451,6 @@ impl PoolState {
                 if !serves {
                     continue;
                 }
-                let Some(group) = self.groups.get(group_key) else {
-                    continue;
-                };
                 let aging = group_key
                     .routed
                     .as_ref()
@@ -2594,23 +2675,20 @@ impl PoolState {
     }
 
     /// The smallest index set of offerable agents speaking `language` that
-    /// has one of `skills` (or any skill when none is required); `None` when
-    /// some required skill has nobody in that language.
+    /// has one of `skills` (or any skill when none is required); `None` or
+    /// an empty set when some required skill has nobody in that language.
     fn smallest_candidate_set(
         &self,
         language: &str,
         skills: &[Skill],
     ) -> Option<&BTreeSet<(i64, AgentId)>> {
+        let by_skill = self.available.get(language)?;
         if skills.is_empty() {
-            return self
-                .available
-                .get(&(language.to_owned(), ANY_SKILL.to_owned()));
+            return by_skill.get(ANY_SKILL);
         }
         let mut smallest: Option<&BTreeSet<(i64, AgentId)>> = None;
         for skill in skills {
-            let set = self
-                .available
-                .get(&(language.to_owned(), skill.name.clone()))?;
+            let set = by_skill.get(skill.name.as_str())?;
             if smallest.is_none_or(|s| set.len() < s.len()) {
                 smallest = Some(set);
             }
@@ -2727,43 +2805,63 @@ fn primary_subtag(tag: &str) -> &str {
     tag.split('-').next().unwrap_or(tag)
 }
 
-type AgentIndex = HashMap<(String, String), BTreeSet<(i64, AgentId)>>;
+/// Offerable agents: language → skill (or [`ANY_SKILL`]) → `(score, agent)`.
+type AgentIndex = HashMap<String, HashMap<String, BTreeSet<(i64, AgentId)>>>;
 
+/// The index sets an agent with `skills` is in under one language:
+/// [`ANY_SKILL`] and each skill.
+fn index_skills(skills: &[Skill]) -> impl Iterator<Item = &str> {
+    std::iter::once(ANY_SKILL).chain(skills.iter().map(|s| s.name.as_str()))
+}
+
+/// Adds `entry` to the sets of `language` for `skills` (see
+/// [`index_skills`]), creating a set (and its keys) only if it is new; a
+/// new [`ANY_SKILL`] set files the language under its family.
 fn index_insert(
     available: &mut AgentIndex,
     families: &mut HashMap<String, BTreeSet<String>>,
-    key: (String, String),
-    entry: (i64, AgentId),
-) {
-    if key.1 == ANY_SKILL && !available.contains_key(&key) {
-        families
-            .entry(primary_subtag(&key.0).to_owned())
-            .or_default()
-            .insert(key.0.clone());
-    }
-    available.entry(key).or_default().insert(entry);
-}
-
-fn index_remove(
-    available: &mut AgentIndex,
-    families: &mut HashMap<String, BTreeSet<String>>,
-    key: &(String, String),
+    language: &str,
+    skills: &[Skill],
     entry: &(i64, AgentId),
 ) {
-    let Some(set) = available.get_mut(key) else {
+    let by_skill = match available.get_mut(language) {
+        Some(by_skill) => by_skill,
+        None => available.entry(language.to_owned()).or_default(),
+    };
+    for skill in index_skills(skills) {
+        if let Some(set) = by_skill.get_mut(skill) {
+            set.insert(entry.clone());
+            continue;
+        }
+        if skill == ANY_SKILL {
+            families
+                .entry(primary_subtag(language).to_owned())
+                .or_default()
+                .insert(language.to_owned());
+        }
+        by_skill
+            .entry(skill.to_owned())
+            .or_default()
+            .insert(entry.clone());
+    }
+}
+
+/// Takes `entry` out of the sets of `language` for `skills`. An emptied set
+/// stays (as does its language's family entry): an empty set matches nobody,
+/// just as a missing one, and keeping it spares re-creating it each time a
+/// small pool's only agent for it comes and goes.
+fn index_remove(
+    available: &mut AgentIndex,
+    language: &str,
+    skills: &[Skill],
+    entry: &(i64, AgentId),
+) {
+    let Some(by_skill) = available.get_mut(language) else {
         return;
     };
-    set.remove(entry);
-    if set.is_empty() {
-        available.remove(key);
-        if key.1 == ANY_SKILL {
-            let primary = primary_subtag(&key.0);
-            if let Some(tags) = families.get_mut(primary) {
-                tags.remove(&key.0);
-                if tags.is_empty() {
-                    families.remove(primary);
-                }
-            }
+    for skill in index_skills(skills) {
+        if let Some(set) = by_skill.get_mut(skill) {
+            set.remove(entry);
         }
     }
 }
