@@ -455,6 +455,10 @@ pub struct PoolState {
     plan_generations: u64,
     arrivals: u64,
     next_stream_id: u64,
+    /// While set, an offer found undelivered at its delivery deadline is
+    /// given another grace period instead of being withdrawn (see
+    /// [`PoolState::pause_delivery_checks`]).
+    delivery_checks_paused: bool,
     events: Vec<Event>,
 }
 
@@ -478,8 +482,22 @@ impl PoolState {
             plan_generations: 0,
             arrivals: 0,
             next_stream_id: 1,
+            delivery_checks_paused: false,
             events: Vec::new(),
         }
+    }
+
+    /// Pauses (or resumes) withdrawing offers as undelivered. An offer is
+    /// "delivered" when the server's stream task has handed it to the
+    /// agent's stream, so a server that runs behind (CPU starved,
+    /// overloaded) marks offers late although every stream is fine;
+    /// withdrawing them then sends agents to resubscribe, which is more
+    /// work for a server already behind. While paused, an undelivered offer
+    /// at its delivery deadline gets another grace period; its offer
+    /// timeout still runs, and a stream that ended is still handled by its
+    /// own grace.
+    pub fn pause_delivery_checks(&mut self, paused: bool) {
+        self.delivery_checks_paused = paused;
     }
 
     pub fn pool(&self) -> &PoolId {
@@ -1494,7 +1512,11 @@ impl PoolState {
                         .get(&id)
                         .and_then(|c| c.pending_offer())
                         .is_some_and(|o| o.attempt == attempt && !o.delivered);
-                    if undelivered {
+                    if undelivered && self.delivery_checks_paused {
+                        let again = now.plus_millis(self.settings.offer_delivery_grace_ms);
+                        self.deadlines
+                            .insert((again, Deadline::OfferDelivery(id, attempt)));
+                    } else if undelivered {
                         self.withdraw_undelivered(&id, attempt, now);
                     }
                 }

@@ -28,10 +28,18 @@
 //! lag exceeds `server.max_runtime_lag_ms`, new hand-offs are refused too.
 //! The refusal itself is cheap (no decoding of the hand-off, no store
 //! call), so shedding frees the CPU the admitted work needs.
+//!
+//! The same lag also pauses the store's undelivered-offer checks
+//! ([`DeliveryPause`]): an offer counts as delivered once this replica's
+//! stream task has handed it to the agent's stream, so a replica that runs
+//! behind marks offers late although the streams are fine. Withdrawing
+//! them then would send agents to resubscribe, more work for a replica
+//! already behind (the spiral above).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use switchboard_store::Store;
 use tonic::Status;
 
 /// How often, at most, a replica logs that it is shedding.
@@ -39,6 +47,45 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the lag monitor sleeps between two probes.
 pub const LAG_PROBE: Duration = Duration::from_millis(25);
+
+/// When the store's undelivered-offer checks should be paused: from the
+/// moment the runtime lags by a quarter of the delivery grace (so the
+/// stream tasks may be a grace late) until the lag has stayed below that
+/// for one whole grace (so the late marks have caught up).
+#[derive(Debug)]
+pub struct DeliveryPause {
+    threshold: Duration,
+    hold: Duration,
+    /// Paused, until this long after the lag last exceeded the threshold.
+    paused_since_calm: Option<Duration>,
+}
+
+impl DeliveryPause {
+    pub fn new(delivery_grace: Duration) -> DeliveryPause {
+        DeliveryPause {
+            threshold: delivery_grace / 4,
+            hold: delivery_grace,
+            paused_since_calm: None,
+        }
+    }
+
+    /// Takes one lag measurement, `elapsed` after the previous one; returns
+    /// `Some(paused)` when the pause starts or ends.
+    pub fn update(&mut self, lag: Duration, elapsed: Duration) -> Option<bool> {
+        if lag >= self.threshold {
+            let started = self.paused_since_calm.is_none();
+            self.paused_since_calm = Some(Duration::ZERO);
+            return started.then_some(true);
+        }
+        let calm = self.paused_since_calm? + elapsed;
+        if calm >= self.hold {
+            self.paused_since_calm = None;
+            return Some(false);
+        }
+        self.paused_since_calm = Some(calm);
+        None
+    }
+}
 
 /// The gate in front of new hand-offs.
 #[derive(Debug)]
@@ -124,15 +171,35 @@ impl Admission {
     }
 
     /// Measures the runtime's lag until `cancel`: sleeps [`LAG_PROBE`] and
-    /// records how much later than asked it woke up.
-    pub async fn monitor_lag(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+    /// records how much later than asked it woke up. With `delivery`, also
+    /// pauses and resumes the store's undelivered-offer checks by that lag.
+    pub async fn monitor_lag(
+        self: Arc<Self>,
+        mut delivery: Option<(DeliveryPause, Arc<dyn Store>)>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
         loop {
             let asked = tokio::time::Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(LAG_PROBE) => {}
             }
-            self.record_lag(asked.elapsed().saturating_sub(LAG_PROBE));
+            let elapsed = asked.elapsed();
+            let lag = elapsed.saturating_sub(LAG_PROBE);
+            self.record_lag(lag);
+            if let Some((pause, store)) = delivery.as_mut()
+                && let Some(paused) = pause.update(lag, elapsed)
+            {
+                store.pause_delivery_checks(paused);
+                if paused {
+                    tracing::warn!(
+                        lag_ms = lag.as_millis() as u64,
+                        "runtime behind: undelivered offers are not withdrawn until it catches up"
+                    );
+                } else {
+                    tracing::info!("runtime caught up: undelivered offers are withdrawn again");
+                }
+            }
         }
     }
 
@@ -214,12 +281,45 @@ mod tests {
         assert!(admission.admit().is_ok(), "caught up: admitted again");
     }
 
+    #[test]
+    fn delivery_checks_pause_while_behind_and_resume_after_a_calm_grace() {
+        let ms = Duration::from_millis;
+        let mut pause = DeliveryPause::new(ms(1_000));
+        assert_eq!(pause.update(ms(3), ms(28)), None, "calm: nothing to change");
+        assert_eq!(
+            pause.update(ms(249), ms(274)),
+            None,
+            "below a quarter grace"
+        );
+        assert_eq!(
+            pause.update(ms(250), ms(275)),
+            Some(true),
+            "a quarter grace behind"
+        );
+        assert_eq!(pause.update(ms(600), ms(625)), None, "already paused");
+        // Calm again: resumes only once a whole grace has passed calmly.
+        assert_eq!(pause.update(ms(5), ms(500)), None);
+        assert_eq!(
+            pause.update(ms(300), ms(325)),
+            None,
+            "behind again: the calm restarts"
+        );
+        assert_eq!(pause.update(ms(5), ms(600)), None);
+        assert_eq!(pause.update(ms(5), ms(399)), None, "999 ms calm");
+        assert_eq!(
+            pause.update(ms(5), ms(1)),
+            Some(false),
+            "a whole grace calm"
+        );
+        assert_eq!(pause.update(ms(5), ms(30)), None);
+    }
+
     /// The monitor sees a runtime whose one thread is blocked.
     #[tokio::test(flavor = "current_thread")]
     async fn the_monitor_measures_a_blocked_runtime() {
         let admission = Admission::new(0, 100);
         let cancel = tokio_util::sync::CancellationToken::new();
-        let monitor = tokio::spawn(admission.clone().monitor_lag(cancel.clone()));
+        let monitor = tokio::spawn(admission.clone().monitor_lag(None, cancel.clone()));
         tokio::time::sleep(LAG_PROBE * 2).await;
         assert!(admission.admit().is_ok(), "idle: no lag");
         // Block the only thread while the monitor's sleep is due: its

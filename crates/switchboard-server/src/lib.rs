@@ -185,7 +185,15 @@ pub async fn serve_gated(
     ));
     let admission =
         admission::Admission::new(options.max_pending_handoffs, options.max_runtime_lag_ms);
-    tracker.spawn(admission.clone().monitor_lag(cancel.child_token()));
+    let delivery_grace =
+        Duration::from_millis(u64::try_from(options.settings.offer_delivery_grace_ms).unwrap_or(0));
+    tracker.spawn(admission.clone().monitor_lag(
+        Some((
+            admission::DeliveryPause::new(delivery_grace),
+            options.store.clone(),
+        )),
+        cancel.child_token(),
+    ));
     let state = AppState {
         store: options.store.clone(),
         hub,

@@ -46,7 +46,7 @@ local agents, conversations, rosters, dirty_agents, dirty_conversations
 -- The events this call commits, as JSON.
 local events
 
-local FIRST_ARG = 14
+local FIRST_ARG = 15
 local function arg(i) return ARGV[FIRST_ARG + i] end
 
 local function begin(keys, args)
@@ -65,6 +65,9 @@ local function begin(keys, args)
     outage_threshold = tonumber(ARGV[12]),
     stream_max_len = tonumber(ARGV[13]),
     sweep_limit = tonumber(ARGV[14]),
+    -- This replica runs behind: give undelivered offers another grace
+    -- period rather than withdraw them (Store::pause_delivery_checks).
+    delivery_checks_paused = ARGV[15] == '1',
   }
   local time = redis.call('TIME')
   local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -1466,7 +1469,13 @@ local function act_on_deadline(member)
   if kind == '1' then
     local c = conversation(p[2])
     local o = c and pending_offer(c)
-    if o and o.attempt == tonumber(p[3]) and not o.delivered then withdraw_undelivered(p[2], o.attempt) end
+    if o and o.attempt == tonumber(p[3]) and not o.delivered then
+      if settings.delivery_checks_paused then
+        deadline_at(now + settings.delivery_grace, member)
+      else
+        withdraw_undelivered(p[2], o.attempt)
+      end
+    end
   elseif kind == '2' then
     local c = conversation(p[2])
     local o = c and pending_offer(c)

@@ -193,6 +193,8 @@ pub struct RedisStore {
     feed: broadcast::Sender<Arc<Event>>,
     feed_shared: Arc<FeedShared>,
     _feed_task: FeedTask,
+    /// See [`Store::pause_delivery_checks`]: passed with every call.
+    delivery_checks_paused: AtomicBool,
 }
 
 impl RedisStore {
@@ -259,6 +261,7 @@ impl RedisStore {
             feed,
             feed_shared,
             _feed_task: feed_task,
+            delivery_checks_paused: AtomicBool::new(false),
         })
     }
 
@@ -396,6 +399,11 @@ impl RedisStore {
             .arg(clock.script_arg())
             .arg(clock.contact_offset_ms)
             .arg(&self.settings_args[..])
+            .arg(if self.delivery_checks_paused.load(Ordering::Relaxed) {
+                "1"
+            } else {
+                "0"
+            })
             .arg(args);
         let mut connection = self.manager.clone();
         let raw: String = match call.query_async(&mut connection).await {
@@ -1004,6 +1012,10 @@ impl Store for RedisStore {
 
     fn subscribe(&self) -> EventFeed {
         self.feed.subscribe()
+    }
+
+    fn pause_delivery_checks(&self, paused: bool) {
+        self.delivery_checks_paused.store(paused, Ordering::Relaxed);
     }
 }
 

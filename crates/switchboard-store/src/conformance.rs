@@ -68,6 +68,7 @@ macro_rules! conformance_suite {
             decline_goes_to_next_agent,
             timeout_goes_to_next_agent_and_counts_a_miss,
             undelivered_offer_is_withdrawn_not_missed,
+            paused_delivery_checks_keep_undelivered_offers,
             lease_lapse_requeues_with_reason,
             heartbeat_keeps_the_lease,
             cancel_while_queued_and_offered,
@@ -365,6 +366,45 @@ pub async fn undelivered_offer_is_withdrawn_not_missed(h: &dyn Harness) {
     assert!(
         !presence.stream_attached,
         "a stream that carries nothing gets no more offers"
+    );
+}
+
+/// While the server runs behind it pauses the delivery checks: an offer it
+/// has not yet marked delivered stays with its agent past the grace (the
+/// mark is late, the stream is fine); resumed, the checks withdraw again.
+pub async fn paused_delivery_checks_keep_undelivered_offers(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    store.pause_delivery_checks(true);
+    store.request(&p, handoff("c1")).await.unwrap();
+    sweep_after(h, 300).await;
+    let (state, holder, _) = state_of(h, &p, "c1").await;
+    assert_eq!(
+        (state, holder),
+        (ConversationState::Offered, Some(agent("alice"))),
+        "not withdrawn while paused"
+    );
+    // The late mark arrives; the offer is the agent's to accept.
+    store
+        .offer_delivered(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    store.pause_delivery_checks(false);
+    sweep_after(h, 100).await;
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    // Resumed: an offer nobody marks delivered is withdrawn again.
+    ready(h, &p, "ghost").await;
+    store.request(&p, handoff("c2")).await.unwrap();
+    let (_, holder, _) = state_of(h, &p, "c2").await;
+    assert_eq!(holder, Some(agent("ghost")));
+    sweep_after(h, 300).await;
+    let (state, _, reason) = state_of(h, &p, "c2").await;
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "offer not delivered")
     );
 }
 

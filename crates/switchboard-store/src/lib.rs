@@ -336,4 +336,12 @@ pub trait Store: Send + Sync + 'static {
     /// subscriber that falls behind gets `Lagged` and must resynchronise
     /// from snapshots.
     fn subscribe(&self) -> EventFeed;
+
+    /// While `paused`, this process's sweeps give an offer found
+    /// undelivered at its delivery deadline another grace period instead
+    /// of withdrawing it. The server pauses them while its own runtime runs
+    /// behind: it is then the server, not the agent's stream, that is late
+    /// to mark offers delivered. Offer timeouts and the grace of a stream
+    /// that ended are unaffected.
+    fn pause_delivery_checks(&self, paused: bool);
 }

@@ -8,6 +8,7 @@
 use crate::{Applied, Clock, EventFeed, Store, StoreError, StoreResult};
 use async_trait::async_trait;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use switchboard_core::engine::PoolState;
 use switchboard_core::model::{
@@ -27,6 +28,7 @@ pub struct MemoryStore {
     settings: DispatchSettings,
     clock: Arc<dyn Clock>,
     feed: broadcast::Sender<Arc<switchboard_core::Event>>,
+    delivery_checks_paused: AtomicBool,
 }
 
 impl MemoryStore {
@@ -37,6 +39,7 @@ impl MemoryStore {
             settings,
             clock,
             feed,
+            delivery_checks_paused: AtomicBool::new(false),
         }
     }
 
@@ -67,6 +70,7 @@ impl MemoryStore {
         let (result, events) = {
             let mut state = state.lock().map_err(poisoned)?;
             let now = self.clock.now();
+            state.pause_delivery_checks(self.delivery_checks_paused.load(Ordering::Relaxed));
             // Deadlines due are acted on first, so a command never sees an
             // offer or lease that has already run out.
             state.sweep(now);
@@ -374,6 +378,10 @@ impl Store for MemoryStore {
 
     async fn shift_stats(&self, pool: &PoolId) -> StoreResult<Vec<ShiftView>> {
         self.query(pool, |s, now| Ok(s.shift_stats(now)))
+    }
+
+    fn pause_delivery_checks(&self, paused: bool) {
+        self.delivery_checks_paused.store(paused, Ordering::Relaxed);
     }
 
     fn subscribe(&self) -> EventFeed {
