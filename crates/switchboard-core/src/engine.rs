@@ -39,6 +39,7 @@ use crate::validate::{language_covers, language_lookup_keys};
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Index key for "any skill": every offerable agent is under it.
 const ANY_SKILL: &str = "*";
@@ -1954,14 +1955,16 @@ impl PoolState {
         id: &ConversationId,
         agent: Option<&AgentId>,
         now: Timestamp,
-        kind: impl FnOnce(Box<Conversation>) -> EventKind,
+        kind: impl FnOnce(Arc<Conversation>) -> EventKind,
     ) {
         let Some(conversation) = self.conversations.get_mut(id) else {
             return;
         };
         conversation.seq += 1;
         let seq = conversation.seq;
-        let snapshot = conversation.clone();
+        // Shared: the event is published, routed and kept by several
+        // readers, none of whom changes it.
+        let snapshot = Arc::new(Conversation::clone(conversation));
         self.events.push(Event {
             pool: self.pool.clone(),
             at: now,

@@ -5,6 +5,7 @@ use crate::ids::{AgentId, ConversationId, OfferId, PoolId};
 use crate::model::{AgentStatus, Conversation};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The reason of an offer withdrawn because the agent's stream did not take
 /// it within the delivery grace. The store then detaches that stream (no
@@ -32,25 +33,25 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     /// A new conversation entered the queue.
-    Queued { conversation: Box<Conversation> },
+    Queued { conversation: Arc<Conversation> },
     /// Offered to `agent_id` until the deadline.
     Offered {
         offer: OfferId,
         deadline: Timestamp,
-        conversation: Box<Conversation>,
+        conversation: Arc<Conversation>,
     },
     /// An offer was taken back from `agent_id` (never re-sent).
     OfferRevoked {
         offer: OfferId,
         reason: String,
-        conversation: Box<Conversation>,
+        conversation: Arc<Conversation>,
     },
     /// Back in the queue (declined, timed out, agent lost, withdrawn).
-    Requeued { conversation: Box<Conversation> },
+    Requeued { conversation: Arc<Conversation> },
     /// Assigned to `agent_id`.
-    Assigned { conversation: Box<Conversation> },
+    Assigned { conversation: Arc<Conversation> },
     /// Finished: completed, abandoned or expired.
-    Ended { conversation: Box<Conversation> },
+    Ended { conversation: Arc<Conversation> },
     /// Agent-level notice: status changes, missed offers, forced offline.
     Notice {
         code: String,
