@@ -209,7 +209,7 @@ fn bench_agent_free(n: usize, ops: usize) {
         if let Some(offer) = state.presence(&agent).and_then(|p| p.pending_offer) {
             offered += 1;
             if let Ok(c) = state.cancel(&offer.conversation_id, "", now) {
-                let mut h = c.handoff;
+                let mut h = std::sync::Arc::unwrap_or_clone(c.handoff);
                 h.conversation_id =
                     ConversationId::parse("conversation_id", &format!("refill-{i}"))
                         .unwrap_or_else(|e| panic!("{e}"));

@@ -1351,7 +1351,7 @@ impl PoolState {
         {
             // Requirements change while nothing holds it in a queue group:
             // it is assigned until `move_conversation` requeues it.
-            let handoff = &mut conversation.handoff;
+            let handoff = Arc::make_mut(&mut conversation.handoff);
             handoff.category = category.clone();
             handoff.required_skills = required_skills.clone();
             if let Some(language) = language {

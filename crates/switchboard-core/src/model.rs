@@ -4,6 +4,7 @@ use crate::ids::{AgentId, ConversationId, OfferId};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A skill with a proficiency level 1..=5.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -234,7 +235,9 @@ pub struct OfferRecord {
 /// A conversation: the hand-off plus where it stands.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
-    pub handoff: Handoff,
+    /// Shared (copy on write): a conversation is copied into every event
+    /// and view, its hand-off changes only on a transfer to a queue.
+    pub handoff: Arc<Handoff>,
     pub state: ConversationState,
     /// The agent offered or holding it.
     pub agent_id: Option<AgentId>,
@@ -322,7 +325,7 @@ impl Conversation {
     /// history.
     pub fn queued(handoff: Handoff, now: Timestamp) -> Conversation {
         Conversation {
-            handoff,
+            handoff: Arc::new(handoff),
             state: ConversationState::Queued,
             agent_id: None,
             reason: String::new(),

@@ -6,6 +6,7 @@ use crate::auth::{Caller, caller};
 use crate::convert::{self, Audience};
 use crate::error::status;
 use std::collections::HashMap;
+use std::sync::Arc;
 use switchboard_core::event::OFFER_NOT_DELIVERED;
 use switchboard_core::model::{AgentSnapshot, TransferTarget};
 use switchboard_core::{AgentId, ConversationId, Event, EventKind, PoolId};
@@ -442,11 +443,13 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 Some(config),
             ) => {
                 let store = &self.state.store;
-                let mut handoff = store
-                    .conversation(&caller.pool, &id)
-                    .await
-                    .map_err(status)?
-                    .handoff;
+                let mut handoff = Arc::unwrap_or_clone(
+                    store
+                        .conversation(&caller.pool, &id)
+                        .await
+                        .map_err(status)?
+                        .handoff,
+                );
                 handoff.category = category.clone();
                 handoff.required_skills = required_skills.clone();
                 if let Some(language) = language {
