@@ -8,7 +8,8 @@
 //!
 //! Arguments: the Redis URL, the number of steps (default 2,000), the
 //! number of agents (default 500), and optionally `--callgrind <pid>`
-//! (runs `callgrind_control -i on <pid>` once the agents are online, so a
+//! (runs `callgrind_control -i on <pid>` once the agents are online and
+//! `-i off` before the report, so a
 //! `redis-server` started under `valgrind --tool=callgrind
 //! --instr-atstart=no` counts only the workload).
 //!
@@ -287,6 +288,13 @@ async fn main() {
         }
     }
 
+    if let Some(pid) = &callgrind {
+        let status = std::process::Command::new("callgrind_control")
+            .args(["-i", "off", pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "callgrind_control -i off {pid}");
+    }
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut admin)

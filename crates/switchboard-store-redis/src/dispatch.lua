@@ -45,6 +45,15 @@ local K_PLAN_GENERATIONS
 local agents, conversations, rosters, dirty_agents, dirty_conversations
 -- The events this call commits, as JSON.
 local events
+-- Agents whose place in the offerable index changed during this call
+-- (`reindex`), and where each was in Redis before (its score, or false):
+-- the index is written once per agent, when something reads it or at the
+-- end (`sync_index`), not at every intermediate state. An accept, for
+-- instance, frees the agent's offer slot (offerable for a moment) and then
+-- fills its capacity: written eagerly, that was 8 ZADD and 8 ZREM of the
+-- same entries for nothing.
+local index_pending
+local sync_index
 
 local FIRST_ARG = 14
 local function arg(i) return ARGV[FIRST_ARG + i] end
@@ -91,6 +100,7 @@ local function begin(keys, args)
   agents, conversations, rosters = {}, {}, {}
   dirty_agents, dirty_conversations = {}, {}
   events = {}
+  index_pending = {}
 end
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
@@ -383,6 +393,7 @@ end
 
 -- Writes the changed rows and appends the events, once, at the end.
 local function flush()
+  sync_index()
   for id in pairs(dirty_agents) do
     local r = agents[id]
     if r then redis.call('SET', k_agent(id), cjson.encode(r)) end
@@ -433,7 +444,8 @@ local function index_keys(s)
   return keys
 end
 
--- Puts the agent in the offerable index, or takes it out, as its session says.
+-- Where the agent should be in the offerable index, as its session says:
+-- recorded in `s.indexed` at once, written to Redis by `sync_index`.
 local function reindex(id)
   local r = agent_record(id)
   if not r or not r.session then return end
@@ -441,29 +453,61 @@ local function reindex(id)
   local want = nil
   if offerable(s) then want = s.idle_since end
   if want == s.indexed then return end
-  local old = s.indexed
+  if index_pending[id] == nil then index_pending[id] = s.indexed or false end
   s.indexed = want
   touch_agent(id)
-  for _, key in ipairs(index_keys(s)) do
-    if old ~= nil then redis.call('ZREM', key, id) end
-    if want ~= nil then redis.call('ZADD', key, want, id) end
-  end
-  -- The family of each indexed tag, for widened look-ups (engine
-  -- `families`). Tags whose sets emptied stay listed: an empty set adds
-  -- no candidate, so stale members change no decision.
-  if want ~= nil and old == nil then
-    for _, language in ipairs(s.languages) do
-      redis.call('SADD', k_family(primary_subtag(language)), language)
-    end
-  end
 end
 
+-- Writes the index changes `reindex` recorded: for each agent, from where
+-- it was in Redis to where its session says now (a ZADD moves an entry
+-- that is already there, so a new score needs no ZREM first). Called
+-- before anything reads the index and at the end of the call.
+sync_index = function()
+  if next(index_pending) == nil then return end
+  for id, before in pairs(index_pending) do
+    local r = agents[id]
+    local s = r and r.session
+    if s then
+      local want = s.indexed
+      if before == false then before = nil end
+      if want ~= before then
+        local keys = index_keys(s)
+        if want ~= nil then
+          local score = ji(want)
+          for _, key in ipairs(keys) do redis.call('ZADD', key, score, id) end
+        else
+          for _, key in ipairs(keys) do redis.call('ZREM', key, id) end
+        end
+        -- The family of each indexed tag, for widened look-ups (engine
+        -- `families`). Tags whose sets emptied stay listed: an empty set
+        -- adds no candidate, so stale members change no decision.
+        if want ~= nil and before == nil then
+          for _, language in ipairs(s.languages) do
+            redis.call('SADD', k_family(primary_subtag(language)), language)
+          end
+        end
+      end
+    end
+  end
+  index_pending = {}
+end
+
+-- Out of the index at once (the session is about to change its skills and
+-- languages, or to end), whatever `reindex` recorded before.
 local function unindex(id)
   local r = agent_record(id)
-  if not r or not r.session or r.session.indexed == nil then return end
-  for _, key in ipairs(index_keys(r.session)) do redis.call('ZREM', key, id) end
-  r.session.indexed = nil
-  touch_agent(id)
+  if not r or not r.session then return end
+  local s = r.session
+  local stored = s.indexed
+  if index_pending[id] ~= nil then stored = index_pending[id] or nil end
+  index_pending[id] = nil
+  if stored ~= nil then
+    for _, key in ipairs(index_keys(s)) do redis.call('ZREM', key, id) end
+  end
+  if s.indexed ~= nil or stored ~= nil then
+    s.indexed = nil
+    touch_agent(id)
+  end
 end
 
 local function render_presence(id)
@@ -901,6 +945,7 @@ end
 -- engine::planned_languages: the index tags where agents meeting the
 -- requirements are (the tag's family when widened).
 local function planned_languages(requirements)
+  sync_index()
   if not requirements.language_widened then return language_lookup_keys(requirements.language) end
   local out = {}
   for _, tag in ipairs(redis.call('SMEMBERS', k_family(primary_subtag(requirements.language)))) do
@@ -913,6 +958,7 @@ end
 -- engine::smallest_candidate_set: the smallest index set of `language`
 -- with one of `skills` (any skill when none); nil when a skill has nobody.
 local function smallest_candidate_key(language, skills)
+  sync_index()
   if #skills == 0 then return k_avail(language, '*') end
   local smallest, smallest_size = nil, nil
   for _, required in ipairs(skills) do
