@@ -54,27 +54,48 @@ local events
 -- same entries for nothing.
 local index_pending
 local sync_index
+-- How many times each conversation was touched during this call, and its
+-- last rendering (no queue position) with the count it was made at: the
+-- event and the reply of a command usually render the same state, so the
+-- second is the first's string (see `render_conversation`).
+local conversation_changes, rendered_conversations
 
 local FIRST_ARG = 14
 local function arg(i) return ARGV[FIRST_ARG + i] end
+
+-- The key names and settings of the previous call, kept between calls (the
+-- library's state outlives a call): most calls name the same pool with the
+-- same settings, and building them anew cost a few µs per call.
+local names_for, settings_from = nil, {}
+-- `now` as Redis takes it (an integer string, see `deadline_at`) and the
+-- stream cap as the Rust side sent it.
+local now_text, stream_max_len_text
 
 local function begin(keys, args)
   K = keys[1]
   ARGV = args
   command = ARGV[1]
   pool = ARGV[2]
-  settings = {
-    offer_timeout = tonumber(ARGV[5]),
-    delivery_grace = tonumber(ARGV[6]),
-    lease = tonumber(ARGV[7]),
-    max_wait = tonumber(ARGV[8]),
-    misses_before_away = tonumber(ARGV[9]),
-    retention = tonumber(ARGV[10]),
-    wrap_up = tonumber(ARGV[11]),
-    outage_threshold = tonumber(ARGV[12]),
-    stream_max_len = tonumber(ARGV[13]),
-    sweep_limit = tonumber(ARGV[14]),
-  }
+  local same_settings = settings ~= nil
+  for i = 5, 14 do
+    if settings_from[i] ~= ARGV[i] then same_settings = false break end
+  end
+  if not same_settings then
+    settings = {
+      offer_timeout = tonumber(ARGV[5]),
+      delivery_grace = tonumber(ARGV[6]),
+      lease = tonumber(ARGV[7]),
+      max_wait = tonumber(ARGV[8]),
+      misses_before_away = tonumber(ARGV[9]),
+      retention = tonumber(ARGV[10]),
+      wrap_up = tonumber(ARGV[11]),
+      outage_threshold = tonumber(ARGV[12]),
+      stream_max_len = tonumber(ARGV[13]),
+      sweep_limit = tonumber(ARGV[14]),
+    }
+    for i = 5, 14 do settings_from[i] = ARGV[i] end
+  end
+  stream_max_len_text = ARGV[13]
   local time = redis.call('TIME')
   local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   if string.sub(ARGV[3], 1, 1) == '=' then
@@ -82,29 +103,35 @@ local function begin(keys, args)
   else
     now = redis_now + tonumber(ARGV[3])
   end
+  now_text = string.format('%d', now)
   -- When the pool was reached, on Redis's own clock (never a pinned one).
   contact_now = redis_now + tonumber(ARGV[4])
-  K_ROSTER = K .. 'roster'
-  K_AGENTS = K .. 'agents'
-  K_ONLINE = K .. 'online'
-  K_DEADLINES = K .. 'deadlines'
-  K_EVENTS = K .. 'events'
-  K_GROUPS = K .. 'groups'
-  K_ARRIVALS = K .. 'arrivals'
-  K_STREAM_IDS = K .. 'stream_ids'
-  K_FIRST_OFFERS = K .. 'first_offers'
-  K_RATE_GROUPS = K .. 'rate_groups'
-  K_LAST_CONTACT = K .. 'last_contact'
-  K_OFFER_SEQ = K .. 'offer_seq'
-  K_PLAN_GENERATIONS = K .. 'plan_generations'
+  if names_for ~= K then
+    K_ROSTER = K .. 'roster'
+    K_AGENTS = K .. 'agents'
+    K_ONLINE = K .. 'online'
+    K_DEADLINES = K .. 'deadlines'
+    K_EVENTS = K .. 'events'
+    K_GROUPS = K .. 'groups'
+    K_ARRIVALS = K .. 'arrivals'
+    K_STREAM_IDS = K .. 'stream_ids'
+    K_FIRST_OFFERS = K .. 'first_offers'
+    K_RATE_GROUPS = K .. 'rate_groups'
+    K_LAST_CONTACT = K .. 'last_contact'
+    K_OFFER_SEQ = K .. 'offer_seq'
+    K_PLAN_GENERATIONS = K .. 'plan_generations'
+    names_for = K
+  end
   agents, conversations, rosters = {}, {}, {}
   dirty_agents, dirty_conversations = {}, {}
   events = {}
   index_pending = {}
+  conversation_changes, rendered_conversations = {}, {}
 end
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
 local RATE_WINDOW = 64
+local RATE_WINDOW_START = '-64'
 -- A group's own rate is used once it has this many (engine MIN_GROUP_SAMPLES).
 local MIN_GROUP_SAMPLES = 4
 -- At most this many groups keep their own rate window (engine MAX_RATE_GROUPS).
@@ -113,6 +140,7 @@ local MAX_RATE_GROUPS = 10000
 -- first fetch is small (the longest-idle agent usually fits), the next ones
 -- grow to SCAN_CHUNK.
 local SCAN_CHUNK = 32
+local SCAN_CHUNK_TEXT = '32'
 local FIRST_CHUNK = 4
 -- Strategies other than longest idle compare at most this many eligible
 -- agents per language key (engine STRATEGY_CANDIDATES).
@@ -249,7 +277,7 @@ end
 
 -- Rows written before transfers and CSAT existed lack those fields: they
 -- render as serde's defaults (no transfers, no score).
-local function render_conversation(c, position, wait)
+local function render_conversation_fields(c, position, wait)
   return '{"handoff":' .. c.handoff .. ',"state":' .. js(c.state) .. ',"agent_id":' .. jos(c.agent)
     .. ',"reason":' .. js(c.reason) .. ',"created_at":' .. ji(c.created_at) .. ',"updated_at":' .. ji(c.updated_at)
     .. ',"queued_since":' .. ji(c.queued_since) .. ',"assigned_at":' .. joi(c.assigned_at)
@@ -257,6 +285,20 @@ local function render_conversation(c, position, wait)
     .. ',"offers":' .. jarr(c.offers, render_offer_record) .. ',"disposition":' .. js(c.disposition)
     .. ',"queue_position":' .. ji(position) .. ',"expected_wait_ms":' .. ji(wait)
     .. ',"transfers":' .. jarr(c.transfers or {}, render_transfer) .. ',"csat":' .. joi(c.csat) .. '}'
+end
+
+-- A conversation as serde renders it. Without a queue position (events,
+-- and views of conversations not queued) the last rendering of the same
+-- row is reused while the row has not been touched since: the reply of
+-- request, accept and complete is the string their event carries.
+local function render_conversation(c, position, wait)
+  if position ~= 0 or wait ~= 0 or c.id == nil then return render_conversation_fields(c, position, wait) end
+  local changes = conversation_changes[c.id] or 0
+  local last = rendered_conversations[c.id]
+  if last and last.row == c and last.changes == changes then return last.text end
+  local text = render_conversation_fields(c, 0, 0)
+  rendered_conversations[c.id] = { row = c, changes = changes, text = text }
+  return text
 end
 
 local function render_roster(e)
@@ -379,7 +421,12 @@ local function conversation(id)
   return c or nil
 end
 
-local function touch_conversation(id) dirty_conversations[id] = true end
+-- Every change to a conversation row is followed by this, before the row
+-- is rendered again (a rendering is reused only until the next touch).
+local function touch_conversation(id)
+  dirty_conversations[id] = true
+  conversation_changes[id] = (conversation_changes[id] or 0) + 1
+end
 
 local function roster_of(id)
   local e = rosters[id]
@@ -407,7 +454,7 @@ local function flush()
     end
   end
   for _, e in ipairs(events) do
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', settings.stream_max_len, '*', 'event', e)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', stream_max_len_text, '*', 'event', e)
   end
 end
 
@@ -753,7 +800,7 @@ local function enqueue(cid)
   redis.call('SADD', k_group_language(primary_subtag(group_language(gid))), gid)
   redis.call('SADD', K_GROUPS, gid)
   redis.call('ZADD', k_queue(gid), 0, member)
-  redis.call('ZADD', k_queue_age(gid), c.queued_since, cid)
+  redis.call('ZADD', k_queue_age(gid), ji(c.queued_since), cid)
   c.group = gid
   c.member = member
   touch_conversation(cid)
@@ -834,8 +881,10 @@ end
 -- NX: an earlier pending entry for the same thing stays (it fires first, as
 -- in the engine's set). A wrap-up end carries its time in the member, so
 -- several can be pending for one agent, as in the engine.
-local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', at, member) end
-local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, at, '4|' .. agent_id) end
+-- (Numbers go to Redis as integer strings: a Lua number passed to
+-- redis.call is printed with `%.17g`, libc's slow float path.)
+local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', ji(at), member) end
+local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, ji(at), '4|' .. agent_id) end
 
 local function finish(cid)
   deadline_at(now + settings.retention, '7|' .. cid)
@@ -976,7 +1025,7 @@ end
 local function count_in_index(key, limit, count, seen, accepts)
   local start = 0
   while count < limit do
-    local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
+    local chunk = redis.call('ZRANGE', key, ji(start), ji(start + SCAN_CHUNK - 1))
     if #chunk == 0 then break end
     for _, candidate in ipairs(chunk) do
       if count >= limit then break end
@@ -1077,7 +1126,7 @@ local function dispatch_conversation(cid)
       if key then
         local start, size, found, found_score = 0, FIRST_CHUNK, nil, nil
         while found == nil do
-          local chunk = redis.call('ZRANGE', key, start, start + size - 1, 'WITHSCORES')
+          local chunk = redis.call('ZRANGE', key, ji(start), ji(start + size - 1), 'WITHSCORES')
           if #chunk == 0 then break end
           for i = 1, #chunk, 2 do
             local candidate = chunk[i]
@@ -1125,7 +1174,7 @@ dispatch_planned = function(cid, c)
     if key then
       local start, taken = 0, 0
       while taken < limit do
-        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1, 'WITHSCORES')
+        local chunk = redis.call('ZRANGE', key, ji(start), ji(start + SCAN_CHUNK - 1), 'WITHSCORES')
         if #chunk == 0 then break end
         for i = 1, #chunk, 2 do
           local candidate = chunk[i]
@@ -1209,7 +1258,7 @@ local function dispatch_agent(agent_id)
           while from do
             local start, head = 0, nil
             while head == nil do
-              local chunk = redis.call('ZRANGEBYLEX', k_queue(gid), from, '+', 'LIMIT', start, SCAN_CHUNK)
+              local chunk = redis.call('ZRANGEBYLEX', k_queue(gid), from, '+', 'LIMIT', ji(start), SCAN_CHUNK_TEXT)
               if #chunk == 0 then break end
               for _, member in ipairs(chunk) do
                 local inverted, queued_since, arrival, cid = member_order(member)
@@ -1255,8 +1304,8 @@ make_offer = function(cid, agent_id)
   c.updated_at = now
   touch_conversation(cid)
   if attempt == 1 then
-    redis.call('RPUSH', K_FIRST_OFFERS, now)
-    redis.call('LTRIM', K_FIRST_OFFERS, -RATE_WINDOW, -1)
+    redis.call('RPUSH', K_FIRST_OFFERS, now_text)
+    redis.call('LTRIM', K_FIRST_OFFERS, RATE_WINDOW_START, '-1')
     local gid = conversation_group_id(c)
     -- Bound what arbitrary requirement mixes can take: start over (the
     -- pool-wide rate covers the gap).
@@ -1266,8 +1315,8 @@ make_offer = function(cid, agent_id)
       redis.call('DEL', K_RATE_GROUPS)
     end
     redis.call('SADD', K_RATE_GROUPS, gid)
-    redis.call('RPUSH', k_group_rate(gid), now)
-    redis.call('LTRIM', k_group_rate(gid), -RATE_WINDOW, -1)
+    redis.call('RPUSH', k_group_rate(gid), now_text)
+    redis.call('LTRIM', k_group_rate(gid), RATE_WINDOW_START, '-1')
   end
   -- The pool's offer counter, stamped on the agent (round robin).
   local offer_seq = redis.call('INCR', K_OFFER_SEQ)
@@ -1279,8 +1328,8 @@ make_offer = function(cid, agent_id)
     touch_agent(agent_id)
   end
   reindex(agent_id)
-  deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. attempt)
-  deadline_at(deadline, '2|' .. cid .. '|' .. attempt)
+  deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. ji(attempt))
+  deadline_at(deadline, '2|' .. cid .. '|' .. ji(attempt))
   emit(cid, agent_id, function(rendered)
     return '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
       .. ',"conversation":' .. rendered .. '}}'
@@ -1588,13 +1637,13 @@ end
 local function sweep(limit)
   local done = 0
   while done < limit do
-    local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1)
+    local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now_text, 'LIMIT', '0', '1')
     if #due == 0 then return false end
     redis.call('ZREM', K_DEADLINES, due[1])
     act_on_deadline(due[1])
     done = done + 1
   end
-  return #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1) > 0
+  return #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now_text, 'LIMIT', '0', '1') > 0
 end
 
 -- ------------------------------------------------------------ commands
@@ -1719,7 +1768,7 @@ function commands.detach_stream()
   -- A pending offer stays for the grace period, so an app that reconnects
   -- at once still sees it; after that it is withdrawn (not a miss).
   if s.pending then
-    deadline_at(now + settings.delivery_grace, '3|' .. id .. '|' .. s.pending.cid .. '|' .. s.pending.attempt)
+    deadline_at(now + settings.delivery_grace, '3|' .. id .. '|' .. s.pending.cid .. '|' .. ji(s.pending.attempt))
   end
   reindex(id)
   return 'null'
@@ -2344,8 +2393,8 @@ end
 -- second. The gap is measured on Redis's own clock, never a pinned test
 -- clock. Returns the outage report for the reply, or nil.
 local function extend_leases_after_outage()
-  local last = tonumber(redis.call('GET', K_LAST_CONTACT))
-  redis.call('SET', K_LAST_CONTACT, contact_now)
+  -- One SET ... GET (Redis 6.2+) instead of a GET and a SET.
+  local last = tonumber(redis.call('SET', K_LAST_CONTACT, ji(contact_now), 'GET'))
   if last == nil then return nil end
   local gap = contact_now - last
   if gap <= settings.outage_threshold then return nil end
