@@ -19,13 +19,16 @@
 //! or Spanish at 30% each, capacity 1) from a fixed seed. Each step
 //! requests one conversation; an offer is delivered at once and accepted
 //! 200 ms later, completed 0.5 to 1.5 s after that; one heartbeat every
-//! other step and one sweep every 10 steps. The Redis is flushed first.
+//! other step and one sweep every 10 steps, with offer timeout, maximum
+//! wait and retention short enough (2, 3, 4 s) that the deadlines each
+//! hand-off leaves come due within the 1,000 warm-up steps that precede
+//! the measured ones. The Redis is flushed first.
 //! At the end it prints Redis's own time per FCALL (`INFO commandstats`)
 //! and per command (`SLOWLOG`, threshold 0), per step.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use switchboard_core::event::EventKind;
 use switchboard_core::model::{GoOnline, Handoff, RosterEntry, Skill};
 use switchboard_core::{DispatchSettings, Event, OfferId, PoolId, Timestamp};
@@ -95,6 +98,114 @@ fn offers_in(
     }
 }
 
+struct Driver<'a> {
+    store: &'a RedisStore,
+    pool: &'a PoolId,
+    rng: Rng,
+    ids: &'a [String],
+    due: BTreeMap<u64, Vec<Due>>,
+    calls: BTreeMap<&'static str, u64>,
+    completed: u64,
+    heartbeat_next: usize,
+    pending_delivery: Vec<(String, OfferId)>,
+}
+
+impl Driver<'_> {
+    async fn deliver(&mut self) {
+        for (a, offer) in std::mem::take(&mut self.pending_delivery) {
+            self.store
+                .offer_delivered(self.pool, &agent(&a), &offer)
+                .await
+                .unwrap();
+            *self.calls.entry("offer_delivered").or_default() += 1;
+        }
+    }
+
+    async fn step(&mut self, step: u64) {
+        let (store, pool) = (self.store, self.pool);
+        let now = 1_800_000_000_000i64 + 10_000 + step as i64 * STEP_MS;
+        store.pin_clock(Timestamp::from_millis(now));
+        let rng = &mut self.rng;
+        let category = rng.weighted(CATEGORIES.iter().map(|c| c.1));
+        let language = rng.weighted(LANGUAGES.iter().map(|l| l.1));
+        let id = format!("conv-{step:07}");
+        let handoff = Handoff {
+            conversation_id: cid(&id),
+            customer_id: format!("customer-{}", rng.below(100_000)),
+            language: LANGUAGES[language].0.into(),
+            category: CATEGORIES[category].0.into(),
+            required_skills: vec![Skill::new(CATEGORIES[category].0, CATEGORIES[category].2)],
+            priority: 1,
+            summary: "customer asked for a human about an order".into(),
+            attributes: Default::default(),
+            customer_asked_for_human: true,
+            chat_reference: format!("chat://load/{id}"),
+            preferred_agent: None,
+            region: None,
+            customer_location: None,
+        };
+        let applied = store.request(pool, handoff).await.unwrap();
+        *self.calls.entry("request").or_default() += 1;
+        offers_in(
+            &applied.events,
+            &mut self.due,
+            step,
+            &mut self.pending_delivery,
+        );
+        self.deliver().await;
+        if step % 2 == 0 {
+            let a = &self.ids[self.heartbeat_next % self.ids.len()];
+            self.heartbeat_next += 1;
+            store.heartbeat(pool, &agent(a), None).await.unwrap();
+            *self.calls.entry("heartbeat").or_default() += 1;
+        }
+        if step % 10 == 0 {
+            let applied = store.sweep().await.unwrap();
+            *self.calls.entry("sweep").or_default() += 1;
+            offers_in(
+                &applied.events,
+                &mut self.due,
+                step,
+                &mut self.pending_delivery,
+            );
+        }
+        for action in self.due.remove(&step).unwrap_or_default() {
+            match action {
+                Due::Accept(a, offer) => {
+                    let applied = store.accept(pool, &agent(&a), &offer).await.unwrap();
+                    *self.calls.entry("accept").or_default() += 1;
+                    offers_in(
+                        &applied.events,
+                        &mut self.due,
+                        step,
+                        &mut self.pending_delivery,
+                    );
+                    let hold = 100 + self.rng.below(200);
+                    self.due
+                        .entry(step + hold)
+                        .or_default()
+                        .push(Due::Complete(a, offer.conversation_id.to_string()));
+                }
+                Due::Complete(a, c) => {
+                    let applied = store
+                        .complete(pool, &agent(&a), &cid(&c), "resolved")
+                        .await
+                        .unwrap();
+                    *self.calls.entry("complete").or_default() += 1;
+                    self.completed += 1;
+                    offers_in(
+                        &applied.events,
+                        &mut self.due,
+                        step,
+                        &mut self.pending_delivery,
+                    );
+                }
+            }
+        }
+        self.deliver().await;
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -127,7 +238,16 @@ async fn main() {
         outage_threshold: std::time::Duration::from_secs(3_600),
         ..RedisOptions::default()
     };
-    let store = RedisStore::connect_with(&url, DispatchSettings::default(), options)
+    // Short offer timeout, maximum wait and retention, so that every
+    // deadline a hand-off leaves behind (delivery, offer timeout, maximum
+    // wait, retention) comes due within the warm-up, as in a long run.
+    let settings = DispatchSettings {
+        offer_timeout_ms: 2_000,
+        max_wait_ms: 3_000,
+        retention_ms: 4_000,
+        ..DispatchSettings::default()
+    };
+    let store = RedisStore::connect_with(&url, settings, options)
         .await
         .unwrap();
     let mut now = 1_800_000_000_000i64;
@@ -174,6 +294,26 @@ async fn main() {
         ids.push(id);
     }
 
+    let mut step = 0u64;
+    let mut driver = Driver {
+        store: &store,
+        pool: &pool,
+        rng,
+        ids: &ids,
+        due: BTreeMap::new(),
+        calls: BTreeMap::new(),
+        completed: 0,
+        heartbeat_next: 0,
+        pending_delivery: Vec::new(),
+    };
+    // Warm-up: 1,000 steps (5 s of store time), not measured.
+    while step < 1_000 {
+        driver.step(step).await;
+        step += 1;
+    }
+    driver.calls.clear();
+    driver.completed = 0;
+
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("slowlog-log-slower-than")
@@ -206,87 +346,11 @@ async fn main() {
         assert!(status.success(), "callgrind_control -i on {pid}");
     }
 
-    let mut due: BTreeMap<u64, Vec<Due>> = BTreeMap::new();
-    let mut calls: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut completed = 0u64;
-    let mut heartbeat_next = 0usize;
-    let mut pending_delivery: Vec<(String, OfferId)> = Vec::new();
-    let mut queued: VecDeque<String> = VecDeque::new();
-    for step in 0..steps {
-        now += STEP_MS;
-        store.pin_clock(Timestamp::from_millis(now));
-        let category = rng.weighted(CATEGORIES.iter().map(|c| c.1));
-        let language = rng.weighted(LANGUAGES.iter().map(|l| l.1));
-        let id = format!("conv-{step:07}");
-        let handoff = Handoff {
-            conversation_id: cid(&id),
-            customer_id: format!("customer-{}", rng.below(100_000)),
-            language: LANGUAGES[language].0.into(),
-            category: CATEGORIES[category].0.into(),
-            required_skills: vec![Skill::new(CATEGORIES[category].0, CATEGORIES[category].2)],
-            priority: 1,
-            summary: "customer asked for a human about an order".into(),
-            attributes: Default::default(),
-            customer_asked_for_human: true,
-            chat_reference: format!("chat://load/{id}"),
-            preferred_agent: None,
-            region: None,
-            customer_location: None,
-        };
-        let applied = store.request(&pool, handoff).await.unwrap();
-        *calls.entry("request").or_default() += 1;
-        offers_in(&applied.events, &mut due, step, &mut pending_delivery);
-        if applied.value.0.agent_id.is_none() {
-            queued.push_back(id);
-        }
-        for (a, offer) in pending_delivery.drain(..) {
-            store
-                .offer_delivered(&pool, &agent(&a), &offer)
-                .await
-                .unwrap();
-            *calls.entry("offer_delivered").or_default() += 1;
-        }
-        if step % 2 == 0 {
-            let a = &ids[heartbeat_next % ids.len()];
-            heartbeat_next += 1;
-            store.heartbeat(&pool, &agent(a), None).await.unwrap();
-            *calls.entry("heartbeat").or_default() += 1;
-        }
-        if step % 10 == 0 {
-            let applied = store.sweep().await.unwrap();
-            *calls.entry("sweep").or_default() += 1;
-            offers_in(&applied.events, &mut due, step, &mut pending_delivery);
-        }
-        for action in due.remove(&step).unwrap_or_default() {
-            match action {
-                Due::Accept(a, offer) => {
-                    let applied = store.accept(&pool, &agent(&a), &offer).await.unwrap();
-                    *calls.entry("accept").or_default() += 1;
-                    offers_in(&applied.events, &mut due, step, &mut pending_delivery);
-                    let hold = 100 + rng.below(200);
-                    due.entry(step + hold)
-                        .or_default()
-                        .push(Due::Complete(a, offer.conversation_id.to_string()));
-                }
-                Due::Complete(a, c) => {
-                    let applied = store
-                        .complete(&pool, &agent(&a), &cid(&c), "resolved")
-                        .await
-                        .unwrap();
-                    *calls.entry("complete").or_default() += 1;
-                    completed += 1;
-                    offers_in(&applied.events, &mut due, step, &mut pending_delivery);
-                }
-            }
-        }
-        for (a, offer) in pending_delivery.drain(..) {
-            store
-                .offer_delivered(&pool, &agent(&a), &offer)
-                .await
-                .unwrap();
-            *calls.entry("offer_delivered").or_default() += 1;
-        }
+    for _ in 0..steps {
+        driver.step(step).await;
+        step += 1;
     }
+    let (calls, completed) = (driver.calls, driver.completed);
 
     if let Some(pid) = &callgrind {
         let status = std::process::Command::new("callgrind_control")
@@ -313,10 +377,7 @@ async fn main() {
             .unwrap_or(0.0)
     };
     let (fcalls, usec) = (field("calls"), field("usec"));
-    println!(
-        "steps {steps}, agents {agents}, completed {completed}, still queued at the end of the requests: {}",
-        queued.len()
-    );
+    println!("steps {steps} (after 1,000 warm-up steps), agents {agents}, completed {completed}");
     println!("calls: {calls:?}");
     for line in info.lines().filter(|l| l.starts_with("cmdstat_")) {
         let name = line
