@@ -153,13 +153,13 @@ impl Driver<'_> {
             &mut self.pending_delivery,
         );
         self.deliver().await;
-        if step % 2 == 0 {
+        if step.is_multiple_of(2) {
             let a = &self.ids[self.heartbeat_next % self.ids.len()];
             self.heartbeat_next += 1;
             store.heartbeat(pool, &agent(a), None).await.unwrap();
             *self.calls.entry("heartbeat").or_default() += 1;
         }
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             let applied = store.sweep().await.unwrap();
             *self.calls.entry("sweep").or_default() += 1;
             offers_in(
