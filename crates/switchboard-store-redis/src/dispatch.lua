@@ -886,8 +886,29 @@ end
 local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', ji(at), member) end
 local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, ji(at), '4|' .. agent_id) end
 
+-- A deadline that can no longer do anything (its offer was delivered or
+-- closed, its conversation ended) stays in the set at its time, so the
+-- sweep's next deadline and its pace are what they were, but as `~` and
+-- the member: the sweep drops it without reading the conversation row
+-- (a GET and a JSON decode per offer delivered, per offer closed and per
+-- conversation ended).
+local function defuse_deadline(member)
+  local at = redis.call('ZSCORE', K_DEADLINES, member)
+  if not at then return end
+  redis.call('ZREM', K_DEADLINES, member)
+  redis.call('ZADD', K_DEADLINES, at, '~' .. member)
+end
+
 local function finish(cid)
   deadline_at(now + settings.retention, '7|' .. cid)
+  -- Every maximum wait of an ended conversation is a no-op (expire and
+  -- max_wait_reached act on a queued or offered one only).
+  local c = conversation(cid)
+  if c and c.routed then
+    if c.routed.max_wait_at ~= nil then defuse_deadline('6|' .. cid .. '|' .. ji(c.routed.max_wait_at)) end
+  else
+    defuse_deadline('6|' .. cid)
+  end
 end
 
 -- engine::install_plan: starts executing `plan` for a conversation (not in
@@ -1345,6 +1366,10 @@ local function close_offer(cid, attempt, outcome, reason)
   if not o then return end
   o.outcome = outcome
   touch_conversation(cid)
+  -- Its delivery and timeout deadlines act on a pending offer only.
+  local attempt_text = ji(attempt)
+  defuse_deadline('1|' .. cid .. '|' .. attempt_text)
+  defuse_deadline('2|' .. cid .. '|' .. attempt_text)
   local agent_id = o.agent
   local s = session_of(agent_id)
   if s and s.pending and s.pending.cid == cid and s.pending.attempt == attempt then
@@ -1556,6 +1581,8 @@ end
 -- ------------------------------------------------------------ sweep
 
 local function act_on_deadline(member)
+  -- `~`: defused (see `defuse_deadline`).
+  if string.byte(member, 1) == 126 then return end
   local p = split(member, '|')
   local kind = p[1]
   if kind == '1' then
@@ -1856,9 +1883,11 @@ function commands.offer_delivered()
   local agent_id, cid, attempt = arg(1), arg(2), tonumber(arg(3))
   local c = conversation(cid)
   local o = c and offer_record(c, attempt)
-  if o and o.agent == agent_id then
+  if o and o.agent == agent_id and not o.delivered then
     o.delivered = true
     touch_conversation(cid)
+    -- Its delivery deadline acts on an undelivered offer only.
+    defuse_deadline('1|' .. cid .. '|' .. ji(attempt))
   end
   return 'null'
 end
