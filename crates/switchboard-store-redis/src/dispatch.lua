@@ -59,6 +59,8 @@ local sync_index
 -- event and the reply of a command usually render the same state, so the
 -- second is the first's string (see `render_conversation`).
 local conversation_changes, rendered_conversations
+-- Which agents have a roster entry, as far as this call asked (`in_roster`).
+local roster_listed
 
 local FIRST_ARG = 14
 local function arg(i) return ARGV[FIRST_ARG + i] end
@@ -127,6 +129,7 @@ local function begin(keys, args)
   events = {}
   index_pending = {}
   conversation_changes, rendered_conversations = {}, {}
+  roster_listed = {}
 end
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
@@ -436,6 +439,19 @@ local function roster_of(id)
     rosters[id] = e
   end
   return e or nil
+end
+
+-- Whether the agent has a roster entry, without decoding it (HEXISTS)
+-- unless this call already read it.
+local function in_roster(id)
+  local e = rosters[id]
+  if e ~= nil then return e ~= false end
+  local known = roster_listed[id]
+  if known == nil then
+    known = redis.call('HEXISTS', K_ROSTER, id) == 1
+    roster_listed[id] = known
+  end
+  return known
 end
 
 -- Writes the changed rows and appends the events, once, at the end.
@@ -940,9 +956,10 @@ end
 -- ------------------------------------------------------------ matching
 
 -- engine::eligible: skills at level, language, region, not excluded.
+-- (The roster entry is decoded only for a region: otherwise only whether
+-- there is one matters.)
 local function fits(agent_id, s, c)
-  local roster = roster_of(agent_id)
-  if not roster then return false end
+  if not in_roster(agent_id) then return false end
   if contains(c.excluded, agent_id) then return false end
   local language_ok = false
   for _, l in ipairs(s.languages) do
@@ -953,7 +970,7 @@ local function fits(agent_id, s, c)
     local level = skill_level(s.skills, required.name)
     if level == nil or level < required.level then return false end
   end
-  if c.region ~= nil then return contains(roster.allowed_regions, c.region) end
+  if c.region ~= nil then return contains(roster_of(agent_id).allowed_regions, c.region) end
   return true
 end
 
@@ -1260,8 +1277,9 @@ end
 local function dispatch_agent(agent_id)
   local s = session_of(agent_id)
   if not s or not offerable(s) then return end
-  local roster = roster_of(agent_id)
-  if not roster then return end
+  -- Read when there is a group to look at (usually there is none: nobody
+  -- waits); without a roster entry the agent takes nothing.
+  local roster = nil
   local best = nil
   local seen_primaries = {}
   for _, language in ipairs(s.languages) do
@@ -1269,6 +1287,10 @@ local function dispatch_agent(agent_id)
     if not seen_primaries[primary] then
       seen_primaries[primary] = true
       local gids = redis.call('SMEMBERS', k_group_language(primary))
+      if #gids > 0 and roster == nil then
+        roster = roster_of(agent_id)
+        if not roster then return end
+      end
       table.sort(gids, byte_less)
       for _, gid in ipairs(gids) do
         local serves, routed = serves_group(s, roster, gid)
@@ -1330,12 +1352,13 @@ make_offer = function(cid, agent_id)
     local gid = conversation_group_id(c)
     -- Bound what arbitrary requirement mixes can take: start over (the
     -- pool-wide rate covers the gap).
-    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0
-      and redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
-      for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
-      redis.call('DEL', K_RATE_GROUPS)
+    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0 then
+      if redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
+        for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
+        redis.call('DEL', K_RATE_GROUPS)
+      end
+      redis.call('SADD', K_RATE_GROUPS, gid)
     end
-    redis.call('SADD', K_RATE_GROUPS, gid)
     redis.call('RPUSH', k_group_rate(gid), now_text)
     redis.call('LTRIM', k_group_rate(gid), RATE_WINDOW_START, '-1')
   end
@@ -1622,8 +1645,20 @@ local function act_on_deadline(member)
       expire(p[2], MAX_WAIT_REASON)
     end
   elseif kind == '7' then
-    local c = conversation(p[2])
-    if c and is_terminal(c.state) then
+    -- Whether it ended, from the row's text when this call has not decoded
+    -- it: `"state":"<state>"` with bare quotes is the row's own field (any
+    -- quote inside a string value, the hand-off's included, is escaped).
+    local c = conversations[p[2]]
+    local ended
+    if c == nil then
+      local raw = redis.call('GET', k_conv(p[2]))
+      ended = raw ~= false and raw ~= nil and (string.find(raw, '"state":"Completed"', 1, true) ~= nil
+        or string.find(raw, '"state":"Abandoned"', 1, true) ~= nil
+        or string.find(raw, '"state":"Expired"', 1, true) ~= nil)
+    else
+      ended = c ~= false and is_terminal(c.state)
+    end
+    if ended then
       conversations[p[2]] = false
       touch_conversation(p[2])
     end
