@@ -61,6 +61,11 @@ local sync_index
 local conversation_changes, rendered_conversations
 -- Which agents have a roster entry, as far as this call asked (`in_roster`).
 local roster_listed
+-- Integers this call formatted (see `ji`), and the pool as JSON.
+local int_texts, pool_json
+-- The JSON of 0 to 1023 (see `ji`).
+local SMALL_INTS = {}
+local pool_json_for = nil
 
 local FIRST_ARG = 14
 local function arg(i) return ARGV[FIRST_ARG + i] end
@@ -130,6 +135,14 @@ local function begin(keys, args)
   index_pending = {}
   conversation_changes, rendered_conversations = {}, {}
   roster_listed = {}
+  int_texts = {}
+  if SMALL_INTS[0] == nil then
+    for i = 0, 1023 do SMALL_INTS[i] = string.format('%d', i) end
+  end
+  if pool_json_for ~= pool then
+    pool_json = cjson.encode(pool)
+    pool_json_for = pool
+  end
 end
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
@@ -252,7 +265,19 @@ end
 -- ------------------------------------------------------------ JSON output
 
 local function js(s) return cjson.encode(s) end
-local function ji(n) return string.format('%d', n) end
+-- Integers as JSON. string.format costs ~1.4k instructions a number
+-- (callgrind), and a call formats the same few numbers many times (now,
+-- attempts, sequence numbers in every rendering): small ones are
+-- formatted once (by the first call: the libraries are not given `string`
+-- while they load), the others once per call.
+local function ji(n)
+  local text = SMALL_INTS[n] or int_texts[n]
+  if text == nil then
+    text = string.format('%d', n)
+    if n == n then int_texts[n] = text end
+  end
+  return text
+end
 local function jb(b) if b then return 'true' end return 'false' end
 local function jos(s) if s == nil then return 'null' end return js(s) end
 local function joi(n) if n == nil then return 'null' end return ji(n) end
@@ -603,19 +628,21 @@ local function offer_record(c, attempt)
   return nil
 end
 
-local function push_event(agent_id, seq, kind)
-  events[#events + 1] = '{"pool":' .. js(pool) .. ',"at":' .. ji(now) .. ',"agent_id":' .. jos(agent_id)
-    .. ',"seq":' .. ji(seq) .. ',"kind":' .. kind .. '}'
+-- An event whose kind is `head .. rendered .. tail` (one concatenation: the
+-- rendered conversation, ~1 KiB, is copied once).
+local function push_event(agent_id, seq, head, rendered, tail)
+  events[#events + 1] = '{"pool":' .. pool_json .. ',"at":' .. now_text .. ',"agent_id":' .. jos(agent_id)
+    .. ',"seq":' .. ji(seq) .. ',"kind":' .. head .. (rendered or '') .. (tail or '') .. '}'
 end
 
 -- Appends an event for a conversation, bumping its sequence number; the
 -- event carries the conversation as stored (no queue position).
-local function emit(cid, agent_id, make_kind)
+local function emit(cid, agent_id, head, tail)
   local c = conversation(cid)
   if not c then return end
   c.seq = c.seq + 1
   touch_conversation(cid)
-  push_event(agent_id, c.seq, make_kind(render_conversation(c, 0, 0)))
+  push_event(agent_id, c.seq, head, render_conversation(c, 0, 0), tail)
 end
 
 local function notice(agent_id, code, message, status)
@@ -1374,10 +1401,8 @@ make_offer = function(cid, agent_id)
   reindex(agent_id)
   deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. ji(attempt))
   deadline_at(deadline, '2|' .. cid .. '|' .. ji(attempt))
-  emit(cid, agent_id, function(rendered)
-    return '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
-      .. ',"conversation":' .. rendered .. '}}'
-  end)
+  emit(cid, agent_id, '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
+    .. ',"conversation":', '}}')
 end
 
 -- Ends the pending offer `attempt` with `outcome`: the agent's reservation
@@ -1400,10 +1425,8 @@ local function close_offer(cid, attempt, outcome, reason)
     touch_agent(agent_id)
   end
   if outcome ~= 'Accepted' then
-    emit(cid, agent_id, function(rendered)
-      return '{"OfferRevoked":{"offer":' .. render_offer_id(cid, attempt) .. ',"reason":' .. js(reason)
-        .. ',"conversation":' .. rendered .. '}}'
-    end)
+    emit(cid, agent_id, '{"OfferRevoked":{"offer":' .. render_offer_id(cid, attempt) .. ',"reason":' .. js(reason)
+      .. ',"conversation":', '}}')
   end
   reindex(agent_id)
 end
@@ -1420,7 +1443,7 @@ local function requeue_for(cid, reason, previous_holder)
   c.updated_at = now
   touch_conversation(cid)
   enqueue(cid)
-  emit(cid, previous_holder, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, previous_holder, '{"Requeued":{"conversation":', '}}')
 end
 
 local function requeue(cid, reason) requeue_for(cid, reason, nil) end
@@ -1524,7 +1547,7 @@ local function expire(cid, reason)
   c.updated_at = now
   touch_conversation(cid)
   finish(cid)
-  emit(cid, nil, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, nil, '{"Ended":{"conversation":', '}}')
 end
 
 -- engine::max_wait_reached: a planned conversation reached its queue's
@@ -1570,7 +1593,7 @@ local function max_wait_reached(cid)
   c.reason = reason
   c.updated_at = now
   if queued then
-    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+    emit(cid, nil, '{"Requeued":{"conversation":', '}}')
     dispatch_conversation(cid)
   end
 end
@@ -1904,7 +1927,7 @@ function commands.request()
   else
     deadline_at(now + settings.max_wait, '6|' .. cid)
   end
-  emit(cid, nil, function(rendered) return '{"Queued":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, nil, '{"Queued":{"conversation":', '}}')
   dispatch_conversation(cid)
   -- Only a conversation nobody could take at once gets a place in its
   -- queue group. (The engine enqueues first and dequeues at the offer; the
@@ -1979,7 +2002,7 @@ function commands.accept()
     end
     touch_agent(agent_id)
   end
-  emit(cid, agent_id, function(rendered) return '{"Assigned":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, agent_id, '{"Assigned":{"conversation":', '}}')
   reindex(agent_id)
   dispatch_agent(agent_id)
   return view(c)
@@ -2056,7 +2079,7 @@ function commands.complete()
   end
   if wrap_up_until then deadline_at(wrap_up_until, '5|' .. agent_id .. '|' .. ji(wrap_up_until)) end
   finish(cid)
-  emit(cid, agent_id, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, agent_id, '{"Ended":{"conversation":', '}}')
   if finish_drain_if_done(agent_id) then return view(c) end
   reindex(agent_id)
   dispatch_agent(agent_id)
@@ -2081,7 +2104,7 @@ function commands.cancel()
   local notify = nil
   if state == 'Assigned' then notify = holder end
   finish(cid)
-  emit(cid, notify, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, notify, '{"Ended":{"conversation":', '}}')
   if holder and not finish_drain_if_done(holder) then
     reindex(holder)
     dispatch_agent(holder)
@@ -2134,7 +2157,7 @@ local function move_conversation(cid, target, why)
     c.reason = why
     c.updated_at = now
     touch_conversation(cid)
-    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+    emit(cid, nil, '{"Requeued":{"conversation":', '}}')
   else
     requeue_for(cid, why, holder)
   end
@@ -2482,11 +2505,25 @@ end
 local outage = nil
 
 local function reply(value, err)
-  local list = '[' .. table.concat(events, ',') .. ']'
-  local tail = ''
-  if outage then tail = ',"outage":' .. outage end
-  if err then return '{"status":"err","error":' .. err .. ',"events":' .. list .. tail .. '}' end
-  return '{"status":"ok","value":' .. value .. ',"events":' .. list .. tail .. '}'
+  -- One concatenation of every part (the events are the bulk of it).
+  local out
+  if err then
+    out = { '{"status":"err","error":', err, ',"events":[' }
+  else
+    if value == nil then error('a switchboard command returned no value') end
+    out = { '{"status":"ok","value":', value, ',"events":[' }
+  end
+  for i, e in ipairs(events) do
+    if i > 1 then out[#out + 1] = ',' end
+    out[#out + 1] = e
+  end
+  out[#out + 1] = ']'
+  if outage then
+    out[#out + 1] = ',"outage":'
+    out[#out + 1] = outage
+  end
+  out[#out + 1] = '}'
+  return table.concat(out)
 end
 
 local function dispatch(keys, args)
