@@ -20,7 +20,9 @@
 --
 -- Rows (agents, conversations) are JSON strings (cjson), cached in Lua tables
 -- for the duration of the script and written back once at the end
--- (`flush`). Replies are JSON built by hand in the shapes serde gives the
+-- (`flush`); decoded rows are also kept between calls, reused only while
+-- Redis holds the exact text they came from (see "Decoded rows kept
+-- between calls"). Replies are JSON built by hand in the shapes serde gives the
 -- core types, because cjson cannot tell an empty array from an empty object
 -- and prints numbers with 14 significant digits; the hand-off itself is kept
 -- as the exact serde JSON the Rust side sent and is never re-encoded (a
@@ -45,30 +47,72 @@ local K_PLAN_GENERATIONS
 local agents, conversations, rosters, dirty_agents, dirty_conversations
 -- The events this call commits, as JSON.
 local events
+-- Agents whose place in the offerable index changed during this call
+-- (`reindex`), and where each was in Redis before (its score, or false):
+-- the index is written once per agent, when something reads it or at the
+-- end (`sync_index`), not at every intermediate state. An accept, for
+-- instance, frees the agent's offer slot (offerable for a moment) and then
+-- fills its capacity: written eagerly, that was 8 ZADD and 8 ZREM of the
+-- same entries for nothing.
+local index_pending
+local sync_index
+-- How many times each conversation was touched during this call, and its
+-- last rendering (no queue position) with the count it was made at: the
+-- event and the reply of a command usually render the same state, so the
+-- second is the first's string (see `render_conversation`).
+local conversation_changes, rendered_conversations
+-- Which agents have a roster entry, as far as this call asked (`in_roster`).
+local roster_listed
+-- The rows as read (JSON), and rows changed by patching that text instead
+-- of encoding the whole row again (see `patch_number`); a row also touched
+-- is encoded whole.
+local agents_raw, conversations_raw, patched_agents, patched_conversations
+-- Integers this call formatted (see `ji`), and the pool as JSON.
+local int_texts, pool_json
+-- The JSON of 0 to 1023 (see `ji`).
+local SMALL_INTS = {}
+local pool_json_for = nil
 
 local FIRST_ARG = 15
 local function arg(i) return ARGV[FIRST_ARG + i] end
+
+-- The key names and settings of the previous call, kept between calls (the
+-- library's state outlives a call): most calls name the same pool with the
+-- same settings, and building them anew cost a few µs per call.
+local names_for, settings_from = nil, {}
+-- `now` as Redis takes it (an integer string, see `deadline_at`) and the
+-- stream cap as the Rust side sent it.
+local now_text, stream_max_len_text
 
 local function begin(keys, args)
   K = keys[1]
   ARGV = args
   command = ARGV[1]
   pool = ARGV[2]
-  settings = {
-    offer_timeout = tonumber(ARGV[5]),
-    delivery_grace = tonumber(ARGV[6]),
-    lease = tonumber(ARGV[7]),
-    max_wait = tonumber(ARGV[8]),
-    misses_before_away = tonumber(ARGV[9]),
-    retention = tonumber(ARGV[10]),
-    wrap_up = tonumber(ARGV[11]),
-    outage_threshold = tonumber(ARGV[12]),
-    stream_max_len = tonumber(ARGV[13]),
-    sweep_limit = tonumber(ARGV[14]),
-    -- This replica runs behind: give undelivered offers another grace
-    -- period rather than withdraw them (Store::pause_delivery_checks).
-    delivery_checks_paused = ARGV[15] == '1',
-  }
+  local same_settings = settings ~= nil
+  for i = 5, 14 do
+    if settings_from[i] ~= ARGV[i] then same_settings = false break end
+  end
+  if not same_settings then
+    settings = {
+      offer_timeout = tonumber(ARGV[5]),
+      delivery_grace = tonumber(ARGV[6]),
+      lease = tonumber(ARGV[7]),
+      max_wait = tonumber(ARGV[8]),
+      misses_before_away = tonumber(ARGV[9]),
+      retention = tonumber(ARGV[10]),
+      wrap_up = tonumber(ARGV[11]),
+      outage_threshold = tonumber(ARGV[12]),
+      stream_max_len = tonumber(ARGV[13]),
+      sweep_limit = tonumber(ARGV[14]),
+    }
+    for i = 5, 14 do settings_from[i] = ARGV[i] end
+  end
+  stream_max_len_text = ARGV[13]
+  -- This replica runs behind: give undelivered offers another grace
+  -- period rather than withdraw them (Store::pause_delivery_checks). Per
+  -- call, not kept with the settings.
+  settings.delivery_checks_paused = ARGV[15] == '1'
   local time = redis.call('TIME')
   local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   if string.sub(ARGV[3], 1, 1) == '=' then
@@ -76,28 +120,45 @@ local function begin(keys, args)
   else
     now = redis_now + tonumber(ARGV[3])
   end
+  now_text = string.format('%d', now)
   -- When the pool was reached, on Redis's own clock (never a pinned one).
   contact_now = redis_now + tonumber(ARGV[4])
-  K_ROSTER = K .. 'roster'
-  K_AGENTS = K .. 'agents'
-  K_ONLINE = K .. 'online'
-  K_DEADLINES = K .. 'deadlines'
-  K_EVENTS = K .. 'events'
-  K_GROUPS = K .. 'groups'
-  K_ARRIVALS = K .. 'arrivals'
-  K_STREAM_IDS = K .. 'stream_ids'
-  K_FIRST_OFFERS = K .. 'first_offers'
-  K_RATE_GROUPS = K .. 'rate_groups'
-  K_LAST_CONTACT = K .. 'last_contact'
-  K_OFFER_SEQ = K .. 'offer_seq'
-  K_PLAN_GENERATIONS = K .. 'plan_generations'
+  if names_for ~= K then
+    K_ROSTER = K .. 'roster'
+    K_AGENTS = K .. 'agents'
+    K_ONLINE = K .. 'online'
+    K_DEADLINES = K .. 'deadlines'
+    K_EVENTS = K .. 'events'
+    K_GROUPS = K .. 'groups'
+    K_ARRIVALS = K .. 'arrivals'
+    K_STREAM_IDS = K .. 'stream_ids'
+    K_FIRST_OFFERS = K .. 'first_offers'
+    K_RATE_GROUPS = K .. 'rate_groups'
+    K_LAST_CONTACT = K .. 'last_contact'
+    K_OFFER_SEQ = K .. 'offer_seq'
+    K_PLAN_GENERATIONS = K .. 'plan_generations'
+    names_for = K
+  end
   agents, conversations, rosters = {}, {}, {}
   dirty_agents, dirty_conversations = {}, {}
   events = {}
+  index_pending = {}
+  conversation_changes, rendered_conversations = {}, {}
+  roster_listed = {}
+  agents_raw, conversations_raw, patched_agents, patched_conversations = {}, {}, {}, {}
+  int_texts = {}
+  if SMALL_INTS[0] == nil then
+    for i = 0, 1023 do SMALL_INTS[i] = string.format('%d', i) end
+  end
+  if pool_json_for ~= pool then
+    pool_json = cjson.encode(pool)
+    pool_json_for = pool
+  end
 end
 
 -- How many recent first offers the wait estimate looks at (engine RATE_WINDOW).
 local RATE_WINDOW = 64
+local RATE_WINDOW_START = '-64'
 -- A group's own rate is used once it has this many (engine MIN_GROUP_SAMPLES).
 local MIN_GROUP_SAMPLES = 4
 -- At most this many groups keep their own rate window (engine MAX_RATE_GROUPS).
@@ -106,6 +167,7 @@ local MAX_RATE_GROUPS = 10000
 -- first fetch is small (the longest-idle agent usually fits), the next ones
 -- grow to SCAN_CHUNK.
 local SCAN_CHUNK = 32
+local SCAN_CHUNK_TEXT = '32'
 local FIRST_CHUNK = 4
 -- Strategies other than longest idle compare at most this many eligible
 -- agents per language key (engine STRATEGY_CANDIDATES).
@@ -214,7 +276,19 @@ end
 -- ------------------------------------------------------------ JSON output
 
 local function js(s) return cjson.encode(s) end
-local function ji(n) return string.format('%d', n) end
+-- Integers as JSON. string.format costs ~1.4k instructions a number
+-- (callgrind), and a call formats the same few numbers many times (now,
+-- attempts, sequence numbers in every rendering): small ones are
+-- formatted once (by the first call: the libraries are not given `string`
+-- while they load), the others once per call.
+local function ji(n)
+  local text = SMALL_INTS[n] or int_texts[n]
+  if text == nil then
+    text = string.format('%d', n)
+    if n == n then int_texts[n] = text end
+  end
+  return text
+end
 local function jb(b) if b then return 'true' end return 'false' end
 local function jos(s) if s == nil then return 'null' end return js(s) end
 local function joi(n) if n == nil then return 'null' end return ji(n) end
@@ -242,7 +316,7 @@ end
 
 -- Rows written before transfers and CSAT existed lack those fields: they
 -- render as serde's defaults (no transfers, no score).
-local function render_conversation(c, position, wait)
+local function render_conversation_fields(c, position, wait)
   return '{"handoff":' .. c.handoff .. ',"state":' .. js(c.state) .. ',"agent_id":' .. jos(c.agent)
     .. ',"reason":' .. js(c.reason) .. ',"created_at":' .. ji(c.created_at) .. ',"updated_at":' .. ji(c.updated_at)
     .. ',"queued_since":' .. ji(c.queued_since) .. ',"assigned_at":' .. joi(c.assigned_at)
@@ -250,6 +324,20 @@ local function render_conversation(c, position, wait)
     .. ',"offers":' .. jarr(c.offers, render_offer_record) .. ',"disposition":' .. js(c.disposition)
     .. ',"queue_position":' .. ji(position) .. ',"expected_wait_ms":' .. ji(wait)
     .. ',"transfers":' .. jarr(c.transfers or {}, render_transfer) .. ',"csat":' .. joi(c.csat) .. '}'
+end
+
+-- A conversation as serde renders it. Without a queue position (events,
+-- and views of conversations not queued) the last rendering of the same
+-- row is reused while the row has not been touched since: the reply of
+-- request, accept and complete is the string their event carries.
+local function render_conversation(c, position, wait)
+  if position ~= 0 or wait ~= 0 or c.id == nil then return render_conversation_fields(c, position, wait) end
+  local changes = conversation_changes[c.id] or 0
+  local last = rendered_conversations[c.id]
+  if last and last.row == c and last.changes == changes then return last.text end
+  local text = render_conversation_fields(c, 0, 0)
+  rendered_conversations[c.id] = { row = c, changes = changes, text = text }
+  return text
 end
 
 local function render_roster(e)
@@ -344,11 +432,86 @@ end
 
 -- (The caches are declared at the top and emptied by `begin`.)
 
+-- Decoded rows kept between calls. Decoding a row's JSON was the largest
+-- single cost of a call (~58k instructions for a ~1 KiB row; a hand-off
+-- reads ~8 rows), and most rows a call reads were written by a recent
+-- call. So every row this library decodes or writes is kept with the
+-- exact text it was decoded from or written as; a call that reads the key
+-- and finds that same text (Lua interns strings: comparing them is one
+-- pointer comparison) reuses the table instead of decoding. Any other
+-- text (another build's write, a restore, a hand edit) is decoded as
+-- before, so the cache can never serve a state Redis does not hold, as
+-- long as a kept table is changed only on the way to being written: every
+-- change to a row is followed by `touch_*` (which `flush` relies on
+-- anyway), and a call that stops half-way (a Lua error, FUNCTION KILL)
+-- leaves `in_call` set, so the next call drops everything kept.
+--
+-- Two generations of ROW_CACHE_GENERATION keys each (young, old; the old
+-- one is dropped when the young one fills): at most ~2 × 2,048 rows,
+-- ~3 KiB each in Lua memory, ~12 MiB.
+local ROW_CACHE_GENERATION = 2048
+local cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
+local cache_old_text, cache_old_row = {}, {}
+local in_call = false
+
+local function cached_row(key, raw)
+  if cache_young_text[key] == raw then return cache_young_row[key] end
+  if cache_old_text[key] == raw then return cache_old_row[key] end
+  return nil
+end
+
+local function keep_row(key, raw, row)
+  if cache_young_text[key] == nil then
+    if cache_young_count >= ROW_CACHE_GENERATION then
+      cache_old_text, cache_old_row = cache_young_text, cache_young_row
+      cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
+    end
+    cache_young_count = cache_young_count + 1
+  end
+  cache_young_text[key] = raw
+  cache_young_row[key] = row
+  -- One entry per key: an old one may hold this same table under a text
+  -- it no longer matches.
+  cache_old_text[key] = nil
+  cache_old_row[key] = nil
+end
+
+local function forget_row(key)
+  if cache_young_text[key] ~= nil then
+    cache_young_text[key] = nil
+    cache_young_row[key] = nil
+    cache_young_count = cache_young_count - 1
+  end
+  cache_old_text[key] = nil
+  cache_old_row[key] = nil
+end
+
+local function forget_all_rows()
+  cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
+  cache_old_text, cache_old_row = {}, {}
+end
+
+-- A row by key, decoded or as kept (see above).
+local function load_row(key, raw)
+  local row = cached_row(key, raw)
+  if row == nil then
+    row = cjson.decode(raw)
+    keep_row(key, raw, row)
+  end
+  return row
+end
+
 local function agent_record(id)
   local r = agents[id]
   if r == nil then
-    local raw = redis.call('GET', k_agent(id))
-    if raw then r = cjson.decode(raw) else r = false end
+    local key = k_agent(id)
+    local raw = redis.call('GET', key)
+    if raw then
+      r = load_row(key, raw)
+      agents_raw[id] = raw
+    else
+      r = false
+    end
     agents[id] = r
   end
   return r or nil
@@ -365,14 +528,25 @@ local function touch_agent(id) dirty_agents[id] = true end
 local function conversation(id)
   local c = conversations[id]
   if c == nil then
-    local raw = redis.call('GET', k_conv(id))
-    if raw then c = cjson.decode(raw) else c = false end
+    local key = k_conv(id)
+    local raw = redis.call('GET', key)
+    if raw then
+      c = load_row(key, raw)
+      conversations_raw[id] = raw
+    else
+      c = false
+    end
     conversations[id] = c
   end
   return c or nil
 end
 
-local function touch_conversation(id) dirty_conversations[id] = true end
+-- Every change to a conversation row is followed by this, before the row
+-- is rendered again (a rendering is reused only until the next touch).
+local function touch_conversation(id)
+  dirty_conversations[id] = true
+  conversation_changes[id] = (conversation_changes[id] or 0) + 1
+end
 
 local function roster_of(id)
   local e = rosters[id]
@@ -384,22 +558,74 @@ local function roster_of(id)
   return e or nil
 end
 
+-- Whether the agent has a roster entry, without decoding it (HEXISTS)
+-- unless this call already read it.
+local function in_roster(id)
+  local e = rosters[id]
+  if e ~= nil then return e ~= false end
+  local known = roster_listed[id]
+  if known == nil then
+    known = redis.call('HEXISTS', K_ROSTER, id) == 1
+    roster_listed[id] = known
+  end
+  return known
+end
+
+-- A row's JSON with the number of its field `key` replaced by `value`, or
+-- nil when the field is not there. For fields whose name occurs once in
+-- the row (any `"` inside a string value is escaped, so `"key":` with bare
+-- quotes is the field itself). A heartbeat changes two numbers of the
+-- agent row, a delivered offer one flag of the conversation row: patching
+-- the text spares encoding the whole row (~1 KiB, ~20 numbers).
+local function patch_number(raw, key, value)
+  local label = '"' .. key .. '":'
+  local at = string.find(raw, label, 1, true)
+  if not at then return nil end
+  local from = at + #label
+  local stop = string.find(raw, '[,}]', from)
+  if not stop then return nil end
+  return string.sub(raw, 1, from - 1) .. value .. string.sub(raw, stop)
+end
+
 -- Writes the changed rows and appends the events, once, at the end.
 local function flush()
+  sync_index()
+  for id, raw in pairs(patched_agents) do
+    if not dirty_agents[id] then
+      local key = k_agent(id)
+      redis.call('SET', key, raw)
+      keep_row(key, raw, agents[id])
+    end
+  end
+  for id, raw in pairs(patched_conversations) do
+    if not dirty_conversations[id] then
+      local key = k_conv(id)
+      redis.call('SET', key, raw)
+      keep_row(key, raw, conversations[id])
+    end
+  end
   for id in pairs(dirty_agents) do
     local r = agents[id]
-    if r then redis.call('SET', k_agent(id), cjson.encode(r)) end
+    if r then
+      local key, text = k_agent(id), cjson.encode(r)
+      redis.call('SET', key, text)
+      keep_row(key, text, r)
+    end
   end
   for id in pairs(dirty_conversations) do
     local c = conversations[id]
+    local key = k_conv(id)
     if c then
-      redis.call('SET', k_conv(id), cjson.encode(c))
+      local text = cjson.encode(c)
+      redis.call('SET', key, text)
+      keep_row(key, text, c)
     else
-      redis.call('DEL', k_conv(id))
+      redis.call('DEL', key)
+      forget_row(key)
     end
   end
   for _, e in ipairs(events) do
-    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', settings.stream_max_len, '*', 'event', e)
+    redis.call('XADD', K_EVENTS, 'MAXLEN', '~', stream_max_len_text, '*', 'event', e)
   end
 end
 
@@ -436,7 +662,8 @@ local function index_keys(s)
   return keys
 end
 
--- Puts the agent in the offerable index, or takes it out, as its session says.
+-- Where the agent should be in the offerable index, as its session says:
+-- recorded in `s.indexed` at once, written to Redis by `sync_index`.
 local function reindex(id)
   local r = agent_record(id)
   if not r or not r.session then return end
@@ -444,29 +671,61 @@ local function reindex(id)
   local want = nil
   if offerable(s) then want = s.idle_since end
   if want == s.indexed then return end
-  local old = s.indexed
+  if index_pending[id] == nil then index_pending[id] = s.indexed or false end
   s.indexed = want
   touch_agent(id)
-  for _, key in ipairs(index_keys(s)) do
-    if old ~= nil then redis.call('ZREM', key, id) end
-    if want ~= nil then redis.call('ZADD', key, want, id) end
-  end
-  -- The family of each indexed tag, for widened look-ups (engine
-  -- `families`). Tags whose sets emptied stay listed: an empty set adds
-  -- no candidate, so stale members change no decision.
-  if want ~= nil and old == nil then
-    for _, language in ipairs(s.languages) do
-      redis.call('SADD', k_family(primary_subtag(language)), language)
-    end
-  end
 end
 
+-- Writes the index changes `reindex` recorded: for each agent, from where
+-- it was in Redis to where its session says now (a ZADD moves an entry
+-- that is already there, so a new score needs no ZREM first). Called
+-- before anything reads the index and at the end of the call.
+sync_index = function()
+  if next(index_pending) == nil then return end
+  for id, before in pairs(index_pending) do
+    local r = agents[id]
+    local s = r and r.session
+    if s then
+      local want = s.indexed
+      if before == false then before = nil end
+      if want ~= before then
+        local keys = index_keys(s)
+        if want ~= nil then
+          local score = ji(want)
+          for _, key in ipairs(keys) do redis.call('ZADD', key, score, id) end
+        else
+          for _, key in ipairs(keys) do redis.call('ZREM', key, id) end
+        end
+        -- The family of each indexed tag, for widened look-ups (engine
+        -- `families`). Tags whose sets emptied stay listed: an empty set
+        -- adds no candidate, so stale members change no decision.
+        if want ~= nil and before == nil then
+          for _, language in ipairs(s.languages) do
+            redis.call('SADD', k_family(primary_subtag(language)), language)
+          end
+        end
+      end
+    end
+  end
+  index_pending = {}
+end
+
+-- Out of the index at once (the session is about to change its skills and
+-- languages, or to end), whatever `reindex` recorded before.
 local function unindex(id)
   local r = agent_record(id)
-  if not r or not r.session or r.session.indexed == nil then return end
-  for _, key in ipairs(index_keys(r.session)) do redis.call('ZREM', key, id) end
-  r.session.indexed = nil
-  touch_agent(id)
+  if not r or not r.session then return end
+  local s = r.session
+  local stored = s.indexed
+  if index_pending[id] ~= nil then stored = index_pending[id] or nil end
+  index_pending[id] = nil
+  if stored ~= nil then
+    for _, key in ipairs(index_keys(s)) do redis.call('ZREM', key, id) end
+  end
+  if s.indexed ~= nil or stored ~= nil then
+    s.indexed = nil
+    touch_agent(id)
+  end
 end
 
 local function render_presence(id)
@@ -499,19 +758,21 @@ local function offer_record(c, attempt)
   return nil
 end
 
-local function push_event(agent_id, seq, kind)
-  events[#events + 1] = '{"pool":' .. js(pool) .. ',"at":' .. ji(now) .. ',"agent_id":' .. jos(agent_id)
-    .. ',"seq":' .. ji(seq) .. ',"kind":' .. kind .. '}'
+-- An event whose kind is `head .. rendered .. tail` (one concatenation: the
+-- rendered conversation, ~1 KiB, is copied once).
+local function push_event(agent_id, seq, head, rendered, tail)
+  events[#events + 1] = '{"pool":' .. pool_json .. ',"at":' .. now_text .. ',"agent_id":' .. jos(agent_id)
+    .. ',"seq":' .. ji(seq) .. ',"kind":' .. head .. (rendered or '') .. (tail or '') .. '}'
 end
 
 -- Appends an event for a conversation, bumping its sequence number; the
 -- event carries the conversation as stored (no queue position).
-local function emit(cid, agent_id, make_kind)
+local function emit(cid, agent_id, head, tail)
   local c = conversation(cid)
   if not c then return end
   c.seq = c.seq + 1
   touch_conversation(cid)
-  push_event(agent_id, c.seq, make_kind(render_conversation(c, 0, 0)))
+  push_event(agent_id, c.seq, head, render_conversation(c, 0, 0), tail)
 end
 
 local function notice(agent_id, code, message, status)
@@ -712,7 +973,7 @@ local function enqueue(cid)
   redis.call('SADD', k_group_language(primary_subtag(group_language(gid))), gid)
   redis.call('SADD', K_GROUPS, gid)
   redis.call('ZADD', k_queue(gid), 0, member)
-  redis.call('ZADD', k_queue_age(gid), c.queued_since, cid)
+  redis.call('ZADD', k_queue_age(gid), ji(c.queued_since), cid)
   c.group = gid
   c.member = member
   touch_conversation(cid)
@@ -793,11 +1054,34 @@ end
 -- NX: an earlier pending entry for the same thing stays (it fires first, as
 -- in the engine's set). A wrap-up end carries its time in the member, so
 -- several can be pending for one agent, as in the engine.
-local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', at, member) end
-local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, at, '4|' .. agent_id) end
+-- (Numbers go to Redis as integer strings: a Lua number passed to
+-- redis.call is printed with `%.17g`, libc's slow float path.)
+local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', ji(at), member) end
+local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, ji(at), '4|' .. agent_id) end
+
+-- A deadline that can no longer do anything (its offer was delivered or
+-- closed, its conversation ended) stays in the set at its time, so the
+-- sweep's next deadline and its pace are what they were, but as `~` and
+-- the member: the sweep drops it without reading the conversation row
+-- (a GET and a JSON decode per offer delivered, per offer closed and per
+-- conversation ended).
+local function defuse_deadline(member)
+  local at = redis.call('ZSCORE', K_DEADLINES, member)
+  if not at then return end
+  redis.call('ZREM', K_DEADLINES, member)
+  redis.call('ZADD', K_DEADLINES, at, '~' .. member)
+end
 
 local function finish(cid)
   deadline_at(now + settings.retention, '7|' .. cid)
+  -- Every maximum wait of an ended conversation is a no-op (expire and
+  -- max_wait_reached act on a queued or offered one only).
+  local c = conversation(cid)
+  if c and c.routed then
+    if c.routed.max_wait_at ~= nil then defuse_deadline('6|' .. cid .. '|' .. ji(c.routed.max_wait_at)) end
+  else
+    defuse_deadline('6|' .. cid)
+  end
 end
 
 -- engine::install_plan: starts executing `plan` for a conversation (not in
@@ -829,9 +1113,10 @@ end
 -- ------------------------------------------------------------ matching
 
 -- engine::eligible: skills at level, language, region, not excluded.
+-- (The roster entry is decoded only for a region: otherwise only whether
+-- there is one matters.)
 local function fits(agent_id, s, c)
-  local roster = roster_of(agent_id)
-  if not roster then return false end
+  if not in_roster(agent_id) then return false end
   if contains(c.excluded, agent_id) then return false end
   local language_ok = false
   for _, l in ipairs(s.languages) do
@@ -842,7 +1127,7 @@ local function fits(agent_id, s, c)
     local level = skill_level(s.skills, required.name)
     if level == nil or level < required.level then return false end
   end
-  if c.region ~= nil then return contains(roster.allowed_regions, c.region) end
+  if c.region ~= nil then return contains(roster_of(agent_id).allowed_regions, c.region) end
   return true
 end
 
@@ -904,6 +1189,7 @@ end
 -- engine::planned_languages: the index tags where agents meeting the
 -- requirements are (the tag's family when widened).
 local function planned_languages(requirements)
+  sync_index()
   if not requirements.language_widened then return language_lookup_keys(requirements.language) end
   local out = {}
   for _, tag in ipairs(redis.call('SMEMBERS', k_family(primary_subtag(requirements.language)))) do
@@ -916,7 +1202,11 @@ end
 -- engine::smallest_candidate_set: the smallest index set of `language`
 -- with one of `skills` (any skill when none); nil when a skill has nobody.
 local function smallest_candidate_key(language, skills)
+  sync_index()
   if #skills == 0 then return k_avail(language, '*') end
+  -- One skill: its set, empty or not (an empty one yields no candidate, as
+  -- nil does), without the ZCARD.
+  if #skills == 1 then return k_avail(language, skills[1].name) end
   local smallest, smallest_size = nil, nil
   for _, required in ipairs(skills) do
     local candidate = k_avail(language, required.name)
@@ -933,7 +1223,7 @@ end
 local function count_in_index(key, limit, count, seen, accepts)
   local start = 0
   while count < limit do
-    local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1)
+    local chunk = redis.call('ZRANGE', key, ji(start), ji(start + SCAN_CHUNK - 1))
     if #chunk == 0 then break end
     for _, candidate in ipairs(chunk) do
       if count >= limit then break end
@@ -1034,7 +1324,7 @@ local function dispatch_conversation(cid)
       if key then
         local start, size, found, found_score = 0, FIRST_CHUNK, nil, nil
         while found == nil do
-          local chunk = redis.call('ZRANGE', key, start, start + size - 1, 'WITHSCORES')
+          local chunk = redis.call('ZRANGE', key, ji(start), ji(start + size - 1), 'WITHSCORES')
           if #chunk == 0 then break end
           for i = 1, #chunk, 2 do
             local candidate = chunk[i]
@@ -1082,7 +1372,7 @@ dispatch_planned = function(cid, c)
     if key then
       local start, taken = 0, 0
       while taken < limit do
-        local chunk = redis.call('ZRANGE', key, start, start + SCAN_CHUNK - 1, 'WITHSCORES')
+        local chunk = redis.call('ZRANGE', key, ji(start), ji(start + SCAN_CHUNK - 1), 'WITHSCORES')
         if #chunk == 0 then break end
         for i = 1, #chunk, 2 do
           local candidate = chunk[i]
@@ -1147,8 +1437,9 @@ end
 local function dispatch_agent(agent_id)
   local s = session_of(agent_id)
   if not s or not offerable(s) then return end
-  local roster = roster_of(agent_id)
-  if not roster then return end
+  -- Read when there is a group to look at (usually there is none: nobody
+  -- waits); without a roster entry the agent takes nothing.
+  local roster = nil
   local best = nil
   local seen_primaries = {}
   for _, language in ipairs(s.languages) do
@@ -1156,6 +1447,10 @@ local function dispatch_agent(agent_id)
     if not seen_primaries[primary] then
       seen_primaries[primary] = true
       local gids = redis.call('SMEMBERS', k_group_language(primary))
+      if #gids > 0 and roster == nil then
+        roster = roster_of(agent_id)
+        if not roster then return end
+      end
       table.sort(gids, byte_less)
       for _, gid in ipairs(gids) do
         local serves, routed = serves_group(s, roster, gid)
@@ -1166,7 +1461,7 @@ local function dispatch_agent(agent_id)
           while from do
             local start, head = 0, nil
             while head == nil do
-              local chunk = redis.call('ZRANGEBYLEX', k_queue(gid), from, '+', 'LIMIT', start, SCAN_CHUNK)
+              local chunk = redis.call('ZRANGEBYLEX', k_queue(gid), from, '+', 'LIMIT', ji(start), SCAN_CHUNK_TEXT)
               if #chunk == 0 then break end
               for _, member in ipairs(chunk) do
                 local inverted, queued_since, arrival, cid = member_order(member)
@@ -1212,19 +1507,20 @@ make_offer = function(cid, agent_id)
   c.updated_at = now
   touch_conversation(cid)
   if attempt == 1 then
-    redis.call('RPUSH', K_FIRST_OFFERS, now)
-    redis.call('LTRIM', K_FIRST_OFFERS, -RATE_WINDOW, -1)
+    redis.call('RPUSH', K_FIRST_OFFERS, now_text)
+    redis.call('LTRIM', K_FIRST_OFFERS, RATE_WINDOW_START, '-1')
     local gid = conversation_group_id(c)
     -- Bound what arbitrary requirement mixes can take: start over (the
     -- pool-wide rate covers the gap).
-    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0
-      and redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
-      for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
-      redis.call('DEL', K_RATE_GROUPS)
+    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0 then
+      if redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
+        for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
+        redis.call('DEL', K_RATE_GROUPS)
+      end
+      redis.call('SADD', K_RATE_GROUPS, gid)
     end
-    redis.call('SADD', K_RATE_GROUPS, gid)
-    redis.call('RPUSH', k_group_rate(gid), now)
-    redis.call('LTRIM', k_group_rate(gid), -RATE_WINDOW, -1)
+    redis.call('RPUSH', k_group_rate(gid), now_text)
+    redis.call('LTRIM', k_group_rate(gid), RATE_WINDOW_START, '-1')
   end
   -- The pool's offer counter, stamped on the agent (round robin).
   local offer_seq = redis.call('INCR', K_OFFER_SEQ)
@@ -1236,12 +1532,10 @@ make_offer = function(cid, agent_id)
     touch_agent(agent_id)
   end
   reindex(agent_id)
-  deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. attempt)
-  deadline_at(deadline, '2|' .. cid .. '|' .. attempt)
-  emit(cid, agent_id, function(rendered)
-    return '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
-      .. ',"conversation":' .. rendered .. '}}'
-  end)
+  deadline_at(now + settings.delivery_grace, '1|' .. cid .. '|' .. ji(attempt))
+  deadline_at(deadline, '2|' .. cid .. '|' .. ji(attempt))
+  emit(cid, agent_id, '{"Offered":{"offer":' .. render_offer_id(cid, attempt) .. ',"deadline":' .. ji(deadline)
+    .. ',"conversation":', '}}')
 end
 
 -- Ends the pending offer `attempt` with `outcome`: the agent's reservation
@@ -1253,6 +1547,10 @@ local function close_offer(cid, attempt, outcome, reason)
   if not o then return end
   o.outcome = outcome
   touch_conversation(cid)
+  -- Its delivery and timeout deadlines act on a pending offer only.
+  local attempt_text = ji(attempt)
+  defuse_deadline('1|' .. cid .. '|' .. attempt_text)
+  defuse_deadline('2|' .. cid .. '|' .. attempt_text)
   local agent_id = o.agent
   local s = session_of(agent_id)
   if s and s.pending and s.pending.cid == cid and s.pending.attempt == attempt then
@@ -1260,10 +1558,8 @@ local function close_offer(cid, attempt, outcome, reason)
     touch_agent(agent_id)
   end
   if outcome ~= 'Accepted' then
-    emit(cid, agent_id, function(rendered)
-      return '{"OfferRevoked":{"offer":' .. render_offer_id(cid, attempt) .. ',"reason":' .. js(reason)
-        .. ',"conversation":' .. rendered .. '}}'
-    end)
+    emit(cid, agent_id, '{"OfferRevoked":{"offer":' .. render_offer_id(cid, attempt) .. ',"reason":' .. js(reason)
+      .. ',"conversation":', '}}')
   end
   reindex(agent_id)
 end
@@ -1280,7 +1576,7 @@ local function requeue_for(cid, reason, previous_holder)
   c.updated_at = now
   touch_conversation(cid)
   enqueue(cid)
-  emit(cid, previous_holder, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, previous_holder, '{"Requeued":{"conversation":', '}}')
 end
 
 local function requeue(cid, reason) requeue_for(cid, reason, nil) end
@@ -1384,7 +1680,7 @@ local function expire(cid, reason)
   c.updated_at = now
   touch_conversation(cid)
   finish(cid)
-  emit(cid, nil, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, nil, '{"Ended":{"conversation":', '}}')
 end
 
 -- engine::max_wait_reached: a planned conversation reached its queue's
@@ -1430,7 +1726,7 @@ local function max_wait_reached(cid)
   c.reason = reason
   c.updated_at = now
   if queued then
-    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+    emit(cid, nil, '{"Requeued":{"conversation":', '}}')
     dispatch_conversation(cid)
   end
 end
@@ -1464,6 +1760,8 @@ end
 -- ------------------------------------------------------------ sweep
 
 local function act_on_deadline(member)
+  -- `~`: defused (see `defuse_deadline`).
+  if string.byte(member, 1) == 126 then return end
   local p = split(member, '|')
   local kind = p[1]
   if kind == '1' then
@@ -1509,8 +1807,20 @@ local function act_on_deadline(member)
       expire(p[2], MAX_WAIT_REASON)
     end
   elseif kind == '7' then
-    local c = conversation(p[2])
-    if c and is_terminal(c.state) then
+    -- Whether it ended, from the row's text when this call has not decoded
+    -- it: `"state":"<state>"` with bare quotes is the row's own field (any
+    -- quote inside a string value, the hand-off's included, is escaped).
+    local c = conversations[p[2]]
+    local ended
+    if c == nil then
+      local raw = redis.call('GET', k_conv(p[2]))
+      ended = raw ~= false and raw ~= nil and (string.find(raw, '"state":"Completed"', 1, true) ~= nil
+        or string.find(raw, '"state":"Abandoned"', 1, true) ~= nil
+        or string.find(raw, '"state":"Expired"', 1, true) ~= nil)
+    else
+      ended = c ~= false and is_terminal(c.state)
+    end
+    if ended then
       conversations[p[2]] = false
       touch_conversation(p[2])
     end
@@ -1551,13 +1861,13 @@ end
 local function sweep(limit)
   local done = 0
   while done < limit do
-    local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1)
+    local due = redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now_text, 'LIMIT', '0', '1')
     if #due == 0 then return false end
     redis.call('ZREM', K_DEADLINES, due[1])
     act_on_deadline(due[1])
     done = done + 1
   end
-  return #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now, 'LIMIT', 0, 1) > 0
+  return #redis.call('ZRANGEBYSCORE', K_DEADLINES, '-inf', now_text, 'LIMIT', '0', '1') > 0
 end
 
 -- ------------------------------------------------------------ commands
@@ -1682,7 +1992,7 @@ function commands.detach_stream()
   -- A pending offer stays for the grace period, so an app that reconnects
   -- at once still sees it; after that it is withdrawn (not a miss).
   if s.pending then
-    deadline_at(now + settings.delivery_grace, '3|' .. id .. '|' .. s.pending.cid .. '|' .. s.pending.attempt)
+    deadline_at(now + settings.delivery_grace, '3|' .. id .. '|' .. s.pending.cid .. '|' .. ji(s.pending.attempt))
   end
   reindex(id)
   return 'null'
@@ -1694,8 +2004,20 @@ function commands.heartbeat()
   if not s then return nil, offline_error(id) end
   s.last_heartbeat = now
   s.lease_expires = now + settings.lease
-  if location ~= '' then s.location = location end
-  touch_agent(id)
+  -- Only the two times change: patched into the row's text when nothing
+  -- else in this call changed the row.
+  local raw = agents_raw[id]
+  local patched = nil
+  if location == '' and raw and not dirty_agents[id] then
+    patched = patch_number(raw, 'last_heartbeat', ji(now))
+    patched = patched and patch_number(patched, 'lease_expires', ji(s.lease_expires))
+  end
+  if patched then
+    patched_agents[id] = patched
+  else
+    if location ~= '' then s.location = location end
+    touch_agent(id)
+  end
   lease_deadline(id, s.lease_expires)
   return render_presence(id)
 end
@@ -1756,7 +2078,7 @@ function commands.request()
   else
     deadline_at(now + settings.max_wait, '6|' .. cid)
   end
-  emit(cid, nil, function(rendered) return '{"Queued":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, nil, '{"Queued":{"conversation":', '}}')
   dispatch_conversation(cid)
   -- Only a conversation nobody could take at once gets a place in its
   -- queue group. (The engine enqueues first and dequeues at the offer; the
@@ -1770,9 +2092,34 @@ function commands.offer_delivered()
   local agent_id, cid, attempt = arg(1), arg(2), tonumber(arg(3))
   local c = conversation(cid)
   local o = c and offer_record(c, attempt)
-  if o and o.agent == agent_id then
+  if o and o.agent == agent_id and not o.delivered then
     o.delivered = true
-    touch_conversation(cid)
+    -- Only this flag changes: patched into the row's text (the i-th
+    -- `"delivered":` after `"offers":[` is offer i's: offers hold scalars
+    -- only, and no other object has that field) when nothing else in this
+    -- call changed the row.
+    local raw, patched = conversations_raw[cid], nil
+    if raw and not dirty_conversations[cid] then
+      local index = nil
+      for i, record in ipairs(c.offers) do
+        if record == o then index = i break end
+      end
+      local at = index and string.find(raw, '"offers":[', 1, true)
+      for _ = 1, index or 0 do
+        at = at and string.find(raw, '"delivered":', at + 1, true)
+      end
+      if at and string.sub(raw, at + 12, at + 16) == 'false' then
+        patched = string.sub(raw, 1, at + 11) .. 'true' .. string.sub(raw, at + 17)
+      end
+    end
+    if patched then
+      patched_conversations[cid] = patched
+      conversation_changes[cid] = (conversation_changes[cid] or 0) + 1
+    else
+      touch_conversation(cid)
+    end
+    -- Its delivery deadline acts on an undelivered offer only.
+    defuse_deadline('1|' .. cid .. '|' .. ji(attempt))
   end
   return 'null'
 end
@@ -1829,7 +2176,7 @@ function commands.accept()
     end
     touch_agent(agent_id)
   end
-  emit(cid, agent_id, function(rendered) return '{"Assigned":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, agent_id, '{"Assigned":{"conversation":', '}}')
   reindex(agent_id)
   dispatch_agent(agent_id)
   return view(c)
@@ -1906,7 +2253,7 @@ function commands.complete()
   end
   if wrap_up_until then deadline_at(wrap_up_until, '5|' .. agent_id .. '|' .. ji(wrap_up_until)) end
   finish(cid)
-  emit(cid, agent_id, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, agent_id, '{"Ended":{"conversation":', '}}')
   if finish_drain_if_done(agent_id) then return view(c) end
   reindex(agent_id)
   dispatch_agent(agent_id)
@@ -1931,7 +2278,7 @@ function commands.cancel()
   local notify = nil
   if state == 'Assigned' then notify = holder end
   finish(cid)
-  emit(cid, notify, function(rendered) return '{"Ended":{"conversation":' .. rendered .. '}}' end)
+  emit(cid, notify, '{"Ended":{"conversation":', '}}')
   if holder and not finish_drain_if_done(holder) then
     reindex(holder)
     dispatch_agent(holder)
@@ -1984,7 +2331,7 @@ local function move_conversation(cid, target, why)
     c.reason = why
     c.updated_at = now
     touch_conversation(cid)
-    emit(cid, nil, function(rendered) return '{"Requeued":{"conversation":' .. rendered .. '}}' end)
+    emit(cid, nil, '{"Requeued":{"conversation":', '}}')
   else
     requeue_for(cid, why, holder)
   end
@@ -2307,8 +2654,8 @@ end
 -- second. The gap is measured on Redis's own clock, never a pinned test
 -- clock. Returns the outage report for the reply, or nil.
 local function extend_leases_after_outage()
-  local last = tonumber(redis.call('GET', K_LAST_CONTACT))
-  redis.call('SET', K_LAST_CONTACT, contact_now)
+  -- One SET ... GET (Redis 6.2+) instead of a GET and a SET.
+  local last = tonumber(redis.call('SET', K_LAST_CONTACT, ji(contact_now), 'GET'))
   if last == nil then return nil end
   local gap = contact_now - last
   if gap <= settings.outage_threshold then return nil end
@@ -2332,21 +2679,44 @@ end
 local outage = nil
 
 local function reply(value, err)
-  local list = '[' .. table.concat(events, ',') .. ']'
-  local tail = ''
-  if outage then tail = ',"outage":' .. outage end
-  if err then return '{"status":"err","error":' .. err .. ',"events":' .. list .. tail .. '}' end
-  return '{"status":"ok","value":' .. value .. ',"events":' .. list .. tail .. '}'
+  -- One concatenation of every part (the events are the bulk of it).
+  local out
+  if err then
+    out = { '{"status":"err","error":', err, ',"events":[' }
+  else
+    if value == nil then error('a switchboard command returned no value') end
+    out = { '{"status":"ok","value":', value, ',"events":[' }
+  end
+  for i, e in ipairs(events) do
+    if i > 1 then out[#out + 1] = ',' end
+    out[#out + 1] = e
+  end
+  out[#out + 1] = ']'
+  if outage then
+    out[#out + 1] = ',"outage":'
+    out[#out + 1] = outage
+  end
+  out[#out + 1] = '}'
+  return table.concat(out)
 end
 
 local function dispatch(keys, args)
+  -- The previous call stopped half-way: what it kept may have changed
+  -- without being written.
+  if in_call then forget_all_rows() end
+  in_call = true
   begin(keys, args)
   outage = nil
   if queries[command] then
-    return reply(queries[command]())
+    local answer = reply(queries[command]())
+    in_call = false
+    return answer
   end
   local run = commands[command]
-  if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
+  if not run then
+    in_call = false
+    return redis.error_reply('unknown switchboard command ' .. tostring(command))
+  end
   outage = extend_leases_after_outage()
   -- Deadlines due are acted on first, so a command never sees an offer or a
   -- lease that has already run out (as the in-memory store does).
@@ -2354,7 +2724,9 @@ local function dispatch(keys, args)
   local value, err = run()
   -- A refused command changes nothing itself, but what the sweep did stays.
   flush()
-  return reply(value, err)
+  local answer = reply(value, err)
+  in_call = false
+  return answer
 end
 
 -- The Rust side (src/script.rs) names the function after the library's
