@@ -20,9 +20,7 @@
 --
 -- Rows (agents, conversations) are JSON strings (cjson), cached in Lua tables
 -- for the duration of the script and written back once at the end
--- (`flush`); decoded rows are also kept between calls, reused only while
--- Redis holds the exact text they came from (see "Decoded rows kept
--- between calls"). Replies are JSON built by hand in the shapes serde gives the
+-- (`flush`). Replies are JSON built by hand in the shapes serde gives the
 -- core types, because cjson cannot tell an empty array from an empty object
 -- and prints numbers with 14 significant digits; the hand-off itself is kept
 -- as the exact serde JSON the Rust side sent and is never re-encoded (a
