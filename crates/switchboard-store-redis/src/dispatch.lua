@@ -430,82 +430,12 @@ end
 
 -- (The caches are declared at the top and emptied by `begin`.)
 
--- Decoded rows kept between calls. Decoding a row's JSON was the largest
--- single cost of a call (~58k instructions for a ~1 KiB row; a hand-off
--- reads ~8 rows), and most rows a call reads were written by a recent
--- call. So every row this library decodes or writes is kept with the
--- exact text it was decoded from or written as; a call that reads the key
--- and finds that same text (Lua interns strings: comparing them is one
--- pointer comparison) reuses the table instead of decoding. Any other
--- text (another build's write, a restore, a hand edit) is decoded as
--- before, so the cache can never serve a state Redis does not hold, as
--- long as a kept table is changed only on the way to being written: every
--- change to a row is followed by `touch_*` (which `flush` relies on
--- anyway), and a call that stops half-way (a Lua error, FUNCTION KILL)
--- leaves `in_call` set, so the next call drops everything kept.
---
--- Two generations of ROW_CACHE_GENERATION keys each (young, old; the old
--- one is dropped when the young one fills): at most ~2 × 2,048 rows,
--- ~3 KiB each in Lua memory, ~12 MiB.
-local ROW_CACHE_GENERATION = 2048
-local cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
-local cache_old_text, cache_old_row = {}, {}
-local in_call = false
-
-local function cached_row(key, raw)
-  if cache_young_text[key] == raw then return cache_young_row[key] end
-  if cache_old_text[key] == raw then return cache_old_row[key] end
-  return nil
-end
-
-local function keep_row(key, raw, row)
-  if cache_young_text[key] == nil then
-    if cache_young_count >= ROW_CACHE_GENERATION then
-      cache_old_text, cache_old_row = cache_young_text, cache_young_row
-      cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
-    end
-    cache_young_count = cache_young_count + 1
-  end
-  cache_young_text[key] = raw
-  cache_young_row[key] = row
-  -- One entry per key: an old one may hold this same table under a text
-  -- it no longer matches.
-  cache_old_text[key] = nil
-  cache_old_row[key] = nil
-end
-
-local function forget_row(key)
-  if cache_young_text[key] ~= nil then
-    cache_young_text[key] = nil
-    cache_young_row[key] = nil
-    cache_young_count = cache_young_count - 1
-  end
-  cache_old_text[key] = nil
-  cache_old_row[key] = nil
-end
-
-local function forget_all_rows()
-  cache_young_text, cache_young_row, cache_young_count = {}, {}, 0
-  cache_old_text, cache_old_row = {}, {}
-end
-
--- A row by key, decoded or as kept (see above).
-local function load_row(key, raw)
-  local row = cached_row(key, raw)
-  if row == nil then
-    row = cjson.decode(raw)
-    keep_row(key, raw, row)
-  end
-  return row
-end
-
 local function agent_record(id)
   local r = agents[id]
   if r == nil then
-    local key = k_agent(id)
-    local raw = redis.call('GET', key)
+    local raw = redis.call('GET', k_agent(id))
     if raw then
-      r = load_row(key, raw)
+      r = cjson.decode(raw)
       agents_raw[id] = raw
     else
       r = false
@@ -526,10 +456,9 @@ local function touch_agent(id) dirty_agents[id] = true end
 local function conversation(id)
   local c = conversations[id]
   if c == nil then
-    local key = k_conv(id)
-    local raw = redis.call('GET', key)
+    local raw = redis.call('GET', k_conv(id))
     if raw then
-      c = load_row(key, raw)
+      c = cjson.decode(raw)
       conversations_raw[id] = raw
     else
       c = false
@@ -589,37 +518,21 @@ end
 local function flush()
   sync_index()
   for id, raw in pairs(patched_agents) do
-    if not dirty_agents[id] then
-      local key = k_agent(id)
-      redis.call('SET', key, raw)
-      keep_row(key, raw, agents[id])
-    end
+    if not dirty_agents[id] then redis.call('SET', k_agent(id), raw) end
   end
   for id, raw in pairs(patched_conversations) do
-    if not dirty_conversations[id] then
-      local key = k_conv(id)
-      redis.call('SET', key, raw)
-      keep_row(key, raw, conversations[id])
-    end
+    if not dirty_conversations[id] then redis.call('SET', k_conv(id), raw) end
   end
   for id in pairs(dirty_agents) do
     local r = agents[id]
-    if r then
-      local key, text = k_agent(id), cjson.encode(r)
-      redis.call('SET', key, text)
-      keep_row(key, text, r)
-    end
+    if r then redis.call('SET', k_agent(id), cjson.encode(r)) end
   end
   for id in pairs(dirty_conversations) do
     local c = conversations[id]
-    local key = k_conv(id)
     if c then
-      local text = cjson.encode(c)
-      redis.call('SET', key, text)
-      keep_row(key, text, c)
+      redis.call('SET', k_conv(id), cjson.encode(c))
     else
-      redis.call('DEL', key)
-      forget_row(key)
+      redis.call('DEL', k_conv(id))
     end
   end
   for _, e in ipairs(events) do
@@ -2699,22 +2612,13 @@ local function reply(value, err)
 end
 
 local function dispatch(keys, args)
-  -- The previous call stopped half-way: what it kept may have changed
-  -- without being written.
-  if in_call then forget_all_rows() end
-  in_call = true
   begin(keys, args)
   outage = nil
   if queries[command] then
-    local answer = reply(queries[command]())
-    in_call = false
-    return answer
+    return reply(queries[command]())
   end
   local run = commands[command]
-  if not run then
-    in_call = false
-    return redis.error_reply('unknown switchboard command ' .. tostring(command))
-  end
+  if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
   outage = extend_leases_after_outage()
   -- Deadlines due are acted on first, so a command never sees an offer or a
   -- lease that has already run out (as the in-memory store does).
@@ -2722,9 +2626,7 @@ local function dispatch(keys, args)
   local value, err = run()
   -- A refused command changes nothing itself, but what the sweep did stays.
   flush()
-  local answer = reply(value, err)
-  in_call = false
-  return answer
+  return reply(value, err)
 end
 
 -- The Rust side (src/script.rs) names the function after the library's
