@@ -53,7 +53,8 @@ pub const LAG_PROBE: Duration = Duration::from_millis(25);
 pub const CALM_GRACES: u32 = 5;
 
 /// When the store's undelivered-offer checks should be paused: from the
-/// moment the runtime lags by a quarter of the delivery grace (so the
+/// moment the runtime lags by a quarter of the delivery grace (at least
+/// 50 ms; so the
 /// stream tasks may be a grace late) until the lag has stayed below that
 /// for [`CALM_GRACES`] whole graces. The probe sees only its own wake-up:
 /// the stream tasks' backlog drains later, and an overloaded runtime
@@ -70,7 +71,8 @@ pub struct DeliveryPause {
 impl DeliveryPause {
     pub fn new(delivery_grace: Duration) -> DeliveryPause {
         DeliveryPause {
-            threshold: delivery_grace / 4,
+            // Never below two probe periods: a probe's own jitter is not lag.
+            threshold: (delivery_grace / 4).max(LAG_PROBE * 2),
             hold: delivery_grace * CALM_GRACES,
             paused_since_calm: None,
         }
@@ -311,6 +313,10 @@ mod tests {
         assert_eq!(pause.update(ms(5), ms(999)), None, "4,999 ms calm");
         assert_eq!(pause.update(ms(5), ms(1)), Some(false), "five graces calm");
         assert_eq!(pause.update(ms(5), ms(30)), None);
+        // A tiny grace still needs a real lag, not a probe's jitter.
+        let mut tiny = DeliveryPause::new(ms(20));
+        assert_eq!(tiny.update(ms(10), ms(35)), None, "jitter");
+        assert_eq!(tiny.update(ms(50), ms(75)), Some(true));
     }
 
     /// The monitor sees a runtime whose one thread is blocked.
