@@ -2176,11 +2176,14 @@ impl PoolState {
         let Some(conversation) = self.conversations.get(id) else {
             return;
         };
-        let pending = conversation.pending_offer().map(|o| o.attempt);
+        let pending = conversation
+            .pending_offer()
+            .map(|o| (o.attempt, o.agent_id.clone()));
+        let mut freed = None;
         match conversation.state {
             ConversationState::Queued => self.dequeue(id),
             ConversationState::Offered => {
-                if let Some(attempt) = pending {
+                if let Some((attempt, agent)) = pending {
                     self.close_offer(
                         id,
                         attempt,
@@ -2188,6 +2191,7 @@ impl PoolState {
                         "maximum wait exceeded",
                         now,
                     );
+                    freed = Some(agent);
                 }
             }
             _ => return,
@@ -2200,6 +2204,14 @@ impl PoolState {
         }
         self.finish(id, now);
         self.emit(id, None, now, |c| EventKind::Ended { conversation: c });
+        // The agent it was offered to is free again: the next waiting
+        // conversation it can serve (as after a cancel).
+        if let Some(agent) = freed
+            && !self.finish_drain_if_done(&agent, now)
+        {
+            self.reindex(&agent);
+            self.dispatch_agent(&agent, now);
+        }
     }
 
     /// Schedules a finished conversation to be forgotten after retention.

@@ -1577,11 +1577,15 @@ end
 local function expire(cid, reason)
   local c = conversation(cid)
   if not c then return end
+  local freed = nil
   if c.state == 'Queued' then
     dequeue(cid)
   elseif c.state == 'Offered' then
     local o = pending_offer(c)
-    if o then close_offer(cid, o.attempt, 'Withdrawn', 'maximum wait exceeded') end
+    if o then
+      close_offer(cid, o.attempt, 'Withdrawn', 'maximum wait exceeded')
+      freed = o.agent
+    end
   else
     return
   end
@@ -1592,6 +1596,11 @@ local function expire(cid, reason)
   touch_conversation(cid)
   finish(cid)
   emit(cid, nil, '{"Ended":{"conversation":', '}}')
+  -- The agent it was offered to is free again (as after a cancel).
+  if freed and not finish_drain_if_done(freed) then
+    reindex(freed)
+    dispatch_agent(freed)
+  end
 end
 
 -- engine::max_wait_reached: a planned conversation reached its queue's
