@@ -970,6 +970,34 @@ fn plan_timeouts_replace_the_pool_settings() {
     );
 }
 
+/// A conversation that reaches its maximum wait while offered is expired
+/// and its offer withdrawn: the agent it was offered to is free again and
+/// gets the next conversation it can serve at once (as after a cancel).
+#[test]
+fn an_offer_withdrawn_by_the_maximum_wait_frees_the_agent_for_the_next() {
+    let mut s = planned_pool();
+    online(&mut s, "alice", &[], &["en"], 1, 0);
+    let mut p = plan(vec![(0, requirements("en", &[]))]);
+    p.max_wait = Some(PlanMaxWait {
+        after_ms: 10_000,
+        action: PlanMaxWaitAction::Expire {
+            reason: "closed".into(),
+        },
+    });
+    s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(9_000))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c1"), Some(agent("alice")));
+    s.request(handoff("c2", "en", &[], 0), Timestamp(9_500))
+        .unwrap();
+    assert_eq!(offered_to(&s, "c2"), None, "alice is busy with c1's offer");
+    s.offer_delivered(&agent("alice"), &offer("c1", 1));
+    s.sweep(Timestamp(19_000));
+    let c1 = s.view(&cid("c1"), Timestamp(19_000)).unwrap();
+    assert_eq!(c1.state, ConversationState::Expired);
+    assert_eq!(offered_to(&s, "c2"), Some(agent("alice")));
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn max_wait_actions_expire_overflow_and_callback() {
     // Expire with the queue's reason.
