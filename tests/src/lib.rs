@@ -308,6 +308,22 @@ impl AgentApp {
         }
     }
 
+    /// The next event other than a notice within `wait`, if any. Agent
+    /// notices (online, status changes) carry no sequence number and may
+    /// reach a stream after its snapshot when the replica's feed is behind
+    /// (with Redis it reads them back from the pool's stream); a check that
+    /// nothing happened to this agent's work skips them.
+    pub async fn next_work_within(&mut self, wait: Duration) -> Option<Kind> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(remaining).await {
+                Some(Kind::Notice(_)) => continue,
+                other => return other,
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> Kind {
         self.next_within(WAIT)
             .await

@@ -93,7 +93,7 @@ pub async fn a_relaxation_step_fires_while_the_customer_waits(gateway: &str, age
     // Level 4 required at first: the level-2 agent is not offered it.
     assert!(
         junior
-            .next_within(Duration::from_millis(500))
+            .next_work_within(Duration::from_millis(500))
             .await
             .is_none()
     );
@@ -125,12 +125,8 @@ pub async fn a_returning_customer_gets_the_preferred_agent_first(
     gateway.request_agent(request).await.unwrap();
     let offer = preferred.expect_offer().await;
     assert_eq!(offer.conversation.as_ref().unwrap().conversation_id, "c1");
-    assert!(
-        other
-            .next_within(Duration::from_millis(300))
-            .await
-            .is_none()
-    );
+    let unexpected = other.next_work_within(Duration::from_millis(300)).await;
+    assert!(unexpected.is_none(), "{unexpected:?}");
     // Declined: the preferred agent is excluded, the window no longer
     // holds it back, and the next agent gets it.
     preferred.decline(&offer).await.unwrap();
@@ -173,15 +169,11 @@ pub async fn a_region_refuses_agents_located_elsewhere(gateway: &str, agents: &s
     let mut request = handoff("c1", "billing", 1);
     request.region = "berlin".into();
     gateway_client.request_agent(request).await.unwrap();
-    assert!(
-        munich
-            .next_within(Duration::from_millis(400))
-            .await
-            .is_none()
-    );
+    let unexpected = munich.next_work_within(Duration::from_millis(400)).await;
+    assert!(unexpected.is_none(), "{unexpected:?}");
     assert!(
         nowhere
-            .next_within(Duration::from_millis(100))
+            .next_work_within(Duration::from_millis(100))
             .await
             .is_none()
     );
@@ -206,7 +198,7 @@ pub async fn a_region_refuses_agents_located_elsewhere(gateway: &str, agents: &s
     assert_eq!(offer.conversation.unwrap().conversation_id, "c2");
     assert!(
         nowhere
-            .next_within(Duration::from_millis(100))
+            .next_work_within(Duration::from_millis(100))
             .await
             .is_none(),
         "the agent with no location is never offered a Berlin customer"
@@ -266,7 +258,7 @@ pub async fn a_transfer_to_a_queue_follows_the_target_queues_plan(
     );
     assert!(
         senior
-            .next_within(Duration::from_millis(300))
+            .next_work_within(Duration::from_millis(300))
             .await
             .is_none(),
         "the escalation queue requires billing 5 before its step"
