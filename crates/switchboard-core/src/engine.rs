@@ -1127,13 +1127,20 @@ impl PoolState {
         self.emit(conversation_id, notify.as_ref(), now, |c| {
             EventKind::Ended { conversation: c }
         });
-        if let Some(agent) = holder
-            && !self.finish_drain_if_done(&agent, now)
-        {
-            self.reindex(&agent);
-            self.dispatch_agent(&agent, now);
+        if let Some(agent) = holder {
+            self.agent_freed(&agent, now);
         }
         self.view(conversation_id, now)
+    }
+
+    /// An agent just lost a conversation or an offer it held: a draining
+    /// one with nothing left goes offline, any other is offered the next
+    /// conversation it can serve.
+    fn agent_freed(&mut self, agent: &AgentId, now: Timestamp) {
+        if !self.finish_drain_if_done(agent, now) {
+            self.reindex(agent);
+            self.dispatch_agent(agent, now);
+        }
     }
 
     /// Goes offline once the work in hand is done: no new offers from now
@@ -1276,11 +1283,8 @@ impl PoolState {
             Some(target) => self.make_offer(conversation_id, target, now),
             None => self.dispatch_conversation(conversation_id, now),
         }
-        if let Some(previous) = &holder
-            && !self.finish_drain_if_done(previous, now)
-        {
-            self.reindex(previous);
-            self.dispatch_agent(previous, now);
+        if let Some(previous) = &holder {
+            self.agent_freed(previous, now);
         }
         self.view(conversation_id, now)
     }
@@ -2206,11 +2210,8 @@ impl PoolState {
         self.emit(id, None, now, |c| EventKind::Ended { conversation: c });
         // The agent it was offered to is free again: the next waiting
         // conversation it can serve (as after a cancel).
-        if let Some(agent) = freed
-            && !self.finish_drain_if_done(&agent, now)
-        {
-            self.reindex(&agent);
-            self.dispatch_agent(&agent, now);
+        if let Some(agent) = freed {
+            self.agent_freed(&agent, now);
         }
     }
 

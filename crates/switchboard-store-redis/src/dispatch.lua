@@ -1503,6 +1503,16 @@ local function finish_drain_if_done(agent_id)
   return false
 end
 
+-- engine::agent_freed: an agent just lost a conversation or an offer it
+-- held: a draining one with nothing left goes offline, any other is offered
+-- the next conversation it can serve.
+local function agent_freed(agent_id)
+  if not finish_drain_if_done(agent_id) then
+    reindex(agent_id)
+    dispatch_agent(agent_id)
+  end
+end
+
 -- Takes a conversation away from whoever has it: a pending offer is
 -- withdrawn (the agent is told, with `reason`), an assignment leaves the
 -- agent's hands. The conversation's own state is the caller's to set.
@@ -1597,10 +1607,7 @@ local function expire(cid, reason)
   finish(cid)
   emit(cid, nil, '{"Ended":{"conversation":', '}}')
   -- The agent it was offered to is free again (as after a cancel).
-  if freed and not finish_drain_if_done(freed) then
-    reindex(freed)
-    dispatch_agent(freed)
-  end
+  if freed then agent_freed(freed) end
 end
 
 -- engine::max_wait_reached: a planned conversation reached its queue's
@@ -2199,10 +2206,7 @@ function commands.cancel()
   if state == 'Assigned' then notify = holder end
   finish(cid)
   emit(cid, notify, '{"Ended":{"conversation":', '}}')
-  if holder and not finish_drain_if_done(holder) then
-    reindex(holder)
-    dispatch_agent(holder)
-  end
+  if holder then agent_freed(holder) end
   return view(c)
 end
 
@@ -2256,10 +2260,7 @@ local function move_conversation(cid, target, why)
     requeue_for(cid, why, holder)
   end
   if target then make_offer(cid, target) else dispatch_conversation(cid) end
-  if holder and not finish_drain_if_done(holder) then
-    reindex(holder)
-    dispatch_agent(holder)
-  end
+  if holder then agent_freed(holder) end
   return view(c)
 end
 
