@@ -245,17 +245,23 @@ impl Admission {
 mod tests {
     use super::*;
 
+    /// The code and message of the next admission's refusal (Ok and an
+    /// empty message when it is admitted).
+    fn refusal(admission: &Arc<Admission>) -> (tonic::Code, String) {
+        admission
+            .admit()
+            .err()
+            .map(|s| (s.code(), s.message().to_owned()))
+            .unwrap_or((tonic::Code::Ok, String::new()))
+    }
+
     #[test]
     fn admits_up_to_the_limit_and_frees_slots_on_drop() {
         let admission = Admission::new(2, 0);
         let a = admission.admit().map_err(|s| s.to_string());
         let b = admission.admit().map_err(|s| s.to_string());
         assert!(a.is_ok() && b.is_ok());
-        let refused = admission
-            .admit()
-            .err()
-            .map(|s| (s.code(), s.message().to_owned()));
-        let (code, message) = refused.unwrap_or((tonic::Code::Ok, String::new()));
+        let (code, message) = refusal(&admission);
         assert_eq!(code, tonic::Code::ResourceExhausted);
         assert!(message.contains("server.max_pending_handoffs"), "{message}");
         assert_eq!(admission.in_progress(), 2, "a refusal takes no slot");
@@ -277,11 +283,7 @@ mod tests {
     fn a_lagging_runtime_refuses_new_handoffs_until_it_catches_up() {
         let admission = Admission::new(64, 250);
         admission.record_lag(Duration::from_millis(400));
-        let refused = admission
-            .admit()
-            .err()
-            .map(|s| (s.code(), s.message().to_owned()));
-        let (code, message) = refused.unwrap_or((tonic::Code::Ok, String::new()));
+        let (code, message) = refusal(&admission);
         assert_eq!(code, tonic::Code::ResourceExhausted);
         assert!(message.contains("400 ms behind"), "{message}");
         assert!(message.contains("server.max_runtime_lag_ms"), "{message}");
