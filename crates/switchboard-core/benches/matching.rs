@@ -224,14 +224,24 @@ fn bench_agent_free(n: usize, ops: usize) {
 
 fn main() {
     // `cargo test --benches` passes --bench too; keep that run short.
-    let quick = std::env::args().any(|a| a == "--quick") || cfg!(debug_assertions);
-    let sizes: &[usize] = if quick {
-        &[1_000]
-    } else {
-        &[1_000, 10_000, 100_000]
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick") || cfg!(debug_assertions);
+    // `--size N` runs one size only (e.g. under callgrind).
+    let one_size = args
+        .iter()
+        .position(|a| a == "--size")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse::<usize>()
+                .unwrap_or_else(|e| panic!("--size {v}: {e}"))
+        });
+    let sizes: Vec<usize> = match (one_size, quick) {
+        (Some(n), _) => vec![n],
+        (None, true) => vec![1_000],
+        (None, false) => vec![1_000, 10_000, 100_000],
     };
     let ops = if quick { 200 } else { 20_000 };
-    for &n in sizes {
+    for n in sizes {
         bench_request(n, ops);
         bench_agent_free(n, ops);
     }
