@@ -26,6 +26,7 @@ use crate::client::connect_many;
 use crate::metrics::{LatencySummary, new_histogram, record};
 use crate::run::{MAX_SCHEDULE_LAG_P99_MS, parse_duration};
 use crate::schedule;
+use crate::sender::SenderRuntime;
 
 #[allow(clippy::unwrap_used, clippy::derive_partial_eq_without_eq)]
 pub mod pb {
@@ -295,7 +296,11 @@ async fn step(
     let listeners = listeners.max(1);
     let per_connection = per_connection.max(1);
     let channels = connect_many(url, listeners.div_ceil(per_connection)).await?;
-    let callers: Vec<EchoServiceClient<_>> = connect_many(url, 2)
+    // The callers send from their own runtime (see `sender`), as the
+    // gateway of `run` does.
+    let senders = SenderRuntime::start("echo-callers")?;
+    let callers: Vec<EchoServiceClient<_>> = senders
+        .connect_many(url, 2)
         .await?
         .into_iter()
         .map(EchoServiceClient::new)
@@ -360,7 +365,7 @@ async fn step(
 
     let start = Instant::now() + Duration::from_millis(50);
     let measure_from = start + warmup;
-    let runtime = tokio::runtime::Handle::current();
+    let runtime = senders.handle().clone();
     let payload = vec![b'x'; PAYLOAD_BYTES];
     let completed = Arc::new(AtomicU64::new(0));
     let schedule_tracker = tracker.clone();
@@ -435,6 +440,7 @@ async fn step(
     stop.cancel();
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+    senders.stop().await;
 
     let recorder = recorder
         .lock()

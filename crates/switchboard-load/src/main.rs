@@ -22,6 +22,7 @@ mod redis_stats;
 mod report;
 mod run;
 mod schedule;
+mod sender;
 
 use std::process::ExitCode;
 

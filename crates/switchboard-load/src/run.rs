@@ -27,6 +27,7 @@ use crate::procstat::{self, Resources, mib};
 use crate::profile::{CATEGORIES, LANGUAGES, Profile, Requirement};
 use crate::progress::Progress;
 use crate::schedule;
+use crate::sender::SenderRuntime;
 
 /// A run whose generator lagged more than this at p99 measured the tool,
 /// not the server: it is reported as invalid.
@@ -353,7 +354,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let agent_connections = args.agents.div_ceil(args.agents_per_connection);
     progress.phase(&format!("connecting {agent_connections} agent connections"));
     let agent_channels = connect_many(&args.server, agent_connections).await?;
-    let gateway_channels = connect_many(&args.server, args.gateway_connections).await?;
+    // The gateway sends from its own runtime (see `sender`).
+    let senders = SenderRuntime::start("gateway")?;
+    let gateway_channels = senders
+        .connect_many(&args.server, args.gateway_connections)
+        .await?;
     let onboarding_started = Instant::now();
     for (index, agent_profile) in agent_profiles.into_iter().enumerate() {
         let id = format!("{run_id}-agent-{index}");
@@ -402,7 +407,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let measure_from = start + args.warmup;
     let _ = context.measure_from.set(measure_from);
     let gateway_stop = CancellationToken::new();
-    let runtime = tokio::runtime::Handle::current();
+    let runtime = senders.handle().clone();
     let schedule_context = Arc::clone(&context);
     let schedule = schedule::poisson(
         args.rate,
@@ -476,6 +481,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     {
         progress.phase("some agents did not finish within 30 s");
     }
+    senders.stop().await;
     progress.finish();
 
     let window = window_end_at
