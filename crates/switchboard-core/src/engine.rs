@@ -839,9 +839,18 @@ impl PoolState {
             }
             Some(plan) => self.install_plan(&id, plan, preferred, now),
         }
-        self.enqueue(&id);
         self.emit(&id, None, now, |c| EventKind::Queued { conversation: c });
-        self.dispatch_conversation(&id, now);
+        // Only a conversation nobody can take at once gets a place in its
+        // queue group, as in dispatch.lua: filing one to take it out again
+        // at the offer was a quarter of a request's instructions. Nothing
+        // can tell: choosing an agent does not look at the queue, the
+        // queued event carries no position, and arrival numbers only order
+        // the entries of a group (which now count the same filings as
+        // dispatch.lua's).
+        match self.agent_for(&id, now) {
+            Some(agent) => self.make_offer(&id, &agent, now),
+            None => self.enqueue(&id),
+        }
         Ok((self.view(&id, now)?, true))
     }
 
@@ -2394,45 +2403,49 @@ impl PoolState {
         }
     }
 
-    /// A queued conversation looks for the best offerable, eligible agent.
+    /// A queued conversation looks for the best offerable, eligible agent
+    /// and is offered to it.
     fn dispatch_conversation(&mut self, id: &ConversationId, now: Timestamp) {
-        let Some(conversation) = self.conversations.get(id) else {
-            return;
-        };
+        if let Some(agent) = self.agent_for(id, now) {
+            self.make_offer(id, &agent, now);
+        }
+    }
+
+    /// The agent a queued conversation is to be offered to now, if any.
+    /// Only looks: whether the conversation is in its queue group yet does
+    /// not matter (a new hand-off is asked before it is filed, see
+    /// [`PoolState::request_with_plan`]).
+    fn agent_for(&self, id: &ConversationId, now: Timestamp) -> Option<AgentId> {
+        let conversation = self.conversations.get(id)?;
         if conversation.state != ConversationState::Queued {
-            return;
+            return None;
         }
-        if self.routing.contains_key(id) {
-            self.dispatch_planned(id, now);
-            return;
+        if let Some(routed) = self.routing.get(id) {
+            return self.planned_agent_for(conversation, routed, now);
         }
-        let mut best: Option<(i64, AgentId)> = None;
         if let Some(preferred) = &conversation.handoff.preferred_agent
             && let Some(session) = self.session(preferred)
             && session.offerable()
             && self.agent_fits(preferred, session, conversation)
         {
-            best = Some((i64::MIN, preferred.clone()));
+            return Some(preferred.clone());
         }
-        if best.is_none() {
-            for language in language_lookup_keys(&conversation.handoff.language) {
-                let candidate_set =
-                    self.smallest_candidate_set(language, &conversation.handoff.required_skills);
-                let Some(set) = candidate_set else { continue };
-                let found = set.iter().find(|(_, agent)| {
-                    self.session(agent)
-                        .is_some_and(|s| self.agent_fits(agent, s, conversation))
-                });
-                if let Some((score, agent)) = found
-                    && best.as_ref().is_none_or(|(b, _)| score < b)
-                {
-                    best = Some((*score, agent.clone()));
-                }
+        let mut best: Option<&(i64, AgentId)> = None;
+        for language in language_lookup_keys(&conversation.handoff.language) {
+            let candidate_set =
+                self.smallest_candidate_set(language, &conversation.handoff.required_skills);
+            let Some(set) = candidate_set else { continue };
+            let found = set.iter().find(|(_, agent)| {
+                self.session(agent)
+                    .is_some_and(|s| self.agent_fits(agent, s, conversation))
+            });
+            if let Some(candidate) = found
+                && best.is_none_or(|(b, _)| candidate.0 < *b)
+            {
+                best = Some(candidate);
             }
         }
-        if let Some((_, agent)) = best {
-            self.make_offer(id, &agent, now);
-        }
+        best.map(|(_, agent)| agent.clone())
     }
 
     /// An agent with spare capacity looks at the heads of the queue groups
@@ -2625,26 +2638,25 @@ impl PoolState {
         }
     }
 
-    /// A queued planned conversation looks for an agent: its preferred
-    /// agent first (and only, while the window is open and that agent is
-    /// online and eligible), else by the plan's strategy.
-    fn dispatch_planned(&mut self, id: &ConversationId, now: Timestamp) {
-        let (Some(conversation), Some(routed)) = (self.conversations.get(id), self.routing.get(id))
-        else {
-            return;
-        };
+    /// The agent a queued planned conversation is to be offered to now: its
+    /// preferred agent first (and only, while the window is open and that
+    /// agent is online and eligible), else the best by the plan's strategy.
+    fn planned_agent_for(
+        &self,
+        conversation: &Conversation,
+        routed: &Routed,
+        now: Timestamp,
+    ) -> Option<AgentId> {
         if let Some(preferred) = &conversation.handoff.preferred_agent
             && self.planned_fits(preferred, conversation, routed)
         {
             if self.session(preferred).is_some_and(Session::offerable) {
-                let preferred = preferred.clone();
-                self.make_offer(id, &preferred, now);
-                return;
+                return Some(preferred.clone());
             }
             if routed.plan.preferred_window_ms > 0 && routed.preferred_window_open(now) {
                 // Reserved: the preferred agent gets it when free, others
                 // once the window ends.
-                return;
+                return None;
             }
         }
         let requirements = routed.requirements();
@@ -2669,13 +2681,10 @@ impl PoolState {
                 }
             }
         }
-        let best = candidates
+        candidates
             .into_iter()
             .min_by(|a, b| self.strategy_cmp(strategy, requirements, a, b))
-            .map(|(_, agent)| agent.clone());
-        if let Some(agent) = best {
-            self.make_offer(id, &agent, now);
-        }
+            .map(|(_, agent)| agent.clone())
     }
 
     /// Best first under `strategy`; ties by longest idle, then agent id, so
