@@ -156,6 +156,18 @@ struct QueueKey {
     conversation_id: ConversationId,
 }
 
+/// What a free agent needs to know of a waiting conversation beyond its
+/// place in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    /// Some agent declined or missed it (its `excluded` set is not empty).
+    /// Set when it is filed: agents are excluded only while a conversation
+    /// is offered or assigned, never while it waits (checked by
+    /// [`PoolState::check_invariants`]). A free agent looks the
+    /// conversation up only when this is set.
+    has_exclusions: bool,
+}
+
 /// The requirement groups of one primary language subtag, filed by the
 /// first skill they require, so a free agent visits only the groups whose
 /// first skill it has (a group requires all of its skills), and reaches
@@ -250,7 +262,7 @@ impl LanguageGroups {
 
 #[derive(Debug, Default)]
 struct Group {
-    by_priority: BTreeSet<QueueKey>,
+    by_priority: BTreeMap<QueueKey, Waiting>,
     by_age: BTreeSet<(Timestamp, u64)>,
 }
 
@@ -1844,6 +1856,27 @@ impl PoolState {
                     c.state
                 ));
             }
+            if let Some((group_key, queue_key)) = self.queued.get(id) {
+                let waiting = self
+                    .group(group_key)
+                    .and_then(|g| g.by_priority.get(queue_key))
+                    .ok_or(format!("{id} is queued but not in its group"))?;
+                if waiting.has_exclusions == c.excluded.is_empty() {
+                    return Err(format!(
+                        "{id} filed with has_exclusions={} but excludes {:?}",
+                        waiting.has_exclusions, c.excluded
+                    ));
+                }
+                // A free agent asks whether a waiting conversation is
+                // reserved for its preferred agent only in planned groups.
+                if group_key.routed.is_some() != self.routing.contains_key(id) {
+                    return Err(format!(
+                        "{id} is in a group planned={} but has routing state={}",
+                        group_key.routed.is_some(),
+                        self.routing.contains_key(id)
+                    ));
+                }
+            }
             match c.state {
                 ConversationState::Assigned => {
                     let agent = c
@@ -2288,7 +2321,12 @@ impl PoolState {
         let Some(group) = language_groups.get_or_create(&group_key) else {
             return;
         };
-        group.by_priority.insert(queue_key.clone());
+        group.by_priority.insert(
+            queue_key.clone(),
+            Waiting {
+                has_exclusions: !conversation.excluded.is_empty(),
+            },
+        );
         group
             .by_age
             .insert((queue_key.queued_since, queue_key.arrival));
@@ -2502,6 +2540,7 @@ impl PoolState {
                 if !serves {
                     continue;
                 }
+                let planned = group_key.routed.is_some();
                 let aging = group_key
                     .routed
                     .as_ref()
@@ -2519,13 +2558,20 @@ impl PoolState {
                             .by_priority
                             .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
                     };
-                    let head = range.find(|key| {
-                        self.conversations
-                            .get(&key.conversation_id)
-                            .is_some_and(|c| !c.excluded.contains(agent_id))
-                            && !self.reserved_for_another(&key.conversation_id, agent_id, now)
+                    // Only a conversation someone declined or missed needs
+                    // looking up, and only a planned one can be reserved:
+                    // the rest are decided by their queue entry alone.
+                    let head = range.find(|(key, waiting)| {
+                        let excluded = waiting.has_exclusions
+                            && self
+                                .conversations
+                                .get(&key.conversation_id)
+                                .is_none_or(|c| c.excluded.contains(agent_id));
+                        let reserved = planned
+                            && self.reserved_for_another(&key.conversation_id, agent_id, now);
+                        !excluded && !reserved
                     });
-                    let Some(head) = head else {
+                    let Some((head, _)) = head else {
                         break;
                     };
                     let waited = now.millis_since(head.queued_since);
