@@ -37,9 +37,12 @@ use crate::settings::DispatchSettings;
 use crate::time::Timestamp;
 use crate::validate::{language_covers, language_lookup_keys};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+
+mod hash;
+use hash::{Map, Set};
 
 /// Index key for "any skill": every offerable agent is under it.
 const ANY_SKILL: &str = "*";
@@ -175,7 +178,7 @@ struct Waiting {
 #[derive(Debug, Default)]
 struct LanguageGroups {
     without_skills: BTreeMap<GroupKey, Group>,
-    by_first_skill: HashMap<String, BTreeMap<GroupKey, Group>>,
+    by_first_skill: Map<String, BTreeMap<GroupKey, Group>>,
 }
 
 impl LanguageGroups {
@@ -437,11 +440,11 @@ pub fn eligible(
 pub struct PoolState {
     pool: PoolId,
     settings: DispatchSettings,
-    roster: HashMap<AgentId, RosterEntry>,
-    agents: HashMap<AgentId, AgentRecord>,
+    roster: Map<AgentId, RosterEntry>,
+    agents: Map<AgentId, AgentRecord>,
     /// Boxed: growing the map then moves pointers, not whole conversations
     /// (retention keeps finished ones for an hour, so it gets large).
-    conversations: HashMap<ConversationId, Box<Conversation>>,
+    conversations: Map<ConversationId, Box<Conversation>>,
     /// Offerable agents by language, then skill ([`ANY_SKILL`]: all of the
     /// language's), longest idle first. Nested so that a look-up by `&str`
     /// allocates nothing.
@@ -450,18 +453,18 @@ pub struct PoolState {
     /// primary language subtag (then first skill) of the requirements, so
     /// a free agent finds the groups of its languages and skills without
     /// looking at others.
-    groups: HashMap<String, LanguageGroups>,
-    queued: HashMap<ConversationId, (GroupKey, QueueKey)>,
+    groups: Map<String, LanguageGroups>,
+    queued: Map<ConversationId, (GroupKey, QueueKey)>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
     recent_first_offers: VecDeque<Timestamp>,
     /// The same per requirement group: the rate at which agents able to
     /// serve exactly these requirements have been taking them.
-    group_first_offers: HashMap<GroupKey, VecDeque<Timestamp>>,
+    group_first_offers: Map<GroupKey, VecDeque<Timestamp>>,
     /// Planned conversations' routing state.
-    routing: HashMap<ConversationId, Routed>,
+    routing: Map<ConversationId, Routed>,
     /// Indexed language tags by primary subtag, for widened look-ups (a tag
     /// stays once indexed; its sets may be empty).
-    families: HashMap<String, BTreeSet<String>>,
+    families: Map<String, BTreeSet<String>>,
     /// Counts offers, for round robin.
     offer_seq: u64,
     /// Plan generations, so stale schedule deadlines are recognised.
@@ -480,17 +483,17 @@ impl PoolState {
         PoolState {
             pool,
             settings,
-            roster: HashMap::new(),
-            agents: HashMap::new(),
-            conversations: HashMap::new(),
-            available: HashMap::new(),
-            groups: HashMap::new(),
-            queued: HashMap::new(),
+            roster: Map::default(),
+            agents: Map::default(),
+            conversations: Map::default(),
+            available: Map::default(),
+            groups: Map::default(),
+            queued: Map::default(),
             deadlines: BTreeSet::new(),
             recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
-            group_first_offers: HashMap::new(),
-            routing: HashMap::new(),
-            families: HashMap::new(),
+            group_first_offers: Map::default(),
+            routing: Map::default(),
+            families: Map::default(),
             offer_seq: 0,
             plan_generations: 0,
             arrivals: 0,
@@ -1444,7 +1447,7 @@ impl PoolState {
     /// `limit` offerable agents of the smallest matching index set.
     pub fn availability(&self, handoff: &Handoff, limit: usize, now: Timestamp) -> (u32, i64) {
         let probe = Conversation::queued(handoff.clone(), now);
-        let mut seen = HashSet::new();
+        let mut seen = Set::default();
         for language in language_lookup_keys(&handoff.language) {
             let Some(set) = self.smallest_candidate_set(language, &handoff.required_skills) else {
                 continue;
@@ -1495,7 +1498,7 @@ impl PoolState {
         };
         let requirements = routed.requirements();
         let if_listed = routed.plan.roster_regions_if_listed;
-        let mut seen = HashSet::new();
+        let mut seen = Set::default();
         for language in self.planned_languages(requirements) {
             let Some(set) = self.smallest_candidate_set(language, &requirements.skills) else {
                 continue;
@@ -1799,7 +1802,7 @@ impl PoolState {
     /// Checks every structural invariant; the property tests call it after
     /// each step. Returns the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut holders: HashMap<&ConversationId, &AgentId> = HashMap::new();
+        let mut holders: Map<&ConversationId, &AgentId> = Map::default();
         for (agent_id, record) in &self.agents {
             let Some(session) = &record.session else {
                 continue;
@@ -1930,10 +1933,10 @@ impl PoolState {
                 return Err(format!("{id} finished but queued"));
             }
         }
-        let indexed_agents: HashSet<&AgentId> = self
+        let indexed_agents: Set<&AgentId> = self
             .available
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(Map::values)
             .flatten()
             .map(|(_, a)| a)
             .collect();
@@ -2899,7 +2902,7 @@ fn primary_subtag(tag: &str) -> &str {
 }
 
 /// Offerable agents: language → skill (or [`ANY_SKILL`]) → `(score, agent)`.
-type AgentIndex = HashMap<String, HashMap<String, BTreeSet<(i64, AgentId)>>>;
+type AgentIndex = Map<String, Map<String, BTreeSet<(i64, AgentId)>>>;
 
 /// The index sets an agent with `skills` is in under one language:
 /// [`ANY_SKILL`] and each skill.
@@ -2912,7 +2915,7 @@ fn index_skills(skills: &[Skill]) -> impl Iterator<Item = &str> {
 /// new [`ANY_SKILL`] set files the language under its family.
 fn index_insert(
     available: &mut AgentIndex,
-    families: &mut HashMap<String, BTreeSet<String>>,
+    families: &mut Map<String, BTreeSet<String>>,
     language: &str,
     skills: &[Skill],
     entry: &(i64, AgentId),

@@ -4,6 +4,7 @@
 use super::*;
 use crate::model::{GoOnline, Handoff};
 use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
 
 fn pool() -> PoolState {
     PoolState::new(
