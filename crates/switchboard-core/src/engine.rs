@@ -15,7 +15,8 @@
 //! the first fully eligible agent. Waiting conversations sit in groups of
 //! identical requirements, each ordered by priority then waiting time; an
 //! agent who becomes free looks only at the heads of the groups of its
-//! languages whose requirements it meets.
+//! languages and skills, walking them best head first and stopping at the
+//! first that cannot beat what it found (see `Shelf`).
 //!
 //! Deadlines (offer timeouts, undelivered offers, leases, maximum wait,
 //! retention) live in one ordered set; [`PoolState::sweep`] pops those due.
@@ -91,6 +92,15 @@ struct RoutedKey {
 }
 
 impl GroupKey {
+    /// Whether the group's priority ages with the wait (planned, with a
+    /// positive aging rate): its order across priority levels then changes
+    /// with time.
+    fn ages(&self) -> bool {
+        self.routed
+            .as_ref()
+            .is_some_and(|r| r.aging.rate_micro_per_second > 0)
+    }
+
     /// The requirements this key stands for, when planned.
     fn requirements(&self) -> Option<(PlanRequirements, bool)> {
         let routed = self.routed.as_ref()?;
@@ -177,12 +187,12 @@ struct Waiting {
 /// each group without hashing its key.
 #[derive(Debug, Default)]
 struct LanguageGroups {
-    without_skills: BTreeMap<GroupKey, Group>,
-    by_first_skill: Map<String, BTreeMap<GroupKey, Group>>,
+    without_skills: Shelf,
+    by_first_skill: Map<String, Shelf>,
 }
 
 impl LanguageGroups {
-    fn shelf(&self, key: &GroupKey) -> Option<&BTreeMap<GroupKey, Group>> {
+    fn shelf(&self, key: &GroupKey) -> Option<&Shelf> {
         match key.skills.first() {
             None => Some(&self.without_skills),
             Some(first) => self.by_first_skill.get(first.name.as_str()),
@@ -193,26 +203,21 @@ impl LanguageGroups {
         self.shelf(key)?.get(key)
     }
 
-    /// The group of `key`, created empty if new (keys are cloned only
-    /// then).
-    fn get_or_create(&mut self, key: &GroupKey) -> Option<&mut Group> {
+    /// Files `queue_key` in the group of `key` (created if new). Returns
+    /// the group's shared key.
+    fn insert(&mut self, key: GroupKey, queue_key: QueueKey, waiting: Waiting) -> Arc<GroupKey> {
         let shelf = match key.skills.first() {
             None => &mut self.without_skills,
-            Some(first) => {
-                if !self.by_first_skill.contains_key(first.name.as_str()) {
-                    self.by_first_skill
-                        .insert(first.name.clone(), BTreeMap::new());
-                }
-                self.by_first_skill.get_mut(first.name.as_str())?
-            }
+            Some(first) => match self.by_first_skill.get_mut(first.name.as_str()) {
+                Some(shelf) => shelf,
+                None => self.by_first_skill.entry(first.name.clone()).or_default(),
+            },
         };
-        if !shelf.contains_key(key) {
-            shelf.insert(key.clone(), Group::default());
-        }
-        shelf.get_mut(key)
+        shelf.insert(key, queue_key, waiting)
     }
 
-    /// Takes `queue_key` out of the group of `key`; an emptied group goes.
+    /// Takes `queue_key` out of the group of `key`; an emptied group goes,
+    /// and so does an emptied shelf.
     fn remove_entry(&mut self, key: &GroupKey, queue_key: &QueueKey) {
         let shelf = match key.skills.first() {
             None => &mut self.without_skills,
@@ -221,17 +226,7 @@ impl LanguageGroups {
                 None => return,
             },
         };
-        let Some(group) = shelf.get_mut(key) else {
-            return;
-        };
-        group.by_priority.remove(queue_key);
-        group
-            .by_age
-            .remove(&(queue_key.queued_since, queue_key.arrival));
-        if !group.by_priority.is_empty() {
-            return;
-        }
-        shelf.remove(key);
+        shelf.remove(key, queue_key);
         if shelf.is_empty()
             && let Some(first) = key.skills.first()
         {
@@ -243,23 +238,155 @@ impl LanguageGroups {
         self.without_skills.is_empty() && self.by_first_skill.is_empty()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
-        self.without_skills
-            .iter()
-            .chain(self.by_first_skill.values().flatten())
+    fn shelves(&self) -> impl Iterator<Item = &Shelf> {
+        std::iter::once(&self.without_skills).chain(self.by_first_skill.values())
     }
 
-    /// The groups an agent with `skills` may serve, as far as skills go:
-    /// those requiring none, and those whose first skill it has.
-    fn for_skills<'a>(
-        &'a self,
-        skills: &'a [Skill],
-    ) -> impl Iterator<Item = (&'a GroupKey, &'a Group)> {
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.shelves().flat_map(Shelf::iter)
+    }
+
+    /// The shelves an agent with `skills` may serve, as far as skills go:
+    /// groups requiring none, and those whose first skill it has.
+    fn shelves_for<'a>(&'a self, skills: &'a [Skill]) -> impl Iterator<Item = &'a Shelf> {
         let with_skills = skills
             .iter()
-            .filter_map(|s| self.by_first_skill.get(s.name.as_str()))
-            .flatten();
-        self.without_skills.iter().chain(with_skills)
+            .filter_map(|s| self.by_first_skill.get(s.name.as_str()));
+        std::iter::once(&self.without_skills).chain(with_skills)
+    }
+}
+
+/// The groups of one language and first skill.
+///
+/// # Design
+///
+/// A free agent wants the best waiting conversation of the groups it
+/// serves, and no entry of a group is better than the group's first: so
+/// it visits the groups in the order of their first entries (`heads`) and
+/// stops at the first group that cannot beat what it has found, instead of
+/// visiting every group (about a hundred per agent in a large pool). That
+/// holds for groups whose order is fixed; a planned group with aging ranks
+/// by an effective priority that grows with the wait, so those (`aging`)
+/// are visited one by one as before.
+#[derive(Debug, Default)]
+struct Shelf {
+    /// Groups without aging.
+    groups: BTreeMap<Arc<GroupKey>, Group>,
+    /// The first entry of each of `groups`, best first, with its group's
+    /// key and what the free agent needs to know of it.
+    heads: BTreeMap<QueueKey, (Arc<GroupKey>, Waiting)>,
+    /// Planned groups with aging.
+    aging: BTreeMap<Arc<GroupKey>, Group>,
+}
+
+impl Shelf {
+    fn get(&self, key: &GroupKey) -> Option<&Group> {
+        if key.ages() {
+            self.aging.get(key)
+        } else {
+            self.groups.get(key)
+        }
+    }
+
+    fn insert(&mut self, key: GroupKey, queue_key: QueueKey, waiting: Waiting) -> Arc<GroupKey> {
+        let ages = key.ages();
+        let groups = if ages {
+            &mut self.aging
+        } else {
+            &mut self.groups
+        };
+        let shared = match groups.get_key_value(&key) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::new(key),
+        };
+        let group = groups.entry(Arc::clone(&shared)).or_default();
+        group
+            .by_age
+            .insert((queue_key.queued_since, queue_key.arrival));
+        if ages {
+            group.by_priority.insert(queue_key, waiting);
+            return shared;
+        }
+        let first = group.by_priority.first_key_value().map(|(first, _)| first);
+        if first.is_none_or(|first| queue_key < *first) {
+            // The new entry goes first in its group.
+            if let Some(first) = first {
+                self.heads.remove(first);
+            }
+            self.heads
+                .insert(queue_key.clone(), (Arc::clone(&shared), waiting));
+        }
+        group.by_priority.insert(queue_key, waiting);
+        shared
+    }
+
+    /// Takes `queue_key` out of the group of `key`; an emptied group goes.
+    fn remove(&mut self, key: &GroupKey, queue_key: &QueueKey) {
+        let ages = key.ages();
+        let groups = if ages {
+            &mut self.aging
+        } else {
+            &mut self.groups
+        };
+        let Some(group) = groups.get_mut(key) else {
+            return;
+        };
+        group.by_priority.remove(queue_key);
+        group
+            .by_age
+            .remove(&(queue_key.queued_since, queue_key.arrival));
+        if !ages && let Some((shared, _)) = self.heads.remove(queue_key) {
+            // It was the group's first: the next one is.
+            if let Some((first, waiting)) = group.by_priority.first_key_value() {
+                self.heads.insert(first.clone(), (shared, *waiting));
+            }
+        }
+        if group.by_priority.is_empty() {
+            groups.remove(key);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.aging.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.groups
+            .iter()
+            .chain(&self.aging)
+            .map(|(key, group)| (&**key, group))
+    }
+
+    /// Whether `heads` holds exactly the first entry of each group without
+    /// aging, and each group is filed by whether it ages.
+    fn check(&self) -> Result<(), String> {
+        if let Some(key) = self.groups.keys().find(|k| k.ages()) {
+            return Err(format!("aging group {key:?} filed as fixed"));
+        }
+        if let Some(key) = self.aging.keys().find(|k| !k.ages()) {
+            return Err(format!("fixed group {key:?} filed as aging"));
+        }
+        let expected: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
+            .groups
+            .iter()
+            .filter_map(|(key, group)| {
+                let (first, waiting) = group.by_priority.first_key_value()?;
+                Some((first, &**key, waiting))
+            })
+            .collect();
+        let mut expected = expected;
+        expected.sort_by(|a, b| a.0.cmp(b.0));
+        let heads: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
+            .heads
+            .iter()
+            .map(|(first, (key, waiting))| (first, &**key, waiting))
+            .collect();
+        if heads != expected || self.groups.values().any(|g| g.by_priority.is_empty()) {
+            return Err(format!(
+                "group heads {heads:?} are not the groups' first entries {expected:?}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -454,7 +581,7 @@ pub struct PoolState {
     /// a free agent finds the groups of its languages and skills without
     /// looking at others.
     groups: Map<String, LanguageGroups>,
-    queued: Map<ConversationId, (GroupKey, QueueKey)>,
+    queued: Map<ConversationId, (Arc<GroupKey>, QueueKey)>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
     recent_first_offers: VecDeque<Timestamp>,
     /// The same per requirement group: the rate at which agents able to
@@ -1925,13 +2052,16 @@ impl PoolState {
                 ));
             }
             if let Some((key, _)) = self.queued.get(id)
-                && *key != routed.group_key()
+                && **key != routed.group_key()
             {
                 return Err(format!("{id} queued in a group of other requirements"));
             }
             if c.state.is_terminal() && self.queued.contains_key(id) {
                 return Err(format!("{id} finished but queued"));
             }
+        }
+        for shelf in self.groups.values().flat_map(LanguageGroups::shelves) {
+            shelf.check()?;
         }
         let indexed_agents: Set<&AgentId> = self
             .available
@@ -2316,23 +2446,15 @@ impl PoolState {
             arrival: self.arrivals,
             conversation_id: id.clone(),
         };
+        let waiting = Waiting {
+            has_exclusions: !conversation.excluded.is_empty(),
+        };
         let primary = primary_subtag(&group_key.language);
         let language_groups = match self.groups.get_mut(primary) {
             Some(language_groups) => language_groups,
             None => self.groups.entry(primary.to_owned()).or_default(),
         };
-        let Some(group) = language_groups.get_or_create(&group_key) else {
-            return;
-        };
-        group.by_priority.insert(
-            queue_key.clone(),
-            Waiting {
-                has_exclusions: !conversation.excluded.is_empty(),
-            },
-        );
-        group
-            .by_age
-            .insert((queue_key.queued_since, queue_key.arrival));
+        let group_key = language_groups.insert(group_key, queue_key.clone(), waiting);
         self.queued.insert(id.clone(), (group_key, queue_key));
     }
 
@@ -2492,16 +2614,46 @@ impl PoolState {
     /// An agent with spare capacity looks at the heads of the queue groups
     /// it can serve and takes the best waiting conversation.
     fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
-        let Some(session) = self.session(agent_id) else {
-            return;
-        };
-        if !session.offerable() {
-            return;
+        if let Some(id) = self.conversation_for(agent_id, now) {
+            self.make_offer(&id, agent_id, now);
         }
-        let Some(roster) = self.roster.get(agent_id) else {
-            return;
+    }
+
+    /// The best waiting conversation an offerable agent may be offered now,
+    /// if any.
+    fn conversation_for(&self, agent_id: &AgentId, now: Timestamp) -> Option<ConversationId> {
+        let session = self.session(agent_id)?;
+        if !session.offerable() {
+            return None;
+        }
+        let roster = self.roster.get(agent_id)?;
+        self.best_waiting_for(agent_id, session, roster, now)
+    }
+
+    /// The best waiting conversation an online agent may take, its status
+    /// and capacity aside.
+    fn best_waiting_for(
+        &self,
+        agent_id: &AgentId,
+        session: &Session,
+        roster: &RosterEntry,
+        now: Timestamp,
+    ) -> Option<ConversationId> {
+        // Skip the conversations this agent declined or missed, and those
+        // reserved for their preferred agent. Only a conversation someone
+        // declined or missed needs looking up, and only a planned one can
+        // be reserved: the rest are decided by their queue entry alone.
+        let may_take = |key: &QueueKey, waiting: &Waiting, planned: bool| {
+            let excluded = waiting.has_exclusions
+                && self
+                    .conversations
+                    .get(&key.conversation_id)
+                    .is_none_or(|c| c.excluded.contains(agent_id));
+            let reserved =
+                planned && self.reserved_for_another(&key.conversation_id, agent_id, now);
+            !excluded && !reserved
         };
-        let mut best: Option<(Reverse<u64>, Timestamp, u64, &ConversationId)> = None;
+        let mut best: Option<Rank<'_>> = None;
         for (i, language) in session.languages.iter().enumerate() {
             let primary = primary_subtag(language);
             let seen = session.languages[..i]
@@ -2513,100 +2665,81 @@ impl PoolState {
             let Some(language_groups) = self.groups.get(primary) else {
                 continue;
             };
-            for (group_key, group) in language_groups.for_skills(&session.skills) {
-                let serves = match group_key.requirements() {
-                    None => {
-                        let serves_language = session
-                            .languages
-                            .iter()
-                            .any(|l| language_covers(l, &group_key.language));
-                        let has_skills = group_key.skills.iter().all(|req| {
-                            session
-                                .skill_level(&req.name)
-                                .is_some_and(|level| level >= req.level)
-                        });
-                        let region_ok = group_key
-                            .region
-                            .as_ref()
-                            .is_none_or(|r| roster.allowed_regions.contains(r));
-                        serves_language && has_skills && region_ok
+            for shelf in language_groups.shelves_for(&session.skills) {
+                // Groups in a fixed order, by their first entries: the
+                // group's first the agent may take competes. A group whose
+                // first entry cannot beat the best so far ends the walk (no
+                // entry of a group is better than its first).
+                for (first, (group_key, waiting)) in &shelf.heads {
+                    if best.as_ref().is_some_and(|b| fixed_rank(first) >= *b) {
+                        break;
                     }
-                    Some((requirements, if_listed)) => plan_eligible(
-                        &requirements,
-                        if_listed,
-                        &session.skills,
-                        &session.languages,
-                        session.regions.as_ref(),
-                        roster,
-                    ),
-                };
-                if !serves {
-                    continue;
+                    if !serves(session, roster, group_key) {
+                        continue;
+                    }
+                    let planned = group_key.routed.is_some();
+                    let found = if may_take(first, waiting, planned) {
+                        Some(first)
+                    } else {
+                        shelf.groups.get(&**group_key).and_then(|group| {
+                            group
+                                .by_priority
+                                .iter()
+                                .find(|(key, waiting)| may_take(key, waiting, planned))
+                                .map(|(key, _)| key)
+                        })
+                    };
+                    if let Some(key) = found {
+                        let rank = fixed_rank(key);
+                        if best.as_ref().is_none_or(|b| rank < *b) {
+                            best = Some(rank);
+                        }
+                    }
                 }
-                let planned = group_key.routed.is_some();
-                let aging = group_key
-                    .routed
-                    .as_ref()
-                    .map(|r| r.aging)
-                    .filter(|a| a.rate_micro_per_second > 0);
-                // Skip the conversations this agent declined or missed, and
-                // those reserved for their preferred agent. With aging, the
-                // head of every priority level competes (aging keeps the
-                // order within a level); without, the group's head.
-                let mut after: Option<QueueKey> = None;
-                loop {
-                    let mut range = match &after {
-                        None => group.by_priority.range::<QueueKey, _>(..),
-                        Some(cursor) => group
-                            .by_priority
-                            .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
+                // Groups with aging: the first the agent may take of every
+                // priority level competes (aging keeps the order within a
+                // level).
+                for (group_key, group) in &shelf.aging {
+                    let Some(aging) = group_key.routed.as_ref().map(|r| r.aging) else {
+                        continue;
                     };
-                    // Only a conversation someone declined or missed needs
-                    // looking up, and only a planned one can be reserved:
-                    // the rest are decided by their queue entry alone.
-                    let head = range.find(|(key, waiting)| {
-                        let excluded = waiting.has_exclusions
-                            && self
-                                .conversations
-                                .get(&key.conversation_id)
-                                .is_none_or(|c| c.excluded.contains(agent_id));
-                        let reserved = planned
-                            && self.reserved_for_another(&key.conversation_id, agent_id, now);
-                        !excluded && !reserved
-                    });
-                    let Some((head, _)) = head else {
-                        break;
-                    };
-                    let waited = now.millis_since(head.queued_since);
-                    let effective = match aging {
-                        Some(aging) => aging.effective(head.priority.0, waited),
-                        None => u64::from(head.priority.0) * MICRO,
-                    };
-                    let rank = (
-                        Reverse(effective),
-                        head.queued_since,
-                        head.arrival,
-                        &head.conversation_id,
-                    );
-                    if best.as_ref().is_none_or(|b| rank < *b) {
-                        best = Some(rank);
+                    if !serves(session, roster, group_key) {
+                        continue;
                     }
-                    if aging.is_none() {
-                        break;
+                    let mut after: Option<QueueKey> = None;
+                    loop {
+                        let mut range = match &after {
+                            None => group.by_priority.range::<QueueKey, _>(..),
+                            Some(cursor) => group
+                                .by_priority
+                                .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
+                        };
+                        let head = range.find(|(key, waiting)| may_take(key, waiting, true));
+                        let Some((head, _)) = head else {
+                            break;
+                        };
+                        let waited = now.millis_since(head.queued_since);
+                        let rank = (
+                            Reverse(aging.effective(head.priority.0, waited)),
+                            head.queued_since,
+                            head.arrival,
+                            &head.conversation_id,
+                        );
+                        if best.as_ref().is_none_or(|b| rank < *b) {
+                            best = Some(rank);
+                        }
+                        // Past the rest of this priority level.
+                        after = Some(QueueKey {
+                            priority: head.priority,
+                            queued_since: Timestamp(i64::MAX),
+                            arrival: u64::MAX,
+                            conversation_id: head.conversation_id.clone(),
+                        });
                     }
-                    // Past the rest of this priority level.
-                    after = Some(QueueKey {
-                        priority: head.priority,
-                        queued_since: Timestamp(i64::MAX),
-                        arrival: u64::MAX,
-                        conversation_id: head.conversation_id.clone(),
-                    });
                 }
             }
         }
-        if let Some(id) = best.map(|(_, _, _, id)| id.clone()) {
-            self.make_offer(&id, agent_id, now);
-        }
+        best.map(|(_, _, _, id)| id.clone())
     }
 
     /// Whether a planned conversation is, at `now`, reserved for its
@@ -2895,6 +3028,52 @@ fn with_fallback_step(mut plan: RoutingPlan, handoff: &Handoff) -> RoutingPlan {
         });
     }
     plan
+}
+
+/// How a free agent ranks a waiting conversation: higher effective
+/// priority first, then longer waiting, then arrival.
+type Rank<'a> = (Reverse<u64>, Timestamp, u64, &'a ConversationId);
+
+/// The rank of an entry of a group without aging (its effective priority
+/// is its priority).
+fn fixed_rank(key: &QueueKey) -> Rank<'_> {
+    (
+        Reverse(u64::from(key.priority.0) * MICRO),
+        key.queued_since,
+        key.arrival,
+        &key.conversation_id,
+    )
+}
+
+/// Whether an online agent serves a requirement group, capacity and
+/// exclusions aside.
+fn serves(session: &Session, roster: &RosterEntry, key: &GroupKey) -> bool {
+    match key.requirements() {
+        None => {
+            let serves_language = session
+                .languages
+                .iter()
+                .any(|l| language_covers(l, &key.language));
+            let has_skills = key.skills.iter().all(|req| {
+                session
+                    .skill_level(&req.name)
+                    .is_some_and(|level| level >= req.level)
+            });
+            let region_ok = key
+                .region
+                .as_ref()
+                .is_none_or(|r| roster.allowed_regions.contains(r));
+            serves_language && has_skills && region_ok
+        }
+        Some((requirements, if_listed)) => plan_eligible(
+            &requirements,
+            if_listed,
+            &session.skills,
+            &session.languages,
+            session.regions.as_ref(),
+            roster,
+        ),
+    }
 }
 
 fn primary_subtag(tag: &str) -> &str {
