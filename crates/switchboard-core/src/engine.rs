@@ -790,7 +790,6 @@ impl PoolState {
                 );
             }
         }
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.presence(agent_id)
             .ok_or_else(|| DomainError::precondition("agent session vanished"))
@@ -808,7 +807,6 @@ impl PoolState {
         let session = self.session_mut(agent_id)?;
         session.stream = Some(stream_id);
         self.next_stream_id += 1;
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         let snapshot = self.agent_snapshot(agent_id)?;
         Ok((stream_id, snapshot))
@@ -880,7 +878,6 @@ impl PoolState {
         }
         session.choice = choice;
         let status = session.status();
-        self.reindex(agent_id);
         self.notice(agent_id, "status_changed", "status changed", status, now);
         self.dispatch_agent(agent_id, now);
         Ok(self
@@ -1115,7 +1112,6 @@ impl PoolState {
         self.emit(&offer.conversation_id, Some(agent_id), now, |c| {
             EventKind::Assigned { conversation: c }
         });
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(&offer.conversation_id, now)
     }
@@ -1237,7 +1233,6 @@ impl PoolState {
         if self.finish_drain_if_done(agent_id, now) {
             return self.view(conversation_id, now);
         }
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(conversation_id, now)
     }
@@ -1289,7 +1284,6 @@ impl PoolState {
     /// conversation it can serve.
     fn agent_freed(&mut self, agent: &AgentId, now: Timestamp) {
         if !self.finish_drain_if_done(agent, now) {
-            self.reindex(agent);
             self.dispatch_agent(agent, now);
         }
     }
@@ -1712,7 +1706,6 @@ impl PoolState {
                     if let Some(session) = ended {
                         session.wrap_up_until = None;
                         let status = session.status();
-                        self.reindex(&agent);
                         self.notice(&agent, "status_changed", "wrap-up ended", status, now);
                         self.dispatch_agent(&agent, now);
                     }
@@ -1758,7 +1751,6 @@ impl PoolState {
                         .filter(|s| s.reject_until.is_some_and(|until| until <= now));
                     if let Some(session) = ended {
                         session.reject_until = None;
-                        self.reindex(&agent);
                         self.dispatch_agent(&agent, now);
                     }
                 }
@@ -2611,11 +2603,18 @@ impl PoolState {
         best.map(|(_, agent)| agent.clone())
     }
 
-    /// An agent with spare capacity looks at the heads of the queue groups
-    /// it can serve and takes the best waiting conversation.
+    /// The agent's session changed: with spare capacity it looks at the
+    /// heads of the queue groups it can serve and is offered the best
+    /// waiting conversation; if there is none (or it cannot take one), its
+    /// place in the offerable index is brought up to date. Looked for
+    /// before it is filed: an agent offered something at once is not filed
+    /// in every index set of its languages and skills only to be taken out
+    /// again at the offer.
     fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
-        if let Some(id) = self.conversation_for(agent_id, now) {
-            self.make_offer(&id, agent_id, now);
+        match self.conversation_for(agent_id, now) {
+            // The offer takes it out of the index if it was in.
+            Some(id) => self.make_offer(&id, agent_id, now),
+            None => self.reindex(agent_id),
         }
     }
 
