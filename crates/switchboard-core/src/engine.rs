@@ -15,7 +15,8 @@
 //! the first fully eligible agent. Waiting conversations sit in groups of
 //! identical requirements, each ordered by priority then waiting time; an
 //! agent who becomes free looks only at the heads of the groups of its
-//! languages whose requirements it meets.
+//! languages and skills, walking them best head first and stopping at the
+//! first that cannot beat what it found (see `Shelf`).
 //!
 //! Deadlines (offer timeouts, undelivered offers, leases, maximum wait,
 //! retention) live in one ordered set; [`PoolState::sweep`] pops those due.
@@ -37,9 +38,12 @@ use crate::settings::DispatchSettings;
 use crate::time::Timestamp;
 use crate::validate::{language_covers, language_lookup_keys};
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
+
+mod hash;
+use hash::{Map, Set};
 
 /// Index key for "any skill": every offerable agent is under it.
 const ANY_SKILL: &str = "*";
@@ -88,6 +92,15 @@ struct RoutedKey {
 }
 
 impl GroupKey {
+    /// Whether the group's priority ages with the wait (planned, with a
+    /// positive aging rate): its order across priority levels then changes
+    /// with time.
+    fn ages(&self) -> bool {
+        self.routed
+            .as_ref()
+            .is_some_and(|r| r.aging.rate_micro_per_second > 0)
+    }
+
     /// The requirements this key stands for, when planned.
     fn requirements(&self) -> Option<(PlanRequirements, bool)> {
         let routed = self.routed.as_ref()?;
@@ -156,18 +169,30 @@ struct QueueKey {
     conversation_id: ConversationId,
 }
 
+/// What a free agent needs to know of a waiting conversation beyond its
+/// place in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    /// Some agent declined or missed it (its `excluded` set is not empty).
+    /// Set when it is filed: agents are excluded only while a conversation
+    /// is offered or assigned, never while it waits (checked by
+    /// [`PoolState::check_invariants`]). A free agent looks the
+    /// conversation up only when this is set.
+    has_exclusions: bool,
+}
+
 /// The requirement groups of one primary language subtag, filed by the
 /// first skill they require, so a free agent visits only the groups whose
 /// first skill it has (a group requires all of its skills), and reaches
 /// each group without hashing its key.
 #[derive(Debug, Default)]
 struct LanguageGroups {
-    without_skills: BTreeMap<GroupKey, Group>,
-    by_first_skill: HashMap<String, BTreeMap<GroupKey, Group>>,
+    without_skills: Shelf,
+    by_first_skill: Map<String, Shelf>,
 }
 
 impl LanguageGroups {
-    fn shelf(&self, key: &GroupKey) -> Option<&BTreeMap<GroupKey, Group>> {
+    fn shelf(&self, key: &GroupKey) -> Option<&Shelf> {
         match key.skills.first() {
             None => Some(&self.without_skills),
             Some(first) => self.by_first_skill.get(first.name.as_str()),
@@ -178,26 +203,21 @@ impl LanguageGroups {
         self.shelf(key)?.get(key)
     }
 
-    /// The group of `key`, created empty if new (keys are cloned only
-    /// then).
-    fn get_or_create(&mut self, key: &GroupKey) -> Option<&mut Group> {
+    /// Files `queue_key` in the group of `key` (created if new). Returns
+    /// the group's shared key.
+    fn insert(&mut self, key: GroupKey, queue_key: QueueKey, waiting: Waiting) -> Arc<GroupKey> {
         let shelf = match key.skills.first() {
             None => &mut self.without_skills,
-            Some(first) => {
-                if !self.by_first_skill.contains_key(first.name.as_str()) {
-                    self.by_first_skill
-                        .insert(first.name.clone(), BTreeMap::new());
-                }
-                self.by_first_skill.get_mut(first.name.as_str())?
-            }
+            Some(first) => match self.by_first_skill.get_mut(first.name.as_str()) {
+                Some(shelf) => shelf,
+                None => self.by_first_skill.entry(first.name.clone()).or_default(),
+            },
         };
-        if !shelf.contains_key(key) {
-            shelf.insert(key.clone(), Group::default());
-        }
-        shelf.get_mut(key)
+        shelf.insert(key, queue_key, waiting)
     }
 
-    /// Takes `queue_key` out of the group of `key`; an emptied group goes.
+    /// Takes `queue_key` out of the group of `key`; an emptied group goes,
+    /// and so does an emptied shelf.
     fn remove_entry(&mut self, key: &GroupKey, queue_key: &QueueKey) {
         let shelf = match key.skills.first() {
             None => &mut self.without_skills,
@@ -206,17 +226,7 @@ impl LanguageGroups {
                 None => return,
             },
         };
-        let Some(group) = shelf.get_mut(key) else {
-            return;
-        };
-        group.by_priority.remove(queue_key);
-        group
-            .by_age
-            .remove(&(queue_key.queued_since, queue_key.arrival));
-        if !group.by_priority.is_empty() {
-            return;
-        }
-        shelf.remove(key);
+        shelf.remove(key, queue_key);
         if shelf.is_empty()
             && let Some(first) = key.skills.first()
         {
@@ -228,29 +238,161 @@ impl LanguageGroups {
         self.without_skills.is_empty() && self.by_first_skill.is_empty()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
-        self.without_skills
-            .iter()
-            .chain(self.by_first_skill.values().flatten())
+    fn shelves(&self) -> impl Iterator<Item = &Shelf> {
+        std::iter::once(&self.without_skills).chain(self.by_first_skill.values())
     }
 
-    /// The groups an agent with `skills` may serve, as far as skills go:
-    /// those requiring none, and those whose first skill it has.
-    fn for_skills<'a>(
-        &'a self,
-        skills: &'a [Skill],
-    ) -> impl Iterator<Item = (&'a GroupKey, &'a Group)> {
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.shelves().flat_map(Shelf::iter)
+    }
+
+    /// The shelves an agent with `skills` may serve, as far as skills go:
+    /// groups requiring none, and those whose first skill it has.
+    fn shelves_for<'a>(&'a self, skills: &'a [Skill]) -> impl Iterator<Item = &'a Shelf> {
         let with_skills = skills
             .iter()
-            .filter_map(|s| self.by_first_skill.get(s.name.as_str()))
-            .flatten();
-        self.without_skills.iter().chain(with_skills)
+            .filter_map(|s| self.by_first_skill.get(s.name.as_str()));
+        std::iter::once(&self.without_skills).chain(with_skills)
+    }
+}
+
+/// The groups of one language and first skill.
+///
+/// # Design
+///
+/// A free agent wants the best waiting conversation of the groups it
+/// serves, and no entry of a group is better than the group's first: so
+/// it visits the groups in the order of their first entries (`heads`) and
+/// stops at the first group that cannot beat what it has found, instead of
+/// visiting every group (about a hundred per agent in a large pool). That
+/// holds for groups whose order is fixed; a planned group with aging ranks
+/// by an effective priority that grows with the wait, so those (`aging`)
+/// are visited one by one as before.
+#[derive(Debug, Default)]
+struct Shelf {
+    /// Groups without aging.
+    groups: BTreeMap<Arc<GroupKey>, Group>,
+    /// The first entry of each of `groups`, best first, with its group's
+    /// key and what the free agent needs to know of it.
+    heads: BTreeMap<QueueKey, (Arc<GroupKey>, Waiting)>,
+    /// Planned groups with aging.
+    aging: BTreeMap<Arc<GroupKey>, Group>,
+}
+
+impl Shelf {
+    fn get(&self, key: &GroupKey) -> Option<&Group> {
+        if key.ages() {
+            self.aging.get(key)
+        } else {
+            self.groups.get(key)
+        }
+    }
+
+    fn insert(&mut self, key: GroupKey, queue_key: QueueKey, waiting: Waiting) -> Arc<GroupKey> {
+        let ages = key.ages();
+        let groups = if ages {
+            &mut self.aging
+        } else {
+            &mut self.groups
+        };
+        let shared = match groups.get_key_value(&key) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => Arc::new(key),
+        };
+        let group = groups.entry(Arc::clone(&shared)).or_default();
+        group
+            .by_age
+            .insert((queue_key.queued_since, queue_key.arrival));
+        if ages {
+            group.by_priority.insert(queue_key, waiting);
+            return shared;
+        }
+        let first = group.by_priority.first_key_value().map(|(first, _)| first);
+        if first.is_none_or(|first| queue_key < *first) {
+            // The new entry goes first in its group.
+            if let Some(first) = first {
+                self.heads.remove(first);
+            }
+            self.heads
+                .insert(queue_key.clone(), (Arc::clone(&shared), waiting));
+        }
+        group.by_priority.insert(queue_key, waiting);
+        shared
+    }
+
+    /// Takes `queue_key` out of the group of `key`; an emptied group goes.
+    fn remove(&mut self, key: &GroupKey, queue_key: &QueueKey) {
+        let ages = key.ages();
+        let groups = if ages {
+            &mut self.aging
+        } else {
+            &mut self.groups
+        };
+        let Some(group) = groups.get_mut(key) else {
+            return;
+        };
+        group.by_priority.remove(queue_key);
+        group
+            .by_age
+            .remove(&(queue_key.queued_since, queue_key.arrival));
+        if !ages && let Some((shared, _)) = self.heads.remove(queue_key) {
+            // It was the group's first: the next one is.
+            if let Some((first, waiting)) = group.by_priority.first_key_value() {
+                self.heads.insert(first.clone(), (shared, *waiting));
+            }
+        }
+        if group.by_priority.is_empty() {
+            groups.remove(key);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.aging.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&GroupKey, &Group)> {
+        self.groups
+            .iter()
+            .chain(&self.aging)
+            .map(|(key, group)| (&**key, group))
+    }
+
+    /// Whether `heads` holds exactly the first entry of each group without
+    /// aging, and each group is filed by whether it ages.
+    fn check(&self) -> Result<(), String> {
+        if let Some(key) = self.groups.keys().find(|k| k.ages()) {
+            return Err(format!("aging group {key:?} filed as fixed"));
+        }
+        if let Some(key) = self.aging.keys().find(|k| !k.ages()) {
+            return Err(format!("fixed group {key:?} filed as aging"));
+        }
+        let expected: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
+            .groups
+            .iter()
+            .filter_map(|(key, group)| {
+                let (first, waiting) = group.by_priority.first_key_value()?;
+                Some((first, &**key, waiting))
+            })
+            .collect();
+        let mut expected = expected;
+        expected.sort_by(|a, b| a.0.cmp(b.0));
+        let heads: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
+            .heads
+            .iter()
+            .map(|(first, (key, waiting))| (first, &**key, waiting))
+            .collect();
+        if heads != expected || self.groups.values().any(|g| g.by_priority.is_empty()) {
+            return Err(format!(
+                "group heads {heads:?} are not the groups' first entries {expected:?}"
+            ));
+        }
+        Ok(())
     }
 }
 
 #[derive(Debug, Default)]
 struct Group {
-    by_priority: BTreeSet<QueueKey>,
+    by_priority: BTreeMap<QueueKey, Waiting>,
     by_age: BTreeSet<(Timestamp, u64)>,
 }
 
@@ -425,11 +567,11 @@ pub fn eligible(
 pub struct PoolState {
     pool: PoolId,
     settings: DispatchSettings,
-    roster: HashMap<AgentId, RosterEntry>,
-    agents: HashMap<AgentId, AgentRecord>,
+    roster: Map<AgentId, RosterEntry>,
+    agents: Map<AgentId, AgentRecord>,
     /// Boxed: growing the map then moves pointers, not whole conversations
     /// (retention keeps finished ones for an hour, so it gets large).
-    conversations: HashMap<ConversationId, Box<Conversation>>,
+    conversations: Map<ConversationId, Box<Conversation>>,
     /// Offerable agents by language, then skill ([`ANY_SKILL`]: all of the
     /// language's), longest idle first. Nested so that a look-up by `&str`
     /// allocates nothing.
@@ -438,18 +580,18 @@ pub struct PoolState {
     /// primary language subtag (then first skill) of the requirements, so
     /// a free agent finds the groups of its languages and skills without
     /// looking at others.
-    groups: HashMap<String, LanguageGroups>,
-    queued: HashMap<ConversationId, (GroupKey, QueueKey)>,
+    groups: Map<String, LanguageGroups>,
+    queued: Map<ConversationId, (Arc<GroupKey>, QueueKey)>,
     deadlines: BTreeSet<(Timestamp, Deadline)>,
     recent_first_offers: VecDeque<Timestamp>,
     /// The same per requirement group: the rate at which agents able to
     /// serve exactly these requirements have been taking them.
-    group_first_offers: HashMap<GroupKey, VecDeque<Timestamp>>,
+    group_first_offers: Map<GroupKey, VecDeque<Timestamp>>,
     /// Planned conversations' routing state.
-    routing: HashMap<ConversationId, Routed>,
+    routing: Map<ConversationId, Routed>,
     /// Indexed language tags by primary subtag, for widened look-ups (a tag
     /// stays once indexed; its sets may be empty).
-    families: HashMap<String, BTreeSet<String>>,
+    families: Map<String, BTreeSet<String>>,
     /// Counts offers, for round robin.
     offer_seq: u64,
     /// Plan generations, so stale schedule deadlines are recognised.
@@ -468,17 +610,17 @@ impl PoolState {
         PoolState {
             pool,
             settings,
-            roster: HashMap::new(),
-            agents: HashMap::new(),
-            conversations: HashMap::new(),
-            available: HashMap::new(),
-            groups: HashMap::new(),
-            queued: HashMap::new(),
+            roster: Map::default(),
+            agents: Map::default(),
+            conversations: Map::default(),
+            available: Map::default(),
+            groups: Map::default(),
+            queued: Map::default(),
             deadlines: BTreeSet::new(),
             recent_first_offers: VecDeque::with_capacity(RATE_WINDOW),
-            group_first_offers: HashMap::new(),
-            routing: HashMap::new(),
-            families: HashMap::new(),
+            group_first_offers: Map::default(),
+            routing: Map::default(),
+            families: Map::default(),
             offer_seq: 0,
             plan_generations: 0,
             arrivals: 0,
@@ -648,7 +790,6 @@ impl PoolState {
                 );
             }
         }
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.presence(agent_id)
             .ok_or_else(|| DomainError::precondition("agent session vanished"))
@@ -666,7 +807,6 @@ impl PoolState {
         let session = self.session_mut(agent_id)?;
         session.stream = Some(stream_id);
         self.next_stream_id += 1;
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         let snapshot = self.agent_snapshot(agent_id)?;
         Ok((stream_id, snapshot))
@@ -738,7 +878,6 @@ impl PoolState {
         }
         session.choice = choice;
         let status = session.status();
-        self.reindex(agent_id);
         self.notice(agent_id, "status_changed", "status changed", status, now);
         self.dispatch_agent(agent_id, now);
         Ok(self
@@ -839,9 +978,18 @@ impl PoolState {
             }
             Some(plan) => self.install_plan(&id, plan, preferred, now),
         }
-        self.enqueue(&id);
         self.emit(&id, None, now, |c| EventKind::Queued { conversation: c });
-        self.dispatch_conversation(&id, now);
+        // Only a conversation nobody can take at once gets a place in its
+        // queue group, as in dispatch.lua: filing one to take it out again
+        // at the offer was a quarter of a request's instructions. Nothing
+        // can tell: choosing an agent does not look at the queue, the
+        // queued event carries no position, and arrival numbers only order
+        // the entries of a group (which now count the same filings as
+        // dispatch.lua's).
+        match self.agent_for(&id, now) {
+            Some(agent) => self.make_offer(&id, &agent, now),
+            None => self.enqueue(&id),
+        }
         Ok((self.view(&id, now)?, true))
     }
 
@@ -964,7 +1112,6 @@ impl PoolState {
         self.emit(&offer.conversation_id, Some(agent_id), now, |c| {
             EventKind::Assigned { conversation: c }
         });
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(&offer.conversation_id, now)
     }
@@ -1086,7 +1233,6 @@ impl PoolState {
         if self.finish_drain_if_done(agent_id, now) {
             return self.view(conversation_id, now);
         }
-        self.reindex(agent_id);
         self.dispatch_agent(agent_id, now);
         self.view(conversation_id, now)
     }
@@ -1138,7 +1284,6 @@ impl PoolState {
     /// conversation it can serve.
     fn agent_freed(&mut self, agent: &AgentId, now: Timestamp) {
         if !self.finish_drain_if_done(agent, now) {
-            self.reindex(agent);
             self.dispatch_agent(agent, now);
         }
     }
@@ -1423,7 +1568,7 @@ impl PoolState {
     /// `limit` offerable agents of the smallest matching index set.
     pub fn availability(&self, handoff: &Handoff, limit: usize, now: Timestamp) -> (u32, i64) {
         let probe = Conversation::queued(handoff.clone(), now);
-        let mut seen = HashSet::new();
+        let mut seen = Set::default();
         for language in language_lookup_keys(&handoff.language) {
             let Some(set) = self.smallest_candidate_set(language, &handoff.required_skills) else {
                 continue;
@@ -1474,7 +1619,7 @@ impl PoolState {
         };
         let requirements = routed.requirements();
         let if_listed = routed.plan.roster_regions_if_listed;
-        let mut seen = HashSet::new();
+        let mut seen = Set::default();
         for language in self.planned_languages(requirements) {
             let Some(set) = self.smallest_candidate_set(language, &requirements.skills) else {
                 continue;
@@ -1561,7 +1706,6 @@ impl PoolState {
                     if let Some(session) = ended {
                         session.wrap_up_until = None;
                         let status = session.status();
-                        self.reindex(&agent);
                         self.notice(&agent, "status_changed", "wrap-up ended", status, now);
                         self.dispatch_agent(&agent, now);
                     }
@@ -1607,7 +1751,6 @@ impl PoolState {
                         .filter(|s| s.reject_until.is_some_and(|until| until <= now));
                     if let Some(session) = ended {
                         session.reject_until = None;
-                        self.reindex(&agent);
                         self.dispatch_agent(&agent, now);
                     }
                 }
@@ -1778,7 +1921,7 @@ impl PoolState {
     /// Checks every structural invariant; the property tests call it after
     /// each step. Returns the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut holders: HashMap<&ConversationId, &AgentId> = HashMap::new();
+        let mut holders: Map<&ConversationId, &AgentId> = Map::default();
         for (agent_id, record) in &self.agents {
             let Some(session) = &record.session else {
                 continue;
@@ -1835,6 +1978,27 @@ impl PoolState {
                     c.state
                 ));
             }
+            if let Some((group_key, queue_key)) = self.queued.get(id) {
+                let waiting = self
+                    .group(group_key)
+                    .and_then(|g| g.by_priority.get(queue_key))
+                    .ok_or(format!("{id} is queued but not in its group"))?;
+                if waiting.has_exclusions == c.excluded.is_empty() {
+                    return Err(format!(
+                        "{id} filed with has_exclusions={} but excludes {:?}",
+                        waiting.has_exclusions, c.excluded
+                    ));
+                }
+                // A free agent asks whether a waiting conversation is
+                // reserved for its preferred agent only in planned groups.
+                if group_key.routed.is_some() != self.routing.contains_key(id) {
+                    return Err(format!(
+                        "{id} is in a group planned={} but has routing state={}",
+                        group_key.routed.is_some(),
+                        self.routing.contains_key(id)
+                    ));
+                }
+            }
             match c.state {
                 ConversationState::Assigned => {
                     let agent = c
@@ -1880,7 +2044,7 @@ impl PoolState {
                 ));
             }
             if let Some((key, _)) = self.queued.get(id)
-                && *key != routed.group_key()
+                && **key != routed.group_key()
             {
                 return Err(format!("{id} queued in a group of other requirements"));
             }
@@ -1888,10 +2052,13 @@ impl PoolState {
                 return Err(format!("{id} finished but queued"));
             }
         }
-        let indexed_agents: HashSet<&AgentId> = self
+        for shelf in self.groups.values().flat_map(LanguageGroups::shelves) {
+            shelf.check()?;
+        }
+        let indexed_agents: Set<&AgentId> = self
             .available
             .values()
-            .flat_map(HashMap::values)
+            .flat_map(Map::values)
             .flatten()
             .map(|(_, a)| a)
             .collect();
@@ -2271,18 +2438,15 @@ impl PoolState {
             arrival: self.arrivals,
             conversation_id: id.clone(),
         };
+        let waiting = Waiting {
+            has_exclusions: !conversation.excluded.is_empty(),
+        };
         let primary = primary_subtag(&group_key.language);
         let language_groups = match self.groups.get_mut(primary) {
             Some(language_groups) => language_groups,
             None => self.groups.entry(primary.to_owned()).or_default(),
         };
-        let Some(group) = language_groups.get_or_create(&group_key) else {
-            return;
-        };
-        group.by_priority.insert(queue_key.clone());
-        group
-            .by_age
-            .insert((queue_key.queued_since, queue_key.arrival));
+        let group_key = language_groups.insert(group_key, queue_key.clone(), waiting);
         self.queued.insert(id.clone(), (group_key, queue_key));
     }
 
@@ -2394,60 +2558,101 @@ impl PoolState {
         }
     }
 
-    /// A queued conversation looks for the best offerable, eligible agent.
+    /// A queued conversation looks for the best offerable, eligible agent
+    /// and is offered to it.
     fn dispatch_conversation(&mut self, id: &ConversationId, now: Timestamp) {
-        let Some(conversation) = self.conversations.get(id) else {
-            return;
-        };
+        if let Some(agent) = self.agent_for(id, now) {
+            self.make_offer(id, &agent, now);
+        }
+    }
+
+    /// The agent a queued conversation is to be offered to now, if any.
+    /// Only looks: whether the conversation is in its queue group yet does
+    /// not matter (a new hand-off is asked before it is filed, see
+    /// [`PoolState::request_with_plan`]).
+    fn agent_for(&self, id: &ConversationId, now: Timestamp) -> Option<AgentId> {
+        let conversation = self.conversations.get(id)?;
         if conversation.state != ConversationState::Queued {
-            return;
+            return None;
         }
-        if self.routing.contains_key(id) {
-            self.dispatch_planned(id, now);
-            return;
+        if let Some(routed) = self.routing.get(id) {
+            return self.planned_agent_for(conversation, routed, now);
         }
-        let mut best: Option<(i64, AgentId)> = None;
         if let Some(preferred) = &conversation.handoff.preferred_agent
             && let Some(session) = self.session(preferred)
             && session.offerable()
             && self.agent_fits(preferred, session, conversation)
         {
-            best = Some((i64::MIN, preferred.clone()));
+            return Some(preferred.clone());
         }
-        if best.is_none() {
-            for language in language_lookup_keys(&conversation.handoff.language) {
-                let candidate_set =
-                    self.smallest_candidate_set(language, &conversation.handoff.required_skills);
-                let Some(set) = candidate_set else { continue };
-                let found = set.iter().find(|(_, agent)| {
-                    self.session(agent)
-                        .is_some_and(|s| self.agent_fits(agent, s, conversation))
-                });
-                if let Some((score, agent)) = found
-                    && best.as_ref().is_none_or(|(b, _)| score < b)
-                {
-                    best = Some((*score, agent.clone()));
-                }
+        let mut best: Option<&(i64, AgentId)> = None;
+        for language in language_lookup_keys(&conversation.handoff.language) {
+            let candidate_set =
+                self.smallest_candidate_set(language, &conversation.handoff.required_skills);
+            let Some(set) = candidate_set else { continue };
+            let found = set.iter().find(|(_, agent)| {
+                self.session(agent)
+                    .is_some_and(|s| self.agent_fits(agent, s, conversation))
+            });
+            if let Some(candidate) = found
+                && best.is_none_or(|(b, _)| candidate.0 < *b)
+            {
+                best = Some(candidate);
             }
         }
-        if let Some((_, agent)) = best {
-            self.make_offer(id, &agent, now);
+        best.map(|(_, agent)| agent.clone())
+    }
+
+    /// The agent's session changed: with spare capacity it looks at the
+    /// heads of the queue groups it can serve and is offered the best
+    /// waiting conversation; if there is none (or it cannot take one), its
+    /// place in the offerable index is brought up to date. Looked for
+    /// before it is filed: an agent offered something at once is not filed
+    /// in every index set of its languages and skills only to be taken out
+    /// again at the offer.
+    fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
+        match self.conversation_for(agent_id, now) {
+            // The offer takes it out of the index if it was in.
+            Some(id) => self.make_offer(&id, agent_id, now),
+            None => self.reindex(agent_id),
         }
     }
 
-    /// An agent with spare capacity looks at the heads of the queue groups
-    /// it can serve and takes the best waiting conversation.
-    fn dispatch_agent(&mut self, agent_id: &AgentId, now: Timestamp) {
-        let Some(session) = self.session(agent_id) else {
-            return;
-        };
+    /// The best waiting conversation an offerable agent may be offered now,
+    /// if any.
+    fn conversation_for(&self, agent_id: &AgentId, now: Timestamp) -> Option<ConversationId> {
+        let session = self.session(agent_id)?;
         if !session.offerable() {
-            return;
+            return None;
         }
-        let Some(roster) = self.roster.get(agent_id) else {
-            return;
+        let roster = self.roster.get(agent_id)?;
+        self.best_waiting_for(agent_id, session, roster, now)
+    }
+
+    /// The best waiting conversation an online agent may take, its status
+    /// and capacity aside.
+    fn best_waiting_for(
+        &self,
+        agent_id: &AgentId,
+        session: &Session,
+        roster: &RosterEntry,
+        now: Timestamp,
+    ) -> Option<ConversationId> {
+        // Skip the conversations this agent declined or missed, and those
+        // reserved for their preferred agent. Only a conversation someone
+        // declined or missed needs looking up, and only a planned one can
+        // be reserved: the rest are decided by their queue entry alone.
+        let may_take = |key: &QueueKey, waiting: &Waiting, planned: bool| {
+            let excluded = waiting.has_exclusions
+                && self
+                    .conversations
+                    .get(&key.conversation_id)
+                    .is_none_or(|c| c.excluded.contains(agent_id));
+            let reserved =
+                planned && self.reserved_for_another(&key.conversation_id, agent_id, now);
+            !excluded && !reserved
         };
-        let mut best: Option<(Reverse<u64>, Timestamp, u64, &ConversationId)> = None;
+        let mut best: Option<Rank<'_>> = None;
         for (i, language) in session.languages.iter().enumerate() {
             let primary = primary_subtag(language);
             let seen = session.languages[..i]
@@ -2459,92 +2664,81 @@ impl PoolState {
             let Some(language_groups) = self.groups.get(primary) else {
                 continue;
             };
-            for (group_key, group) in language_groups.for_skills(&session.skills) {
-                let serves = match group_key.requirements() {
-                    None => {
-                        let serves_language = session
-                            .languages
-                            .iter()
-                            .any(|l| language_covers(l, &group_key.language));
-                        let has_skills = group_key.skills.iter().all(|req| {
-                            session
-                                .skill_level(&req.name)
-                                .is_some_and(|level| level >= req.level)
-                        });
-                        let region_ok = group_key
-                            .region
-                            .as_ref()
-                            .is_none_or(|r| roster.allowed_regions.contains(r));
-                        serves_language && has_skills && region_ok
+            for shelf in language_groups.shelves_for(&session.skills) {
+                // Groups in a fixed order, by their first entries: the
+                // group's first the agent may take competes. A group whose
+                // first entry cannot beat the best so far ends the walk (no
+                // entry of a group is better than its first).
+                for (first, (group_key, waiting)) in &shelf.heads {
+                    if best.as_ref().is_some_and(|b| fixed_rank(first) >= *b) {
+                        break;
                     }
-                    Some((requirements, if_listed)) => plan_eligible(
-                        &requirements,
-                        if_listed,
-                        &session.skills,
-                        &session.languages,
-                        session.regions.as_ref(),
-                        roster,
-                    ),
-                };
-                if !serves {
-                    continue;
+                    if !serves(session, roster, group_key) {
+                        continue;
+                    }
+                    let planned = group_key.routed.is_some();
+                    let found = if may_take(first, waiting, planned) {
+                        Some(first)
+                    } else {
+                        shelf.groups.get(&**group_key).and_then(|group| {
+                            group
+                                .by_priority
+                                .iter()
+                                .find(|(key, waiting)| may_take(key, waiting, planned))
+                                .map(|(key, _)| key)
+                        })
+                    };
+                    if let Some(key) = found {
+                        let rank = fixed_rank(key);
+                        if best.as_ref().is_none_or(|b| rank < *b) {
+                            best = Some(rank);
+                        }
+                    }
                 }
-                let aging = group_key
-                    .routed
-                    .as_ref()
-                    .map(|r| r.aging)
-                    .filter(|a| a.rate_micro_per_second > 0);
-                // Skip the conversations this agent declined or missed, and
-                // those reserved for their preferred agent. With aging, the
-                // head of every priority level competes (aging keeps the
-                // order within a level); without, the group's head.
-                let mut after: Option<QueueKey> = None;
-                loop {
-                    let mut range = match &after {
-                        None => group.by_priority.range::<QueueKey, _>(..),
-                        Some(cursor) => group
-                            .by_priority
-                            .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
+                // Groups with aging: the first the agent may take of every
+                // priority level competes (aging keeps the order within a
+                // level).
+                for (group_key, group) in &shelf.aging {
+                    let Some(aging) = group_key.routed.as_ref().map(|r| r.aging) else {
+                        continue;
                     };
-                    let head = range.find(|key| {
-                        self.conversations
-                            .get(&key.conversation_id)
-                            .is_some_and(|c| !c.excluded.contains(agent_id))
-                            && !self.reserved_for_another(&key.conversation_id, agent_id, now)
-                    });
-                    let Some(head) = head else {
-                        break;
-                    };
-                    let waited = now.millis_since(head.queued_since);
-                    let effective = match aging {
-                        Some(aging) => aging.effective(head.priority.0, waited),
-                        None => u64::from(head.priority.0) * MICRO,
-                    };
-                    let rank = (
-                        Reverse(effective),
-                        head.queued_since,
-                        head.arrival,
-                        &head.conversation_id,
-                    );
-                    if best.as_ref().is_none_or(|b| rank < *b) {
-                        best = Some(rank);
+                    if !serves(session, roster, group_key) {
+                        continue;
                     }
-                    if aging.is_none() {
-                        break;
+                    let mut after: Option<QueueKey> = None;
+                    loop {
+                        let mut range = match &after {
+                            None => group.by_priority.range::<QueueKey, _>(..),
+                            Some(cursor) => group
+                                .by_priority
+                                .range::<QueueKey, _>((Bound::Excluded(cursor), Bound::Unbounded)),
+                        };
+                        let head = range.find(|(key, waiting)| may_take(key, waiting, true));
+                        let Some((head, _)) = head else {
+                            break;
+                        };
+                        let waited = now.millis_since(head.queued_since);
+                        let rank = (
+                            Reverse(aging.effective(head.priority.0, waited)),
+                            head.queued_since,
+                            head.arrival,
+                            &head.conversation_id,
+                        );
+                        if best.as_ref().is_none_or(|b| rank < *b) {
+                            best = Some(rank);
+                        }
+                        // Past the rest of this priority level.
+                        after = Some(QueueKey {
+                            priority: head.priority,
+                            queued_since: Timestamp(i64::MAX),
+                            arrival: u64::MAX,
+                            conversation_id: head.conversation_id.clone(),
+                        });
                     }
-                    // Past the rest of this priority level.
-                    after = Some(QueueKey {
-                        priority: head.priority,
-                        queued_since: Timestamp(i64::MAX),
-                        arrival: u64::MAX,
-                        conversation_id: head.conversation_id.clone(),
-                    });
                 }
             }
         }
-        if let Some(id) = best.map(|(_, _, _, id)| id.clone()) {
-            self.make_offer(&id, agent_id, now);
-        }
+        best.map(|(_, _, _, id)| id.clone())
     }
 
     /// Whether a planned conversation is, at `now`, reserved for its
@@ -2625,26 +2819,25 @@ impl PoolState {
         }
     }
 
-    /// A queued planned conversation looks for an agent: its preferred
-    /// agent first (and only, while the window is open and that agent is
-    /// online and eligible), else by the plan's strategy.
-    fn dispatch_planned(&mut self, id: &ConversationId, now: Timestamp) {
-        let (Some(conversation), Some(routed)) = (self.conversations.get(id), self.routing.get(id))
-        else {
-            return;
-        };
+    /// The agent a queued planned conversation is to be offered to now: its
+    /// preferred agent first (and only, while the window is open and that
+    /// agent is online and eligible), else the best by the plan's strategy.
+    fn planned_agent_for(
+        &self,
+        conversation: &Conversation,
+        routed: &Routed,
+        now: Timestamp,
+    ) -> Option<AgentId> {
         if let Some(preferred) = &conversation.handoff.preferred_agent
             && self.planned_fits(preferred, conversation, routed)
         {
             if self.session(preferred).is_some_and(Session::offerable) {
-                let preferred = preferred.clone();
-                self.make_offer(id, &preferred, now);
-                return;
+                return Some(preferred.clone());
             }
             if routed.plan.preferred_window_ms > 0 && routed.preferred_window_open(now) {
                 // Reserved: the preferred agent gets it when free, others
                 // once the window ends.
-                return;
+                return None;
             }
         }
         let requirements = routed.requirements();
@@ -2669,13 +2862,10 @@ impl PoolState {
                 }
             }
         }
-        let best = candidates
+        candidates
             .into_iter()
             .min_by(|a, b| self.strategy_cmp(strategy, requirements, a, b))
-            .map(|(_, agent)| agent.clone());
-        if let Some(agent) = best {
-            self.make_offer(id, &agent, now);
-        }
+            .map(|(_, agent)| agent.clone())
     }
 
     /// Best first under `strategy`; ties by longest idle, then agent id, so
@@ -2839,12 +3029,58 @@ fn with_fallback_step(mut plan: RoutingPlan, handoff: &Handoff) -> RoutingPlan {
     plan
 }
 
+/// How a free agent ranks a waiting conversation: higher effective
+/// priority first, then longer waiting, then arrival.
+type Rank<'a> = (Reverse<u64>, Timestamp, u64, &'a ConversationId);
+
+/// The rank of an entry of a group without aging (its effective priority
+/// is its priority).
+fn fixed_rank(key: &QueueKey) -> Rank<'_> {
+    (
+        Reverse(u64::from(key.priority.0) * MICRO),
+        key.queued_since,
+        key.arrival,
+        &key.conversation_id,
+    )
+}
+
+/// Whether an online agent serves a requirement group, capacity and
+/// exclusions aside.
+fn serves(session: &Session, roster: &RosterEntry, key: &GroupKey) -> bool {
+    match key.requirements() {
+        None => {
+            let serves_language = session
+                .languages
+                .iter()
+                .any(|l| language_covers(l, &key.language));
+            let has_skills = key.skills.iter().all(|req| {
+                session
+                    .skill_level(&req.name)
+                    .is_some_and(|level| level >= req.level)
+            });
+            let region_ok = key
+                .region
+                .as_ref()
+                .is_none_or(|r| roster.allowed_regions.contains(r));
+            serves_language && has_skills && region_ok
+        }
+        Some((requirements, if_listed)) => plan_eligible(
+            &requirements,
+            if_listed,
+            &session.skills,
+            &session.languages,
+            session.regions.as_ref(),
+            roster,
+        ),
+    }
+}
+
 fn primary_subtag(tag: &str) -> &str {
     tag.split('-').next().unwrap_or(tag)
 }
 
 /// Offerable agents: language → skill (or [`ANY_SKILL`]) → `(score, agent)`.
-type AgentIndex = HashMap<String, HashMap<String, BTreeSet<(i64, AgentId)>>>;
+type AgentIndex = Map<String, Map<String, BTreeSet<(i64, AgentId)>>>;
 
 /// The index sets an agent with `skills` is in under one language:
 /// [`ANY_SKILL`] and each skill.
@@ -2857,7 +3093,7 @@ fn index_skills(skills: &[Skill]) -> impl Iterator<Item = &str> {
 /// new [`ANY_SKILL`] set files the language under its family.
 fn index_insert(
     available: &mut AgentIndex,
-    families: &mut HashMap<String, BTreeSet<String>>,
+    families: &mut Map<String, BTreeSet<String>>,
     language: &str,
     skills: &[Skill],
     entry: &(i64, AgentId),

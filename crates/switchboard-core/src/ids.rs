@@ -3,6 +3,7 @@
 use crate::error::DomainError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest id we accept, in bytes.
 pub const MAX_ID_LEN: usize = 128;
@@ -29,18 +30,22 @@ fn check_id(field: &str, value: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
+/// Ids are immutable shared strings: the engine files the same id in
+/// several indexes, deadlines, offers and events, and copying one is then
+/// a reference count, not an allocation. Equality, order, hashing, `Debug`
+/// and the serialised form are those of the string.
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `value` as this id; `field` names it in the error.
             pub fn parse(field: &str, value: &str) -> Result<Self, DomainError> {
                 check_id(field, value)?;
-                Ok($name(value.to_owned()))
+                Ok($name(Arc::from(value)))
             }
 
             pub fn as_str(&self) -> &str {

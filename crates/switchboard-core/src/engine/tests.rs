@@ -4,6 +4,7 @@
 use super::*;
 use crate::model::{GoOnline, Handoff};
 use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
 
 fn pool() -> PoolState {
     PoolState::new(
@@ -456,6 +457,68 @@ fn free_agent_looks_only_at_groups_it_serves_and_skips_excluded() {
 
 // ------------------------------------------------------------ property tests
 
+/// What a free agent takes, found the plain way: every waiting conversation
+/// in a group of one of its languages whose first skill it has (or that
+/// needs none), that it serves and may take, ranked as the engine ranks
+/// them (effective priority, then waiting time, then arrival).
+fn best_waiting_by_scan(
+    s: &PoolState,
+    agent_id: &AgentId,
+    now: Timestamp,
+) -> Option<ConversationId> {
+    let session = s.session(agent_id)?;
+    let roster = s.roster.get(agent_id)?;
+    let primaries: Vec<&str> = session
+        .languages
+        .iter()
+        .map(|l| primary_subtag(l))
+        .collect();
+    s.queued
+        .iter()
+        .filter(|(id, (key, _))| {
+            let on_shelf = primaries.contains(&primary_subtag(&key.language))
+                && key
+                    .skills
+                    .first()
+                    .is_none_or(|first| session.skill_level(&first.name).is_some());
+            let c = &s.conversations[*id];
+            on_shelf
+                && serves(session, roster, key)
+                && !c.excluded.contains(agent_id)
+                && !s.reserved_for_another(id, agent_id, now)
+        })
+        .map(|(_, (key, queue_key))| {
+            let aging = key.routed.as_ref().map(|r| r.aging).unwrap_or_default();
+            let waited = now.millis_since(queue_key.queued_since);
+            (
+                Reverse(aging.effective(queue_key.priority.0, waited)),
+                queue_key.queued_since,
+                queue_key.arrival,
+                queue_key.conversation_id.clone(),
+            )
+        })
+        .min()
+        .map(|(_, _, _, id)| id)
+}
+
+/// Every online agent, whatever its status, would take what the plain scan
+/// finds (the engine walks group heads and stops early).
+fn check_best_waiting(s: &PoolState, now: Timestamp) -> Result<(), String> {
+    for (agent_id, record) in &s.agents {
+        let (Some(session), Some(roster)) = (&record.session, s.roster.get(agent_id)) else {
+            continue;
+        };
+        let engine = s.best_waiting_for(agent_id, session, roster, now);
+        let scan = best_waiting_by_scan(s, agent_id, now);
+        if engine != scan {
+            return Err(format!(
+                "agent {agent_id}: engine picks {engine:?}, a full scan {scan:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Online(usize),
@@ -582,6 +645,7 @@ proptest! {
             }
             s.take_events();
             prop_assert!(s.check_invariants().is_ok(), "{:?}", s.check_invariants());
+            prop_assert!(check_best_waiting(&s, Timestamp(now)).is_ok(), "{:?}", check_best_waiting(&s, Timestamp(now)));
             for c in &requested {
                 prop_assert!(s.view(&cid(&format!("c{c}")), Timestamp(now)).is_ok(), "conversation c{} lost", c);
             }
@@ -1552,6 +1616,7 @@ proptest! {
             }
             s.take_events();
             prop_assert!(s.check_invariants().is_ok(), "{:?}", s.check_invariants());
+            prop_assert!(check_best_waiting(&s, Timestamp(now)).is_ok(), "{:?}", check_best_waiting(&s, Timestamp(now)));
             for c in &requested {
                 let id = cid(&format!("c{}", c - CONVERSATIONS));
                 prop_assert!(s.view(&id, Timestamp(now)).is_ok(), "conversation {} lost", id);
