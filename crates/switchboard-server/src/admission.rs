@@ -35,6 +35,19 @@
 //! behind marks offers late although the streams are fine. Withdrawing
 //! them then would send agents to resubscribe, more work for a replica
 //! already behind (the spiral above).
+//!
+//! A third signal, for a shared store: how far behind the store's event
+//! feed runs ([`Store::feed_lag`]). With Redis an offer reaches the agent's
+//! stream only through the feed, which reads every pool's event stream; it
+//! can fall a second or more behind while neither this runtime nor Redis is
+//! saturated (seen on 23 Nov 2026: two replicas on one Redis at 2 × 750
+//! hand-offs/s, feeds 1-2.4 s behind, runtime lag under 250 ms, Redis at
+//! 55% of a core; thousands of offers withdrawn as undelivered, agents sent
+//! to resubscribe, hundreds of conversations left waiting). The feed's lag
+//! counts as this replica's lag: beyond `server.max_runtime_lag_ms` new
+//! hand-offs are refused, and from a quarter of the delivery grace the
+//! delivery checks pause, for every replica sweeping the pool (the store
+//! carries the pause to them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -105,6 +118,8 @@ pub struct Admission {
     max_lag_ms: u64,
     /// The last lag the monitor measured, in ms.
     lag_ms: AtomicU64,
+    /// The store feed's lag at the monitor's last probe, in ms.
+    feed_lag_ms: AtomicU64,
     in_progress: AtomicUsize,
     shed: AtomicU64,
     started: Instant,
@@ -132,6 +147,7 @@ impl Admission {
             limit,
             max_lag_ms,
             lag_ms: AtomicU64::new(0),
+            feed_lag_ms: AtomicU64::new(0),
             in_progress: AtomicUsize::new(0),
             shed: AtomicU64::new(0),
             started: Instant::now(),
@@ -147,6 +163,16 @@ impl Admission {
             self.log_shedding(shed);
             return Err(Status::resource_exhausted(format!(
                 "this replica is overloaded: it runs {lag} ms behind \
+                 (server.max_runtime_lag_ms {}); nothing was created, retry with backoff",
+                self.max_lag_ms
+            )));
+        }
+        let feed_lag = self.feed_lag_ms.load(Ordering::Relaxed);
+        if self.max_lag_ms > 0 && feed_lag > self.max_lag_ms {
+            let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+            self.log_shedding(shed);
+            return Err(Status::resource_exhausted(format!(
+                "this replica is overloaded: its event feed runs {feed_lag} ms behind \
                  (server.max_runtime_lag_ms {}); nothing was created, retry with backoff",
                 self.max_lag_ms
             )));
@@ -174,17 +200,41 @@ impl Admission {
         self.lag_ms.store(ms, Ordering::Relaxed);
     }
 
+    /// Records the store feed's lag (see [`Store::feed_lag`]).
+    pub fn record_feed_lag(&self, lag: Duration) {
+        let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
+        self.feed_lag_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The last lag measured, in ms.
     pub fn lag_ms(&self) -> u64 {
         self.lag_ms.load(Ordering::Relaxed)
     }
 
+    /// One probe: the runtime's lag, the store feed's, and `elapsed` since
+    /// the previous probe. Records both for [`Admission::admit`] and, with
+    /// `delivery`, feeds the larger to the pause; returns `Some(paused)`
+    /// when the pause starts or ends.
+    pub fn observe(
+        &self,
+        runtime_lag: Duration,
+        feed_lag: Duration,
+        elapsed: Duration,
+        delivery: Option<&mut DeliveryPause>,
+    ) -> Option<bool> {
+        self.record_lag(runtime_lag);
+        self.record_feed_lag(feed_lag);
+        delivery?.update(runtime_lag.max(feed_lag), elapsed)
+    }
+
     /// Measures the runtime's lag until `cancel`: sleeps [`LAG_PROBE`] and
-    /// records how much later than asked it woke up. With `delivery`, also
-    /// pauses and resumes the store's undelivered-offer checks by that lag.
+    /// records how much later than asked it woke up, and with `store` how
+    /// far behind its feed runs. With `delivery` too, pauses and resumes the
+    /// store's undelivered-offer checks by the larger of the two.
     pub async fn monitor_lag(
         self: Arc<Self>,
-        mut delivery: Option<(DeliveryPause, Arc<dyn Store>)>,
+        store: Option<Arc<dyn Store>>,
+        mut delivery: Option<DeliveryPause>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
         loop {
@@ -195,18 +245,18 @@ impl Admission {
             }
             let elapsed = asked.elapsed();
             let lag = elapsed.saturating_sub(LAG_PROBE);
-            self.record_lag(lag);
-            if let Some((pause, store)) = delivery.as_mut()
-                && let Some(paused) = pause.update(lag, elapsed)
-            {
+            let feed_lag = store.as_ref().map_or(Duration::ZERO, |s| s.feed_lag());
+            let changed = self.observe(lag, feed_lag, elapsed, delivery.as_mut());
+            if let (Some(paused), Some(store)) = (changed, store.as_ref()) {
                 store.pause_delivery_checks(paused);
                 if paused {
                     tracing::warn!(
                         lag_ms = lag.as_millis() as u64,
-                        "runtime behind: undelivered offers are not withdrawn until it catches up"
+                        feed_lag_ms = feed_lag.as_millis() as u64,
+                        "running behind (runtime or event feed): undelivered offers are not withdrawn until it catches up"
                     );
                 } else {
-                    tracing::info!("runtime caught up: undelivered offers are withdrawn again");
+                    tracing::info!("caught up: undelivered offers are withdrawn again");
                 }
             }
         }
@@ -292,6 +342,46 @@ mod tests {
         assert!(admission.admit().is_ok(), "caught up: admitted again");
     }
 
+    /// 23 Nov 2026: two replicas on one Redis, each store feed 1-2.4 s
+    /// behind while the runtimes lagged under 250 ms: nothing was shed and
+    /// nothing paused, and offers were withdrawn as undelivered by the
+    /// thousand. A feed that far behind is this replica's lag.
+    #[test]
+    fn a_lagging_store_feed_sheds_new_handoffs_and_pauses_delivery_checks() {
+        let ms = Duration::from_millis;
+        let admission = Admission::new(64, 250);
+        let mut pause = DeliveryPause::new(ms(1_000));
+        assert_eq!(
+            admission.observe(ms(2), ms(40), ms(27), Some(&mut pause)),
+            None,
+            "a feed 40 ms behind is not overload"
+        );
+        assert!(admission.admit().is_ok());
+        assert_eq!(
+            admission.observe(ms(2), ms(1_200), ms(27), Some(&mut pause)),
+            Some(true),
+            "a feed a grace behind pauses the delivery checks"
+        );
+        let (code, message) = refusal(&admission);
+        assert_eq!(code, tonic::Code::ResourceExhausted);
+        assert!(
+            message.contains("event feed runs 1200 ms behind"),
+            "{message}"
+        );
+        assert!(message.contains("server.max_runtime_lag_ms"), "{message}");
+        assert_eq!(admission.in_progress(), 0, "a refusal takes no slot");
+        // Caught up: admitted at once; the pause holds for calm graces.
+        assert_eq!(
+            admission.observe(ms(2), ms(3), ms(27), Some(&mut pause)),
+            None
+        );
+        assert!(admission.admit().is_ok(), "caught up: admitted again");
+        assert_eq!(
+            admission.observe(ms(2), ms(3), ms(5_000), Some(&mut pause)),
+            Some(false)
+        );
+    }
+
     #[test]
     fn delivery_checks_pause_while_behind_and_resume_after_calm_graces() {
         let ms = Duration::from_millis;
@@ -326,7 +416,7 @@ mod tests {
     async fn the_monitor_measures_a_blocked_runtime() {
         let admission = Admission::new(0, 100);
         let cancel = tokio_util::sync::CancellationToken::new();
-        let monitor = tokio::spawn(admission.clone().monitor_lag(None, cancel.clone()));
+        let monitor = tokio::spawn(admission.clone().monitor_lag(None, None, cancel.clone()));
         tokio::time::sleep(LAG_PROBE * 2).await;
         assert!(admission.admit().is_ok(), "idle: no lag");
         // Block the only thread while the monitor's sleep is due: its

@@ -57,7 +57,8 @@ pub struct ServerSettings {
     /// hand-offs are refused with RESOURCE_EXHAUSTED. 250 ms is far above a
     /// healthy replica's lag (well under 1 ms) and well below the
     /// one-second offer-delivery grace, past which offers are withdrawn as
-    /// undelivered and the overload feeds on itself. 0: never.
+    /// undelivered and the overload feeds on itself. The same limit applies
+    /// to the store's event feed (`Store::feed_lag`, Redis). 0: never.
     pub max_runtime_lag_ms: u64,
 }
 

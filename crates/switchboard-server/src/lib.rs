@@ -188,10 +188,8 @@ pub async fn serve_gated(
     let delivery_grace =
         Duration::from_millis(u64::try_from(options.settings.offer_delivery_grace_ms).unwrap_or(0));
     tracker.spawn(admission.clone().monitor_lag(
-        Some((
-            admission::DeliveryPause::new(delivery_grace),
-            options.store.clone(),
-        )),
+        Some(options.store.clone()),
+        Some(admission::DeliveryPause::new(delivery_grace)),
         cancel.child_token(),
     ));
     let state = AppState {

@@ -39,7 +39,10 @@
 local K, ARGV, command, pool, settings, now, contact_now
 local K_ROSTER, K_AGENTS, K_ONLINE, K_DEADLINES, K_EVENTS, K_GROUPS, K_ARRIVALS
 local K_STREAM_IDS, K_FIRST_OFFERS, K_RATE_GROUPS, K_LAST_CONTACT, K_OFFER_SEQ
-local K_PLAN_GENERATIONS
+local K_PLAN_GENERATIONS, K_DELIVERY_PAUSED
+-- Whether the pool's delivery checks are paused by another replica, once
+-- this call has looked (nil: not yet; see `delivery_checks_paused`).
+local pool_delivery_paused
 -- Rows (agents, conversations, roster entries) read during this call, and
 -- which of them changed; written back once, at the end (`flush`).
 local agents, conversations, rosters, dirty_agents, dirty_conversations
@@ -109,8 +112,10 @@ local function begin(keys, args)
   stream_max_len_text = ARGV[13]
   -- This replica runs behind: give undelivered offers another grace
   -- period rather than withdraw them (Store::pause_delivery_checks). Per
-  -- call, not kept with the settings.
+  -- call, not kept with the settings; the pool-wide pause it leaves for
+  -- the other replicas is `delivery_paused` (see `delivery_checks_paused`).
   settings.delivery_checks_paused = ARGV[15] == '1'
+  pool_delivery_paused = nil
   local time = redis.call('TIME')
   local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   if string.sub(ARGV[3], 1, 1) == '=' then
@@ -135,6 +140,7 @@ local function begin(keys, args)
     K_LAST_CONTACT = K .. 'last_contact'
     K_OFFER_SEQ = K .. 'offer_seq'
     K_PLAN_GENERATIONS = K .. 'plan_generations'
+    K_DELIVERY_PAUSED = K .. 'delivery_paused'
     names_for = K
   end
   agents, conversations, rosters = {}, {}, {}
@@ -1686,6 +1692,40 @@ end
 
 -- ------------------------------------------------------------ sweep
 
+-- How long the `delivery_paused` key outlives its time (ms of real time):
+-- only so that a pool nobody pauses any more does not keep it for ever.
+-- Its value, not its expiry, decides (test clocks move `now`, not Redis's).
+local DELIVERY_PAUSED_TTL = '600000'
+
+-- Whether an offer found undelivered at its delivery deadline gets another
+-- grace instead of being withdrawn: while this call's replica runs behind
+-- (ARGV[15]), or while any other replica calling the pool does. An offer
+-- is marked delivered by the replica holding the agent's stream, so when
+-- that replica is late, a sweep on a replica that keeps up must not take
+-- its lateness for a dead stream (seen: two replicas on one Redis, each
+-- withdrawing the other's offers while its feed ran a second behind). A
+-- paused replica's calls write until when (`mark_delivery_pause`); the
+-- key is read at most once per call, and only when an undelivered offer
+-- is due.
+local function delivery_checks_paused()
+  if settings.delivery_checks_paused then return true end
+  if pool_delivery_paused == nil then
+    local until_ms = tonumber(redis.call('GET', K_DELIVERY_PAUSED) or '')
+    pool_delivery_paused = until_ms ~= nil and until_ms > now
+  end
+  return pool_delivery_paused
+end
+
+-- A paused replica's call: the pool's delivery checks stay paused for
+-- every replica until one grace from now (a paused replica's sweeper calls
+-- every pool many times a grace, so the pause lasts while it does).
+local function mark_delivery_pause()
+  if settings.delivery_checks_paused then
+    redis.call('SET', K_DELIVERY_PAUSED, string.format('%d', now + settings.delivery_grace),
+      'PX', DELIVERY_PAUSED_TTL)
+  end
+end
+
 local function act_on_deadline(member)
   -- `~`: defused (see `defuse_deadline`).
   if string.byte(member, 1) == 126 then return end
@@ -1695,7 +1735,7 @@ local function act_on_deadline(member)
     local c = conversation(p[2])
     local o = c and pending_offer(c)
     if o and o.attempt == tonumber(p[3]) and not o.delivered then
-      if settings.delivery_checks_paused then
+      if delivery_checks_paused() then
         deadline_at(now + settings.delivery_grace, member)
       else
         withdraw_undelivered(p[2], o.attempt)
@@ -2629,6 +2669,7 @@ local function dispatch(keys, args)
   local run = commands[command]
   if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
   outage = extend_leases_after_outage()
+  mark_delivery_pause()
   -- Deadlines due are acted on first, so a command never sees an offer or a
   -- lease that has already run out (as the in-memory store does).
   if command ~= 'sweep' then sweep(settings.sweep_limit) end

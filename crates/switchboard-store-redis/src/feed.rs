@@ -15,14 +15,25 @@
 //!   not missed either.
 //! - The set of pools is re-read when this process registers a new pool and
 //!   every few seconds (pools other replicas created).
+//! - It measures how far behind it runs ([`FeedShared::lag_ms`], read by
+//!   `Store::feed_lag`): an offer reaches its agent's stream only through
+//!   this feed, so a feed a second behind makes every offer late to be
+//!   marked delivered, however healthy the streams. Each read is pipelined
+//!   after a `TIME`, so the age of the oldest entry read is measured on
+//!   Redis's clock (entry ids are Redis milliseconds) plus the local time
+//!   the read and hand-on took: no replica clock is compared with Redis's.
+//!   Seen on 23 Nov 2026 with two replicas on one Redis: each feed read
+//!   both pools' events (~4 KB each), fell 1-2.4 s behind while neither
+//!   the runtime nor Redis was saturated, and offers were withdrawn as
+//!   undelivered by the thousand.
 
 use crate::keys;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadReply;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use switchboard_core::Event;
 use tokio::sync::{Notify, broadcast};
@@ -41,6 +52,26 @@ pub struct FeedShared {
     /// Set (and the task woken) when this process registers a new pool.
     pub pools_changed: AtomicBool,
     pub wake: Notify,
+    /// How far behind the feed ran at its last read, in ms: the age of the
+    /// oldest entry that read returned, when the read had been handed on
+    /// (0 after a read that found nothing new).
+    pub lag_ms: AtomicU64,
+}
+
+/// The milliseconds of a stream entry id (`<ms>-<seq>`).
+fn id_millis(id: &str) -> Option<i64> {
+    id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()
+}
+
+/// How far behind a read ran: `read_at_ms` (Redis's clock when the read
+/// was served) minus the oldest entry's time, plus the local time from
+/// sending the read to having handed its entries on. When the read
+/// blocked, the first part is minus the wait for the entry, which the
+/// second part contains: what remains is the time since it was committed.
+fn read_lag(read_at_ms: i64, oldest_ms: i64, took: Duration) -> Duration {
+    let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
+    let lag = read_at_ms.saturating_sub(oldest_ms).saturating_add(took_ms);
+    Duration::from_millis(u64::try_from(lag).unwrap_or(0))
 }
 
 pub struct FeedConfig {
@@ -102,6 +133,13 @@ async fn follow(
 ) -> redis::RedisError {
     // Re-read the pools at once after a (re)connect.
     let mut refresh_at = Instant::now();
+    // Per stream, the Redis time from which its entries count for the lag:
+    // a pool found later (another replica created it) starts at the feed's
+    // start like the others, but what it had before this feed knew of it is
+    // a backlog nobody here waited for, not lag (it made a replica shed for
+    // its first seconds).
+    let mut lag_counts_from: HashMap<String, i64> = HashMap::new();
+    let mut last_read_at_ms = id_millis(&config.start_id).unwrap_or(0);
     loop {
         if config.shared.pools_changed.swap(false, Ordering::AcqRel) || Instant::now() >= refresh_at
         {
@@ -110,8 +148,12 @@ async fn follow(
                 Err(e) => return e,
             };
             for pool in pools {
+                let key = keys::events(&pool);
+                lag_counts_from
+                    .entry(key.clone())
+                    .or_insert(last_read_at_ms);
                 positions
-                    .entry(keys::events(&pool))
+                    .entry(key)
                     .or_insert_with(|| config.start_id.clone());
             }
             refresh_at = Instant::now() + POOL_REFRESH;
@@ -122,16 +164,42 @@ async fn follow(
             continue;
         }
         let (stream_keys, ids): (Vec<&String>, Vec<&String>) = positions.iter().unzip();
-        let options = StreamReadOptions::default()
-            .block(config.block.as_millis() as usize)
-            .count(BATCH);
-        let reply: Option<StreamReadReply> =
-            match connection.xread_options(&stream_keys, &ids, &options).await {
+        // TIME first, in the same pipeline: Redis's clock when the read is
+        // served (unless it blocks, see `read_lag`).
+        let mut read = redis::pipe();
+        read.cmd("TIME")
+            .cmd("XREAD")
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(config.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&stream_keys)
+            .arg(&ids);
+        let sent = Instant::now();
+        let ((seconds, micros), reply): ((i64, i64), Option<StreamReadReply>) =
+            match read.query_async(connection).await {
                 Ok(reply) => reply,
                 Err(e) => return e,
             };
-        let Some(reply) = reply else { continue };
+        let Some(reply) = reply else {
+            // Nothing new within the block: not behind.
+            config.shared.lag_ms.store(0, Ordering::Relaxed);
+            continue;
+        };
+        let read_at_ms = seconds * 1000 + micros / 1000;
+        last_read_at_ms = last_read_at_ms.max(read_at_ms);
+        let mut oldest_ms: Option<i64> = None;
         for stream in reply.keys {
+            let counts_from = lag_counts_from.get(&stream.key).copied().unwrap_or(0);
+            if let Some(first) = stream
+                .ids
+                .iter()
+                .filter_map(|entry| id_millis(&entry.id))
+                .find(|ms| *ms >= counts_from)
+            {
+                oldest_ms = Some(oldest_ms.map_or(first, |o| o.min(first)));
+            }
             let mut last = None;
             for entry in stream.ids {
                 // Nobody subscribed: only move the position.
@@ -158,5 +226,35 @@ async fn follow(
                 positions.insert(stream.key, last);
             }
         }
+        if let Some(oldest_ms) = oldest_ms {
+            let lag = read_lag(read_at_ms, oldest_ms, sent.elapsed());
+            let lag_ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
+            config.shared.lag_ms.store(lag_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_give_their_milliseconds() {
+        assert_eq!(id_millis("1795457543123-5"), Some(1_795_457_543_123));
+        assert_eq!(id_millis("1795457543123"), Some(1_795_457_543_123));
+        assert_eq!(id_millis("x-1"), None);
+    }
+
+    #[test]
+    fn read_lag_is_the_age_of_the_oldest_entry_when_handed_on() {
+        let ms = Duration::from_millis;
+        // A backlog: the oldest entry was 1,200 ms old when the read was
+        // served, and reading and handing on took 300 ms more.
+        assert_eq!(read_lag(10_000, 8_800, ms(300)), ms(1_500));
+        // A read that blocked 400 ms for an entry committed 400 ms after
+        // the TIME, handed on 5 ms after that.
+        assert_eq!(read_lag(10_000, 10_400, ms(405)), ms(5));
+        // Never negative (clock granularity).
+        assert_eq!(read_lag(10_000, 10_400, ms(399)), Duration::ZERO);
     }
 }

@@ -34,6 +34,7 @@
 //! | `P last_contact` | string | Redis time (ms) the pool was last reached by a command or a sweep: the outage rule below |
 //! | `P offer_seq` | string | counter: every offer of the pool (round robin's order) |
 //! | `P plan_generations` | string | counter: plan installations, so deadlines of a replaced plan are recognised as stale |
+//! | `P delivery_paused` | string | Redis time (ms, the scripts' clock) until which no replica withdraws an offer of the pool as undelivered: set to now + one delivery grace by every command of a replica whose delivery checks are paused (`Store::pause_delivery_checks`), expiring 10 min after its last write |
 //!
 //! A group id is `language|skill:level,…|=region` (empty after the last `|`
 //! when the conversation names no region). A planned conversation's group

@@ -241,6 +241,7 @@ impl RedisStore {
         let feed_shared = Arc::new(FeedShared {
             pools_changed: AtomicBool::new(false),
             wake: Notify::new(),
+            lag_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let feed_task = feed::spawn(FeedConfig {
             client,
@@ -1016,6 +1017,10 @@ impl Store for RedisStore {
 
     fn pause_delivery_checks(&self, paused: bool) {
         self.delivery_checks_paused.store(paused, Ordering::Relaxed);
+    }
+
+    fn feed_lag(&self) -> Duration {
+        Duration::from_millis(self.feed_shared.lag_ms.load(Ordering::Relaxed))
     }
 }
 

@@ -16,6 +16,8 @@ use switchboard_testkit::RedisServer;
 struct RedisHarness {
     // Dropped first: the store's feed task stops before the server dies.
     store: Arc<RedisStore>,
+    /// A second replica on the same Redis.
+    replica: Arc<RedisStore>,
     _server: RedisServer,
 }
 
@@ -25,8 +27,13 @@ impl Harness for RedisHarness {
         self.store.clone()
     }
 
+    fn replica(&self) -> Arc<dyn Store> {
+        self.replica.clone()
+    }
+
     async fn advance(&self, ms: i64) {
         self.store.advance_clock(ms);
+        self.replica.advance_clock(ms);
     }
 }
 
@@ -39,11 +46,15 @@ async fn redis_harness(settings: DispatchSettings) -> RedisHarness {
         outage_threshold: Duration::from_secs(60),
         ..RedisOptions::default()
     };
-    let store = RedisStore::connect_with(&server.url(), settings, options)
+    let store = RedisStore::connect_with(&server.url(), settings.clone(), options.clone())
         .await
         .expect("the store connects to its redis-server");
+    let replica = RedisStore::connect_with(&server.url(), settings, options)
+        .await
+        .expect("the replica connects to its redis-server");
     RedisHarness {
         store: Arc::new(store),
+        replica: Arc::new(replica),
         _server: server,
     }
 }

@@ -8,11 +8,13 @@
 //! - `MONITOR` (through `redis-cli`): between two markers, the only command
 //!   a client sent is that one `FCALL`; everything else is the library's own
 //!   (`[0 lua]`) or the event feed following the streams on its own
-//!   connection (`XREAD`, `SMEMBERS`), which is not on the call's path.
+//!   connection (`XREAD`, `SMEMBERS`, and the `TIME` it pipelines before
+//!   each read to measure its lag: every command of a connection that
+//!   reads streams), which is not on the call's path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 use switchboard_core::model::{GoOnline, RosterEntry};
@@ -36,6 +38,8 @@ fn entry(id: &str) -> RosterEntry {
 struct Monitor {
     _child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// The connections seen reading streams or the pool set: the feed's.
+    feed_connections: HashSet<String>,
 }
 
 impl Monitor {
@@ -57,16 +61,40 @@ impl Monitor {
             .expect("redis-cli output")
             .expect("redis-cli keeps running");
         assert_eq!(first.trim(), "OK", "MONITOR started");
-        Monitor {
+        let mut monitor = Monitor {
             _child: child,
             lines,
+            feed_connections: HashSet::new(),
+        };
+        monitor.learn_the_feed_connection().await;
+        monitor
+    }
+
+    /// Waits for the feed's next read (it reads again at least every
+    /// `RedisOptions::feed_block`) and notes its connection: within a window
+    /// its `TIME` may come before its `XREAD` is seen.
+    async fn learn_the_feed_connection(&mut self) {
+        while self.feed_connections.is_empty() {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+                .await
+                .expect("the feed reads within 10 s")
+                .expect("redis-cli output")
+                .expect("redis-cli keeps running");
+            if let Some((source, rest)) = line.split_once("] ")
+                && rest.to_ascii_uppercase().starts_with("\"XREAD\"")
+            {
+                self.feed_connections
+                    .insert(connection_of(source).to_owned());
+            }
         }
     }
 
     /// The commands clients sent between `ECHO begin` and `ECHO end`
     /// (uppercase names), leaving out the script's own and the feed's.
     async fn client_commands_until(&mut self, end: &str) -> Vec<String> {
-        let mut commands = Vec::new();
+        // (connection, command): which connection is the feed's may show
+        // only after its first command in the window (TIME, then XREAD).
+        let mut commands: Vec<(String, String)> = Vec::new();
         let mut started = false;
         loop {
             let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
@@ -87,17 +115,30 @@ impl Monitor {
                 if rest.contains(&format!("\"begin-{end}\"")) {
                     started = true;
                 } else if rest.contains(&format!("\"{end}\"")) {
-                    return commands;
+                    return commands
+                        .into_iter()
+                        .filter(|(connection, _)| !self.feed_connections.contains(connection))
+                        .map(|(_, name)| name)
+                        .collect();
                 }
                 continue;
             }
             let by_script = source.ends_with(" lua");
-            let by_feed = matches!(name.as_str(), "XREAD" | "SMEMBERS");
-            if started && !by_script && !by_feed && name != "INFO" && !name.starts_with("CONFIG") {
-                commands.push(name);
+            if matches!(name.as_str(), "XREAD" | "SMEMBERS") {
+                self.feed_connections
+                    .insert(connection_of(source).to_owned());
+                continue;
+            }
+            if started && !by_script && name != "INFO" && !name.starts_with("CONFIG") {
+                commands.push((connection_of(source).to_owned(), name));
             }
         }
     }
+}
+
+/// The client of a MONITOR line's source (`<time> [<db> <client>`).
+fn connection_of(source: &str) -> &str {
+    source.rsplit(' ').next().unwrap_or(source)
 }
 
 async fn command_calls(connection: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {

@@ -28,8 +28,14 @@ use switchboard_core::{
 #[async_trait]
 pub trait Harness: Send + Sync {
     fn store(&self) -> Arc<dyn Store>;
-    /// Moves the store's clock forward by at least `ms` (a manual clock
-    /// jumps; a real one is waited for).
+    /// Another replica on the same state: for a store shared by processes
+    /// (Redis), a second store connected to it, with its own settings of
+    /// the per-process switches ([`Store::pause_delivery_checks`]); for an
+    /// in-process store, the store itself (its one process is the only
+    /// replica).
+    fn replica(&self) -> Arc<dyn Store>;
+    /// Moves the clock of the store and of its replica forward by at least
+    /// `ms` (a manual clock jumps; a real one is waited for).
     async fn advance(&self, ms: i64);
 }
 
@@ -69,6 +75,7 @@ macro_rules! conformance_suite {
             timeout_goes_to_next_agent_and_counts_a_miss,
             undelivered_offer_is_withdrawn_not_missed,
             paused_delivery_checks_keep_undelivered_offers,
+            paused_delivery_checks_hold_for_every_replica,
             lease_lapse_requeues_with_reason,
             heartbeat_keeps_the_lease,
             cancel_while_queued_and_offered,
@@ -402,6 +409,42 @@ pub async fn paused_delivery_checks_keep_undelivered_offers(h: &dyn Harness) {
     assert_eq!(holder, Some(agent("ghost")));
     sweep_after(h, 300).await;
     let (state, _, reason) = state_of(h, &p, "c2").await;
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "offer not delivered")
+    );
+}
+
+/// A replica that runs behind pauses its delivery checks; another
+/// replica's sweep must not withdraw the offers it is late to mark
+/// delivered either, until a grace after the paused replica's last call.
+/// (23 Nov 2026: two replicas on one Redis, each feed a second behind, the
+/// other replica's sweeps withdrew offers the agents had received.)
+pub async fn paused_delivery_checks_hold_for_every_replica(h: &dyn Harness) {
+    let (behind, other, p) = (h.store(), h.replica(), pool("p1"));
+    ready(h, &p, "alice").await;
+    behind.pause_delivery_checks(true);
+    behind.request(&p, handoff("c1")).await.unwrap();
+    // The paused replica's sweeper calls on, well within every grace.
+    h.advance(150).await;
+    behind.sweep().await.unwrap();
+    // Past the offer's delivery deadline, the other replica sweeps first:
+    // the paused replica is late, not the agent's stream.
+    h.advance(100).await;
+    other.sweep().await.unwrap();
+    let (state, holder, _) = state_of(h, &p, "c1").await;
+    assert_eq!(
+        (state, holder),
+        (ConversationState::Offered, Some(agent("alice"))),
+        "the other replica's sweep withdrew the paused replica's offer"
+    );
+    // The paused replica caught up and calls unpaused: a grace after its
+    // last paused call (and before the offer times out), the other
+    // replica's sweep withdraws what is still undelivered.
+    behind.pause_delivery_checks(false);
+    h.advance(220).await;
+    other.sweep().await.unwrap();
+    let (state, _, reason) = state_of(h, &p, "c1").await;
     assert_eq!(
         (state, reason.as_str()),
         (ConversationState::Queued, "offer not delivered")

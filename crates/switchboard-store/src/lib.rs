@@ -337,11 +337,29 @@ pub trait Store: Send + Sync + 'static {
     /// from snapshots.
     fn subscribe(&self) -> EventFeed;
 
-    /// While `paused`, this process's sweeps give an offer found
-    /// undelivered at its delivery deadline another grace period instead
-    /// of withdrawing it. The server pauses them while its own runtime runs
-    /// behind: it is then the server, not the agent's stream, that is late
-    /// to mark offers delivered. Offer timeouts and the grace of a stream
-    /// that ended are unaffected.
+    /// While `paused`, sweeps give an offer found undelivered at its
+    /// delivery deadline another grace period instead of withdrawing it. The
+    /// server pauses them while it runs behind (its runtime, or its feed:
+    /// [`Store::feed_lag`]): it is then the server, not the agent's stream,
+    /// that is late to mark offers delivered. Offer timeouts and the grace
+    /// of a stream that ended are unaffected.
+    ///
+    /// The pause holds for the whole pool, whichever replica sweeps: with a
+    /// shared store, the calls of a paused replica keep every replica's
+    /// sweeps from withdrawing undelivered offers in the pools it calls,
+    /// until one delivery grace after its last paused call. (A replica
+    /// whose offers are late because it runs behind cannot rely on another
+    /// replica to tell its lateness from a dead stream.)
     fn pause_delivery_checks(&self, paused: bool);
+
+    /// How far behind the store's feed ([`Store::subscribe`]) hands events
+    /// to this process: the age of the oldest event of the last batch it
+    /// read, when it had been handed on. Zero for a feed that publishes in
+    /// process as it commits (the in-memory store: its lateness is the
+    /// runtime's own). The server treats it like runtime lag: it sheds new
+    /// hand-offs and pauses delivery checks while it is large, because an
+    /// offer reaches its agent's stream only through the feed.
+    fn feed_lag(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }

@@ -17,6 +17,10 @@ impl Harness for MemoryHarness {
         self.store.clone()
     }
 
+    fn replica(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
     async fn advance(&self, ms: i64) {
         self.clock.advance(ms);
     }
