@@ -23,7 +23,7 @@
 //!   Redis's clock (entry ids are Redis milliseconds) plus the local time
 //!   the read and hand-on took: no replica clock is compared with Redis's.
 //!   Seen on 23 Nov 2026 with two replicas on one Redis: each feed read
-//!   both pools' events (~4 KB each), fell 1-2.4 s behind while neither
+//!   both pools' events (~1 KB each), fell 1-2.4 s behind while neither
 //!   the runtime nor Redis was saturated, and offers were withdrawn as
 //!   undelivered by the thousand.
 
