@@ -159,21 +159,15 @@ impl Admission {
     pub fn admit(self: &Arc<Self>) -> Result<Admitted, Status> {
         let lag = self.lag_ms.load(Ordering::Relaxed);
         if self.max_lag_ms > 0 && lag > self.max_lag_ms {
-            let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
-            self.log_shedding(shed);
-            return Err(Status::resource_exhausted(format!(
-                "this replica is overloaded: it runs {lag} ms behind \
-                 (server.max_runtime_lag_ms {}); nothing was created, retry with backoff",
+            return Err(self.refuse(format!(
+                "it runs {lag} ms behind (server.max_runtime_lag_ms {})",
                 self.max_lag_ms
             )));
         }
         let feed_lag = self.feed_lag_ms.load(Ordering::Relaxed);
         if self.max_lag_ms > 0 && feed_lag > self.max_lag_ms {
-            let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
-            self.log_shedding(shed);
-            return Err(Status::resource_exhausted(format!(
-                "this replica is overloaded: its event feed runs {feed_lag} ms behind \
-                 (server.max_runtime_lag_ms {}); nothing was created, retry with backoff",
+            return Err(self.refuse(format!(
+                "its event feed runs {feed_lag} ms behind (server.max_runtime_lag_ms {})",
                 self.max_lag_ms
             )));
         }
@@ -185,13 +179,19 @@ impl Admission {
             return Ok(admitted);
         }
         drop(admitted);
-        let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
-        self.log_shedding(shed);
-        Err(Status::resource_exhausted(format!(
-            "this replica is overloaded: {} hand-offs already in progress \
-             (server.max_pending_handoffs); nothing was created, retry with backoff",
+        Err(self.refuse(format!(
+            "{} hand-offs already in progress (server.max_pending_handoffs)",
             self.limit
         )))
+    }
+
+    /// Counts and logs one refused hand-off; `why` the replica is overloaded.
+    fn refuse(&self, why: String) -> Status {
+        let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.log_shedding(shed);
+        Status::resource_exhausted(format!(
+            "this replica is overloaded: {why}; nothing was created, retry with backoff"
+        ))
     }
 
     /// Records the lag the monitor measured.
