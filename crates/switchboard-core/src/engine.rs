@@ -366,7 +366,7 @@ impl Shelf {
         if let Some(key) = self.aging.keys().find(|k| !k.ages()) {
             return Err(format!("fixed group {key:?} filed as aging"));
         }
-        let expected: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
+        let mut expected: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
             .groups
             .iter()
             .filter_map(|(key, group)| {
@@ -374,7 +374,6 @@ impl Shelf {
                 Some((first, &**key, waiting))
             })
             .collect();
-        let mut expected = expected;
         expected.sort_by(|a, b| a.0.cmp(b.0));
         let heads: Vec<(&QueueKey, &GroupKey, &Waiting)> = self
             .heads

@@ -955,6 +955,16 @@ fn requirements(language: &str, skills: &[(&str, u8)]) -> PlanRequirements {
     r
 }
 
+/// A plan's maximum wait that expires the conversation with `reason`.
+fn expire_after(after_ms: i64, reason: &str) -> Option<PlanMaxWait> {
+    Some(PlanMaxWait {
+        after_ms,
+        action: PlanMaxWaitAction::Expire {
+            reason: reason.into(),
+        },
+    })
+}
+
 fn plan(steps: Vec<(i64, PlanRequirements)>) -> RoutingPlan {
     RoutingPlan {
         queue: "billing".into(),
@@ -1042,12 +1052,7 @@ fn an_offer_withdrawn_by_the_maximum_wait_frees_the_agent_for_the_next() {
     let mut s = planned_pool();
     online(&mut s, "alice", &[], &["en"], 1, 0);
     let mut p = plan(vec![(0, requirements("en", &[]))]);
-    p.max_wait = Some(PlanMaxWait {
-        after_ms: 10_000,
-        action: PlanMaxWaitAction::Expire {
-            reason: "closed".into(),
-        },
-    });
+    p.max_wait = expire_after(10_000, "closed");
     s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(9_000))
         .unwrap();
     assert_eq!(offered_to(&s, "c1"), Some(agent("alice")));
@@ -1067,12 +1072,7 @@ fn max_wait_actions_expire_overflow_and_callback() {
     // Expire with the queue's reason.
     let mut s = planned_pool();
     let mut p = plan(vec![(0, requirements("en", &[("billing", 3)]))]);
-    p.max_wait = Some(PlanMaxWait {
-        after_ms: 60_000,
-        action: PlanMaxWaitAction::Expire {
-            reason: "billing is closed".into(),
-        },
-    });
+    p.max_wait = expire_after(60_000, "billing is closed");
     s.request_with_plan(handoff("c1", "en", &[], 0), Some(p), Timestamp(0))
         .unwrap();
     s.sweep(Timestamp(600_000 - 1));
