@@ -183,8 +183,24 @@ pub struct EchoArgs {
     pub warmup: Duration,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The arrival schedule and the callers' thread at real-time priority,
+    /// as `run --realtime-senders`.
+    #[arg(long)]
+    pub realtime_senders: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The shape of one echo step apart from its rate and seed.
+#[derive(Clone, Debug)]
+pub struct StepShape {
+    /// Open server streams (the agents of a hand-off run).
+    pub listeners: usize,
+    pub per_connection: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// See [`crate::realtime`].
+    pub realtime: bool,
 }
 
 /// One rate of the echo load.
@@ -212,6 +228,8 @@ pub struct EchoReport {
     pub steps: Vec<EchoStep>,
     /// The largest rate within the ceiling, if any.
     pub ceiling_calls_per_sec: Option<f64>,
+    /// The generator's timing threads at real-time priority.
+    pub realtime_senders: bool,
 }
 
 struct Recorder {
@@ -230,21 +248,19 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
             (Some(process), url)
         }
     };
+    let shape = StepShape {
+        listeners: args.listeners,
+        per_connection: args.listeners_per_connection,
+        warmup: args.warmup,
+        duration: args.duration,
+        realtime: args.realtime_senders,
+    };
     let mut steps = Vec::new();
     for (index, rate) in args.rates.iter().enumerate() {
         if !args.json {
             eprintln!("echo: {rate} calls/s for {:?}", args.warmup + args.duration);
         }
-        let step = step(
-            &url,
-            *rate,
-            args.listeners,
-            args.listeners_per_connection,
-            args.warmup,
-            args.duration,
-            args.seed.wrapping_add(index as u64),
-        )
-        .await?;
+        let step = step(&url, *rate, &shape, args.seed.wrapping_add(index as u64)).await?;
         steps.push(step);
     }
     let ceiling_calls_per_sec = steps
@@ -257,6 +273,7 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
     Ok(EchoReport {
         steps,
         ceiling_calls_per_sec,
+        realtime_senders: args.realtime_senders,
     })
 }
 
@@ -264,41 +281,24 @@ pub async fn run(args: EchoArgs) -> anyhow::Result<EchoReport> {
 /// `run --compare-echo`.
 pub async fn compare_at(
     rate: f64,
-    listeners: usize,
-    per_connection: usize,
-    warmup: Duration,
-    duration: Duration,
+    shape: &StepShape,
     cpu: Option<usize>,
     seed: u64,
 ) -> anyhow::Result<EchoStep> {
     let process = EchoProcess::start(cpu).await?;
-    step(
-        &process.url,
-        rate,
-        listeners,
-        per_connection,
-        warmup,
-        duration,
-        seed,
-    )
-    .await
+    step(&process.url, rate, shape, seed).await
 }
 
-async fn step(
-    url: &str,
-    rate: f64,
-    listeners: usize,
-    per_connection: usize,
-    warmup: Duration,
-    duration: Duration,
-    seed: u64,
-) -> anyhow::Result<EchoStep> {
-    let listeners = listeners.max(1);
-    let per_connection = per_connection.max(1);
+async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Result<EchoStep> {
+    let StepShape {
+        warmup, duration, ..
+    } = *shape;
+    let listeners = shape.listeners.max(1);
+    let per_connection = shape.per_connection.max(1);
     let channels = connect_many(url, listeners.div_ceil(per_connection)).await?;
     // The callers send from their own runtime (see `sender`), as the
     // gateway of `run` does.
-    let senders = SenderRuntime::start("echo-callers")?;
+    let senders = SenderRuntime::start("echo-callers", shape.realtime)?;
     let callers: Vec<EchoServiceClient<_>> = senders
         .connect_many(url, 2)
         .await?
@@ -381,6 +381,7 @@ async fn step(
         start,
         warmup + duration,
         seed,
+        shape.realtime,
         stop.clone(),
         move |arrival| {
             let mut client = callers[arrival.sequence as usize % callers.len()].clone();
@@ -430,8 +431,7 @@ async fn step(
             };
             runtime.spawn(schedule_tracker.track_future(work));
         },
-    )
-    .context("cannot start the arrival schedule thread")?;
+    )?;
     while !schedule.is_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -17,6 +17,7 @@ mod metrics;
 mod procstat;
 mod profile;
 mod progress;
+mod realtime;
 mod redis_ceiling;
 mod redis_stats;
 mod report;

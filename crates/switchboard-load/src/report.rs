@@ -42,6 +42,11 @@ pub fn print_run(report: &RunReport) {
     for reason in &report.invalid_reasons {
         println!("  invalid: {reason}");
     }
+    if report.realtime_senders {
+        println!(
+            "  arrival schedule and gateway sender at real-time priority (--realtime-senders)"
+        );
+    }
     let throughput = &report.throughput;
     let totals = &report.totals;
     let mut counts = table(&[
@@ -237,6 +242,9 @@ pub fn print_echo(report: &EchoReport) {
     match report.ceiling_calls_per_sec {
         Some(ceiling) => println!("echo ceiling: {ceiling:.0} calls/s (push p99 ≤ 50 ms)"),
         None => println!("echo ceiling: no rate tried stayed within push p99 ≤ 50 ms"),
+    }
+    if report.realtime_senders {
+        println!("arrival schedule and callers' sender at real-time priority (--realtime-senders)");
     }
 }
 

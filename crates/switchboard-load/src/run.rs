@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::Serialize;
@@ -130,6 +130,12 @@ pub struct RunArgs {
     /// number of streams, and quote each latency as a ratio to it.
     #[arg(long)]
     pub compare_echo: bool,
+    /// Run the arrival schedule and the gateway's sending thread at
+    /// real-time priority (SCHED_FIFO 1; needs root or CAP_SYS_NICE), so a
+    /// due arrival preempts the tool's stream readers and whatever else
+    /// shares the tool's core. The report says so.
+    #[arg(long)]
+    pub realtime_senders: bool,
     /// Pin the echo server of --compare-echo to this CPU (taskset).
     #[arg(long)]
     pub echo_server_cpu: Option<usize>,
@@ -223,6 +229,9 @@ pub struct RunReport {
     pub agents: usize,
     pub agents_per_connection: usize,
     pub agents_online_after_secs: f64,
+    /// The arrival schedule and the gateway's sender ran at real-time
+    /// priority (`--realtime-senders`).
+    pub realtime_senders: bool,
     pub duration_secs: f64,
     pub warmup_secs: f64,
     pub throughput: Throughput,
@@ -355,7 +364,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     progress.phase(&format!("connecting {agent_connections} agent connections"));
     let agent_channels = connect_many(&args.server, agent_connections).await?;
     // The gateway sends from its own runtime (see `sender`).
-    let senders = SenderRuntime::start("gateway")?;
+    let senders = SenderRuntime::start("gateway", args.realtime_senders)?;
     let gateway_channels = senders
         .connect_many(&args.server, args.gateway_connections)
         .await?;
@@ -414,14 +423,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         start,
         args.warmup + args.duration,
         args.seed,
+        args.realtime_senders,
         gateway_stop.clone(),
         move |arrival| {
             let client = gateway_clients[arrival.sequence as usize % gateway_clients.len()].clone();
             let work = crate::gateway::hand_over(Arc::clone(&schedule_context), client, arrival);
             runtime.spawn(schedule_context.tracker.track_future(work));
         },
-    )
-    .context("cannot start the arrival schedule thread")?;
+    )?;
 
     let mut window_start: Option<(
         Totals,
@@ -538,16 +547,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     }
     let echo = if args.compare_echo {
         progress.phase("echo ceiling at the same rate");
-        let step = echo::compare_at(
-            args.rate,
-            args.agents,
-            args.agents_per_connection,
-            args.warmup,
-            args.duration,
-            args.echo_server_cpu,
-            args.seed,
-        )
-        .await?;
+        let shape = echo::StepShape {
+            listeners: args.agents,
+            per_connection: args.agents_per_connection,
+            warmup: args.warmup,
+            duration: args.duration,
+            realtime: args.realtime_senders,
+        };
+        let step = echo::compare_at(args.rate, &shape, args.echo_server_cpu, args.seed).await?;
         let offer = metrics.latency(Series::RequestToOffer);
         let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
         Some(EchoComparison {
@@ -565,6 +572,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         agents: args.agents,
         agents_per_connection: args.agents_per_connection,
         agents_online_after_secs: agents_online_after.as_secs_f64(),
+        realtime_senders: args.realtime_senders,
         duration_secs: args.duration.as_secs_f64(),
         warmup_secs: args.warmup.as_secs_f64(),
         throughput,

@@ -16,6 +16,7 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio_util::sync::CancellationToken;
@@ -32,18 +33,31 @@ pub struct Arrival {
 /// Starts the schedule: `on_arrival` runs on the schedule thread for every
 /// arrival from `start` until `start + duration` (or `stop`); it should
 /// only hand the work to the runtime. The thread returns how many arrivals
-/// it produced.
+/// it produced. With `realtime` the thread runs at real-time priority (see
+/// [`crate::realtime`]), or the schedule does not start.
 pub fn poisson(
     rate_per_sec: f64,
     start: Instant,
     duration: Duration,
     seed: u64,
+    realtime: bool,
     stop: CancellationToken,
     mut on_arrival: impl FnMut(Arrival) + Send + 'static,
-) -> std::io::Result<JoinHandle<u64>> {
-    std::thread::Builder::new()
+) -> anyhow::Result<JoinHandle<u64>> {
+    let (started, raised) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name("arrival-schedule".to_owned())
         .spawn(move || {
+            let raised = if realtime {
+                crate::realtime::raise_current_thread()
+            } else {
+                Ok(())
+            };
+            let failed = raised.is_err();
+            let _ = started.send(raised);
+            if failed {
+                return 0;
+            }
             let mut rng = StdRng::seed_from_u64(seed);
             let end = start + duration;
             let mean_gap = Duration::from_secs_f64(1.0 / rate_per_sec.max(1e-6));
@@ -62,6 +76,11 @@ pub fn poisson(
                 sequence += 1;
             }
         })
+        .context("cannot start the arrival schedule thread")?;
+    raised
+        .recv()
+        .context("the arrival schedule thread ended at its start")??;
+    Ok(thread)
 }
 
 #[cfg(test)]
@@ -78,6 +97,7 @@ mod tests {
             start,
             Duration::from_millis(500),
             3,
+            false,
             CancellationToken::new(),
             move |arrival| {
                 let _ = sender.send(arrival);

@@ -32,7 +32,9 @@ pub struct SenderRuntime {
 }
 
 impl SenderRuntime {
-    pub fn start(name: &str) -> anyhow::Result<SenderRuntime> {
+    /// Starts the runtime's thread; with `realtime` at real-time priority
+    /// (see [`crate::realtime`]), or not at all.
+    pub fn start(name: &str, realtime: bool) -> anyhow::Result<SenderRuntime> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -40,14 +42,27 @@ impl SenderRuntime {
         let handle = runtime.handle().clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
+        let (started, raised) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                runtime.block_on(stopped.cancelled());
+                let raised = if realtime {
+                    crate::realtime::raise_current_thread()
+                } else {
+                    Ok(())
+                };
+                let failed = raised.is_err();
+                let _ = started.send(raised);
+                if !failed {
+                    runtime.block_on(stopped.cancelled());
+                }
                 // Dropped here, outside any async context.
                 drop(runtime);
             })
             .context("cannot start the senders' thread")?;
+        raised
+            .recv()
+            .context("the senders' thread ended at its start")??;
         Ok(SenderRuntime {
             handle,
             stop,
