@@ -3,6 +3,10 @@
 //! (pool, conversation). One task reads the feed; routing is a map lookup,
 //! never a scan of every stream.
 //!
+//! Each registration also follows its pool on the store's feed
+//! ([`Store::follow`]): with Redis a replica reads only the event streams of
+//! pools it holds streams in.
+//!
 //! A stream whose buffer is full is dropped rather than allowed to block
 //! everyone: the client resubscribes and resynchronises from a snapshot
 //! (delivery is at-least-once by design). If the hub itself lags behind the
@@ -12,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use switchboard_core::{AgentId, ConversationId, Event, PoolId};
-use switchboard_store::EventFeed;
+use switchboard_store::{EventFeed, Following, Store, StoreResult};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -21,20 +25,21 @@ const STREAM_BUFFER: usize = 256;
 
 type Subscribers<K> = HashMap<K, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
 
-#[derive(Default)]
 pub struct Hub {
+    store: Arc<dyn Store>,
     // std Mutex: held only for map updates, never across an await.
     agents: Mutex<Subscribers<(PoolId, AgentId)>>,
     watches: Mutex<Subscribers<(PoolId, ConversationId)>>,
     next_id: AtomicU64,
 }
 
-/// A registration; dropping it unregisters.
+/// A registration; dropping it unregisters (and stops following its pool).
 pub struct Subscription {
     hub: Arc<Hub>,
     id: u64,
     key: SubscriptionKey,
     pub events: mpsc::Receiver<Arc<Event>>,
+    _following: Option<Following>,
 }
 
 enum SubscriptionKey {
@@ -81,7 +86,22 @@ fn deliver<K: std::hash::Hash + Eq>(map: &Mutex<Subscribers<K>>, key: &K, event:
 }
 
 impl Hub {
-    pub fn subscribe_agent(self: &Arc<Self>, pool: &PoolId, agent: &AgentId) -> Subscription {
+    pub fn new(store: Arc<dyn Store>) -> Hub {
+        Hub {
+            store,
+            agents: Mutex::default(),
+            watches: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Registers an agent's stream, then follows its pool: call before
+    /// reading the snapshot, and nothing committed after it is missed.
+    pub async fn subscribe_agent(
+        self: &Arc<Self>,
+        pool: &PoolId,
+        agent: &AgentId,
+    ) -> StoreResult<Subscription> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut map) = self.agents.lock() {
@@ -89,19 +109,17 @@ impl Hub {
                 .or_default()
                 .push((id, tx));
         }
-        Subscription {
-            hub: self.clone(),
-            id,
-            key: SubscriptionKey::Agent(pool.clone(), agent.clone()),
-            events: rx,
-        }
+        let key = SubscriptionKey::Agent(pool.clone(), agent.clone());
+        self.follow(id, key, rx, pool).await
     }
 
-    pub fn subscribe_conversation(
+    /// Registers a gateway's watch, then follows its pool, as
+    /// [`Hub::subscribe_agent`].
+    pub async fn subscribe_conversation(
         self: &Arc<Self>,
         pool: &PoolId,
         conversation: &ConversationId,
-    ) -> Subscription {
+    ) -> StoreResult<Subscription> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut map) = self.watches.lock() {
@@ -109,12 +127,28 @@ impl Hub {
                 .or_default()
                 .push((id, tx));
         }
-        Subscription {
+        let key = SubscriptionKey::Watch(pool.clone(), conversation.clone());
+        self.follow(id, key, rx, pool).await
+    }
+
+    /// The registration `id` (dropped, so unregistered, on an error), once
+    /// its pool is followed.
+    async fn follow(
+        self: &Arc<Self>,
+        id: u64,
+        key: SubscriptionKey,
+        events: mpsc::Receiver<Arc<Event>>,
+        pool: &PoolId,
+    ) -> StoreResult<Subscription> {
+        let mut subscription = Subscription {
             hub: self.clone(),
             id,
-            key: SubscriptionKey::Watch(pool.clone(), conversation.clone()),
-            events: rx,
-        }
+            key,
+            events,
+            _following: None,
+        };
+        subscription._following = Some(self.store.follow(pool).await?);
+        Ok(subscription)
     }
 
     /// The agents with a stream attached to this process.

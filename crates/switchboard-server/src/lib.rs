@@ -168,7 +168,7 @@ pub async fn serve_gated(
 ) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::new(options.store.clone()));
     tracker.spawn(
         hub.clone()
             .run(options.store.subscribe(), cancel.child_token()),

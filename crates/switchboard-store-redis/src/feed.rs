@@ -1,62 +1,60 @@
-//! The event feed: a background task that follows every pool's event stream
-//! and republishes the events on a broadcast channel, so a replica's agent
-//! and watch streams learn of changes made by any replica.
+//! The event feed: per pool that something in this process follows (an
+//! agent stream, a gateway watch: [`Store::follow`]), a background task
+//! reads the pool's event stream and republishes the events on one
+//! broadcast channel, so a replica's streams learn of changes made by any
+//! replica.
 //!
 //! # Design
 //!
-//! - Its own connection: `XREAD BLOCK` holds a connection until data or the
-//!   timeout, which would stall every command behind it on the shared
-//!   multiplexed one.
-//! - It reads from positions, not from "now": it starts at the Redis time
-//!   the store connected (stream ids are Redis milliseconds), keeps the last
-//!   id per pool, and after a reconnect continues from there, so an outage
-//!   delays events but loses none (unless the stream was trimmed past them).
-//!   A pool discovered later starts at the same time, so its first events are
-//!   not missed either.
-//! - The set of pools is re-read when this process registers a new pool and
-//!   every few seconds (pools other replicas created).
-//! - It measures how far behind it runs ([`FeedShared::lag_ms`], read by
-//!   `Store::feed_lag`): an offer reaches its agent's stream only through
-//!   this feed, so a feed a second behind makes every offer late to be
-//!   marked delivered, however healthy the streams. Each read is pipelined
-//!   after a `TIME`, so the age of the oldest entry read is measured on
-//!   Redis's clock (entry ids are Redis milliseconds) plus the local time
-//!   the read and hand-on took: no replica clock is compared with Redis's.
-//!   Seen on 23 Nov 2026 with two replicas on one Redis: each feed read
-//!   both pools' events (~1 KB each), fell 1-2.4 s behind while neither
-//!   the runtime nor Redis was saturated, and offers were withdrawn as
-//!   undelivered by the thousand.
+//! - Only followed pools are read. Seen on 23 Nov 2026: with every replica
+//!   reading every pool's stream, two replicas serving one pool each both
+//!   read (and Redis sent both) both pools' events, ~1 KB each; each
+//!   replica's feed cost grew with the whole deployment's throughput, not
+//!   with its own, and with each replica held to the same CPU budget two
+//!   replicas completed 1.34× what one did instead of 1.58× when each read
+//!   only its own pool (docs/performance.md).
+//! - One task and one connection per followed pool: `XREAD BLOCK` holds a
+//!   connection until data or the timeout, which would stall every command
+//!   behind it on the shared multiplexed one; and Redis writes a large
+//!   reply at most 64 KiB per event-loop turn per connection, so busy
+//!   pools do not queue behind each other on one.
+//! - A pool is read from a position, not from "now": [`Feed::join`] starts
+//!   it just before a Redis `TIME` taken before the follower reads its
+//!   snapshot (stream ids are Redis milliseconds and never go backwards),
+//!   so nothing committed after the snapshot is missed. The task keeps its
+//!   last id across reconnects, so an outage delays events but loses none
+//!   (unless the stream was trimmed past them).
+//! - When the last follower of a pool leaves, its task lingers (a stream
+//!   that reconnects at once finds it still running, with no replay), then
+//!   stops.
+//! - Each task measures how far behind it runs; [`Feed::lag`] is the worst
+//!   (read by `Store::feed_lag`): an offer reaches its agent's stream only
+//!   through this feed, so a feed a second behind makes every offer late
+//!   to be marked delivered, however healthy the streams. Each read is
+//!   pipelined after a `TIME`, so the age of the oldest entry read is
+//!   measured on Redis's clock (entry ids are Redis milliseconds) plus the
+//!   local time the read and hand-on took: no replica clock is compared
+//!   with Redis's.
+//!
+//! [`Store::follow`]: switchboard_store::Store::follow
 
 use crate::keys;
-use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use redis::streams::StreamReadReply;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_core::Event;
-use tokio::sync::{Notify, broadcast};
+use switchboard_store::Following;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 /// How long to wait before reconnecting, at first and at most.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Pools created elsewhere are noticed within this.
-const POOL_REFRESH: Duration = Duration::from_secs(2);
 /// Entries fetched per XREAD.
 const BATCH: usize = 512;
-
-/// What the store shares with its feed task.
-pub struct FeedShared {
-    /// Set (and the task woken) when this process registers a new pool.
-    pub pools_changed: AtomicBool,
-    pub wake: Notify,
-    /// How far behind the feed ran at its last read, in ms: the age of the
-    /// oldest entry that read returned, when the read had been handed on
-    /// (0 after a read that found nothing new).
-    pub lag_ms: AtomicU64,
-}
 
 /// The milliseconds of a stream entry id (`<ms>-<seq>`).
 fn id_millis(id: &str) -> Option<i64> {
@@ -74,34 +72,187 @@ fn read_lag(read_at_ms: i64, oldest_ms: i64, took: Duration) -> Duration {
     Duration::from_millis(u64::try_from(lag).unwrap_or(0))
 }
 
+/// The stream id a pool joined at Redis time `redis_ms` is read after:
+/// XREAD returns ids greater than it, so every entry of that millisecond
+/// (committed before or after the `TIME`) and later is read.
+fn start_id(redis_ms: i64) -> String {
+    format!("{}-{}", redis_ms.saturating_sub(1), u64::MAX)
+}
+
 pub struct FeedConfig {
     pub client: redis::Client,
     pub sender: broadcast::Sender<Arc<Event>>,
-    pub shared: Arc<FeedShared>,
-    /// The stream id to start every pool at (`<redis ms>-0`).
-    pub start_id: String,
     pub block: Duration,
     pub connection_timeout: Duration,
+    /// How long a pool's task keeps reading after its last follower left.
+    pub linger: Duration,
 }
 
-/// Aborts the feed task when the store is dropped: the task owns nothing
-/// but its connection, so stopping it mid-read loses nothing.
-pub struct FeedTask(pub tokio::task::JoinHandle<()>);
+/// The followed pools and their tasks. Dropping it stops every task.
+pub struct Feed {
+    inner: Arc<Inner>,
+}
 
-impl Drop for FeedTask {
+struct Inner {
+    config: FeedConfig,
+    /// A `std` mutex: held for a lookup or an update, never across an
+    /// `.await`.
+    pools: Mutex<HashMap<String, PoolFeed>>,
+}
+
+struct PoolFeed {
+    followers: usize,
+    /// When the last follower left (while `followers` is 0).
+    idle_since: Option<Instant>,
+    /// This pool's lag at its last read, in ms (0 after a read that found
+    /// nothing new).
+    lag_ms: Arc<AtomicU64>,
+    task: tokio::task::AbortHandle,
+}
+
+/// One follower of one pool; dropping it leaves.
+struct FollowGuard {
+    inner: Arc<Inner>,
+    pool: String,
+}
+
+impl Drop for FollowGuard {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Ok(mut pools) = self.inner.pools.lock()
+            && let Some(feed) = pools.get_mut(&self.pool)
+        {
+            feed.followers = feed.followers.saturating_sub(1);
+            if feed.followers == 0 {
+                feed.idle_since = Some(Instant::now());
+            }
+        }
     }
 }
 
-pub fn spawn(config: FeedConfig) -> FeedTask {
-    FeedTask(tokio::spawn(run(config)))
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if let Ok(pools) = self.inner.pools.lock() {
+            for feed in pools.values() {
+                feed.task.abort();
+            }
+        }
+    }
 }
 
-async fn run(config: FeedConfig) {
-    // Stream key → last id seen. Survives reconnects.
-    let mut positions: HashMap<String, String> = HashMap::new();
+impl Feed {
+    pub fn new(config: FeedConfig) -> Feed {
+        Feed {
+            inner: Arc::new(Inner {
+                config,
+                pools: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.config.sender.subscribe()
+    }
+
+    /// Joins `pool` if its task runs already (no position needed).
+    pub fn try_join(&self, pool: &str) -> Option<Following> {
+        let mut pools = self.inner.pools.lock().ok()?;
+        let feed = pools.get_mut(pool)?;
+        feed.followers += 1;
+        feed.idle_since = None;
+        Some(self.guard(pool))
+    }
+
+    /// Joins `pool`, starting its task if none runs, reading from Redis
+    /// time `redis_ms` (a `TIME` this process received before the follower
+    /// reads its snapshot).
+    pub fn join(&self, pool: &str, redis_ms: i64) -> Following {
+        if let Ok(mut pools) = self.inner.pools.lock() {
+            match pools.get_mut(pool) {
+                Some(feed) => {
+                    feed.followers += 1;
+                    feed.idle_since = None;
+                }
+                None => {
+                    let lag_ms = Arc::new(AtomicU64::new(0));
+                    let task = tokio::spawn(run(
+                        self.inner.clone(),
+                        pool.to_owned(),
+                        start_id(redis_ms),
+                        lag_ms.clone(),
+                    ));
+                    pools.insert(
+                        pool.to_owned(),
+                        PoolFeed {
+                            followers: 1,
+                            idle_since: None,
+                            lag_ms,
+                            task: task.abort_handle(),
+                        },
+                    );
+                }
+            }
+        }
+        self.guard(pool)
+    }
+
+    fn guard(&self, pool: &str) -> Following {
+        Following::guard(FollowGuard {
+            inner: self.inner.clone(),
+            pool: pool.to_owned(),
+        })
+    }
+
+    /// The worst lag of the pools read now.
+    pub fn lag(&self) -> Duration {
+        let worst = self.inner.pools.lock().map_or(0, |pools| {
+            pools
+                .values()
+                .map(|feed| feed.lag_ms.load(Ordering::Relaxed))
+                .max()
+                .unwrap_or(0)
+        });
+        Duration::from_millis(worst)
+    }
+
+    /// The pools read now (followed, or lingering), sorted.
+    pub fn pools(&self) -> Vec<String> {
+        let mut pools: Vec<String> = self
+            .inner
+            .pools
+            .lock()
+            .map(|pools| pools.keys().cloned().collect())
+            .unwrap_or_default();
+        pools.sort();
+        pools
+    }
+}
+
+impl Inner {
+    /// True (and the pool forgotten) once nobody followed it for the
+    /// linger: checked under the lock, so a follower joining meanwhile
+    /// either finds the task running or starts a new one.
+    fn done_with(&self, pool: &str) -> bool {
+        let Ok(mut pools) = self.pools.lock() else {
+            return true;
+        };
+        let done = pools.get(pool).is_none_or(|feed| {
+            feed.followers == 0
+                && feed
+                    .idle_since
+                    .is_some_and(|since| since.elapsed() >= self.config.linger)
+        });
+        if done {
+            pools.remove(pool);
+        }
+        done
+    }
+}
+
+/// One pool's task: reads until nobody follows the pool.
+async fn run(inner: Arc<Inner>, pool: String, mut position: String, lag_ms: Arc<AtomicU64>) {
+    let key = keys::events(&pool);
     let mut backoff = BACKOFF_MIN;
+    let config = &inner.config;
     loop {
         let connection = config
             .client
@@ -115,55 +266,37 @@ async fn run(config: FeedConfig) {
         let error = match connection {
             Ok(mut connection) => {
                 backoff = BACKOFF_MIN;
-                follow(&config, &mut connection, &mut positions).await
+                match follow(&inner, &pool, &key, &mut connection, &mut position, &lag_ms).await {
+                    Some(error) => error,
+                    None => return,
+                }
             }
             Err(e) => e,
         };
-        tracing::warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "event feed lost redis; reconnecting");
+        tracing::warn!(pool = %pool, error = %error, retry_in_ms = backoff.as_millis() as u64, "event feed lost redis; reconnecting");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+        if inner.done_with(&pool) {
+            return;
+        }
     }
 }
 
-/// Reads until the connection fails; returns the error.
+/// Reads until the connection fails (its error) or nobody follows the
+/// pool any more (`None`).
 async fn follow(
-    config: &FeedConfig,
+    inner: &Inner,
+    pool: &str,
+    key: &str,
     connection: &mut MultiplexedConnection,
-    positions: &mut HashMap<String, String>,
-) -> redis::RedisError {
-    // Re-read the pools at once after a (re)connect.
-    let mut refresh_at = Instant::now();
-    // Per stream, the Redis time from which its entries count for the lag:
-    // a pool found later (another replica created it) starts at the feed's
-    // start like the others, but what it had before this feed knew of it is
-    // a backlog nobody here waited for, not lag (it made a replica shed for
-    // its first seconds).
-    let mut lag_counts_from: HashMap<String, i64> = HashMap::new();
-    let mut last_read_at_ms = id_millis(&config.start_id).unwrap_or(0);
+    position: &mut String,
+    lag_ms: &AtomicU64,
+) -> Option<redis::RedisError> {
+    let config = &inner.config;
     loop {
-        if config.shared.pools_changed.swap(false, Ordering::AcqRel) || Instant::now() >= refresh_at
-        {
-            let pools: Vec<String> = match connection.smembers(keys::POOLS).await {
-                Ok(pools) => pools,
-                Err(e) => return e,
-            };
-            for pool in pools {
-                let key = keys::events(&pool);
-                lag_counts_from
-                    .entry(key.clone())
-                    .or_insert(last_read_at_ms);
-                positions
-                    .entry(key)
-                    .or_insert_with(|| config.start_id.clone());
-            }
-            refresh_at = Instant::now() + POOL_REFRESH;
+        if inner.done_with(pool) {
+            return None;
         }
-        if positions.is_empty() {
-            // Nothing to follow yet: wait for a pool (ours or another's).
-            let _ = tokio::time::timeout(config.block, config.shared.wake.notified()).await;
-            continue;
-        }
-        let (stream_keys, ids): (Vec<&String>, Vec<&String>) = positions.iter().unzip();
         // TIME first, in the same pipeline: Redis's clock when the read is
         // served (unless it blocks, see `read_lag`).
         let mut read = redis::pipe();
@@ -174,31 +307,24 @@ async fn follow(
             .arg("BLOCK")
             .arg(config.block.as_millis() as u64)
             .arg("STREAMS")
-            .arg(&stream_keys)
-            .arg(&ids);
+            .arg(key)
+            .arg(position.as_str());
         let sent = Instant::now();
         let ((seconds, micros), reply): ((i64, i64), Option<StreamReadReply>) =
             match read.query_async(connection).await {
                 Ok(reply) => reply,
-                Err(e) => return e,
+                Err(e) => return Some(e),
             };
         let Some(reply) = reply else {
             // Nothing new within the block: not behind.
-            config.shared.lag_ms.store(0, Ordering::Relaxed);
+            lag_ms.store(0, Ordering::Relaxed);
             continue;
         };
         let read_at_ms = seconds * 1000 + micros / 1000;
-        last_read_at_ms = last_read_at_ms.max(read_at_ms);
         let mut oldest_ms: Option<i64> = None;
         for stream in reply.keys {
-            let counts_from = lag_counts_from.get(&stream.key).copied().unwrap_or(0);
-            if let Some(first) = stream
-                .ids
-                .iter()
-                .filter_map(|entry| id_millis(&entry.id))
-                .find(|ms| *ms >= counts_from)
-            {
-                oldest_ms = Some(oldest_ms.map_or(first, |o| o.min(first)));
+            if oldest_ms.is_none() {
+                oldest_ms = stream.ids.first().and_then(|entry| id_millis(&entry.id));
             }
             let mut last = None;
             for entry in stream.ids {
@@ -223,13 +349,15 @@ async fn follow(
                 last = Some(entry.id);
             }
             if let Some(last) = last {
-                positions.insert(stream.key, last);
+                *position = last;
             }
         }
         if let Some(oldest_ms) = oldest_ms {
             let lag = read_lag(read_at_ms, oldest_ms, sent.elapsed());
-            let lag_ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
-            config.shared.lag_ms.store(lag_ms, Ordering::Relaxed);
+            lag_ms.store(
+                u64::try_from(lag.as_millis()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
     }
 }
@@ -243,6 +371,21 @@ mod tests {
         assert_eq!(id_millis("1795457543123-5"), Some(1_795_457_543_123));
         assert_eq!(id_millis("1795457543123"), Some(1_795_457_543_123));
         assert_eq!(id_millis("x-1"), None);
+    }
+
+    #[test]
+    fn a_pool_joined_at_a_millisecond_is_read_from_that_millisecond_on() {
+        let start = start_id(1_795_457_543_123);
+        assert_eq!(start, format!("1795457543122-{}", u64::MAX));
+        // XREAD returns ids greater than the start: the first entry of
+        // the joining millisecond is one, the last of the one before not.
+        let after = |id: (i64, u64)| {
+            let (ms, seq) = start.split_once('-').unwrap_or_default();
+            let (ms, seq): (i64, u64) = (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0));
+            id > (ms, seq)
+        };
+        assert!(after((1_795_457_543_123, 0)));
+        assert!(!after((1_795_457_543_122, u64::MAX)));
     }
 
     #[test]

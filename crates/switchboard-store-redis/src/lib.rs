@@ -49,8 +49,10 @@
 //!   same script, so two sweepers never act twice.
 //! - Events are appended (XADD, capped) to the pool's stream inside the same
 //!   script as the change, returned to the caller, and republished to
-//!   [`Store::subscribe`] by a background task that follows the streams on
-//!   its own connection (see `feed.rs`).
+//!   [`Store::subscribe`] by a background task per followed pool
+//!   ([`Store::follow`]: a pool this process holds a stream or watch in),
+//!   on its own connection (see `feed.rs`): a replica reads only the
+//!   streams of pools it serves.
 //!
 //! Round trips: one FCALL per command on the common path (request,
 //! accept, decline, complete, heartbeat: `tests/redis_round_trips.rs`
@@ -79,21 +81,20 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, RedisError, ServerErrorKind};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use switchboard_core::model::{
     AgentSnapshot, AgentStatus, Conversation, GoOnline, Handoff, Location, Presence, QueueStats,
     RosterEntry, ShiftView, StatusChoice, TransferTarget,
 };
 use switchboard_core::{
-    AgentId, ConversationId, DispatchSettings, DomainError, Event, OfferId, PoolId, RoutingPlan,
-    Timestamp,
+    AgentId, ConversationId, DispatchSettings, DomainError, OfferId, PoolId, RoutingPlan, Timestamp,
 };
-use switchboard_store::{Applied, EventFeed, Store, StoreError, StoreResult};
-use tokio::sync::{Notify, broadcast};
+use switchboard_store::{Applied, EventFeed, Following, Store, StoreError, StoreResult};
+use tokio::sync::broadcast;
 
-use crate::feed::{FeedConfig, FeedShared, FeedTask};
+use crate::feed::{Feed, FeedConfig};
 use crate::script::{Command, Reply, SweepValue};
 
 /// How many events the feed buffers for a slow subscriber before it lags
@@ -140,8 +141,13 @@ pub struct RedisOptions {
     pub outage_threshold: Duration,
     /// Approximate cap on each pool's event stream (`XADD MAXLEN ~`).
     pub stream_max_len: u64,
-    /// How long the event feed's XREAD blocks before it looks for new pools.
+    /// How long each of the event feed's XREADs blocks before it checks
+    /// whether its pool is still followed.
     pub feed_block: Duration,
+    /// How long the feed keeps reading a pool after the last stream here
+    /// in that pool ended (see `Store::follow`): an app that reconnects
+    /// within it finds the pool still read.
+    pub feed_linger: Duration,
 }
 
 impl Default for RedisOptions {
@@ -154,6 +160,7 @@ impl Default for RedisOptions {
             outage_threshold: Duration::from_secs(1),
             stream_max_len: 100_000,
             feed_block: Duration::from_millis(500),
+            feed_linger: Duration::from_secs(30),
         }
     }
 }
@@ -190,9 +197,7 @@ pub struct RedisStore {
     /// Pools this process has added to [`keys::POOLS`]. A `std` mutex: held
     /// for a lookup or an insert, never across an `.await`.
     registered: Mutex<HashSet<PoolId>>,
-    feed: broadcast::Sender<Arc<Event>>,
-    feed_shared: Arc<FeedShared>,
-    _feed_task: FeedTask,
+    feed: Feed,
     /// See [`Store::pause_delivery_checks`]: passed with every call.
     delivery_checks_paused: AtomicBool,
 }
@@ -227,29 +232,17 @@ impl RedisStore {
         let mut manager = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| unavailable(&address, &e))?;
-        // The feed starts at this instant of Redis's clock: every event
-        // committed after `connect` returns has a later stream id.
-        let (seconds, micros): (i64, i64) = redis::cmd("TIME")
-            .query_async(&mut manager)
-            .await
-            .map_err(|e| unavailable(&address, &e))?;
         let library = script::Library::new();
         load_library(&mut manager, &library)
             .await
             .map_err(|e| unavailable(&address, &e))?;
-        let (feed, _) = broadcast::channel(FEED_CAPACITY);
-        let feed_shared = Arc::new(FeedShared {
-            pools_changed: AtomicBool::new(false),
-            wake: Notify::new(),
-            lag_ms: std::sync::atomic::AtomicU64::new(0),
-        });
-        let feed_task = feed::spawn(FeedConfig {
+        let (sender, _) = broadcast::channel(FEED_CAPACITY);
+        let feed = Feed::new(FeedConfig {
             client,
-            sender: feed.clone(),
-            shared: feed_shared.clone(),
-            start_id: format!("{}-0", seconds * 1000 + micros / 1000),
+            sender,
             block: options.feed_block,
             connection_timeout: options.connection_timeout,
+            linger: options.feed_linger,
         });
         Ok(RedisStore {
             manager,
@@ -260,10 +253,15 @@ impl RedisStore {
             test_clock: Mutex::new(TestClock::default()),
             registered: Mutex::new(HashSet::new()),
             feed,
-            feed_shared,
-            _feed_task: feed_task,
             delivery_checks_paused: AtomicBool::new(false),
         })
+    }
+
+    /// The pools whose event streams this process reads now: followed by a
+    /// stream here, or lingering after the last one left (see
+    /// [`RedisOptions::feed_linger`]).
+    pub fn followed_pools(&self) -> Vec<String> {
+        self.feed.pools()
     }
 
     /// Test only: moves this store's clock by `ms` (added to Redis's time in
@@ -341,10 +339,6 @@ impl RedisStore {
             .lock()
             .map_err(poisoned)?
             .insert(pool.clone());
-        self.feed_shared
-            .pools_changed
-            .store(true, Ordering::Release);
-        self.feed_shared.wake.notify_one();
         Ok(())
     }
 
@@ -1015,12 +1009,32 @@ impl Store for RedisStore {
         self.feed.subscribe()
     }
 
+    async fn follow(&self, pool: &PoolId) -> StoreResult<Following> {
+        if let Some(following) = self.feed.try_join(pool.as_str()) {
+            return Ok(following);
+        }
+        // Redis's own clock (not the test clock: stream ids are Redis
+        // milliseconds), read before the follower's snapshot is.
+        let mut connection = self.manager.clone();
+        let (seconds, micros): (i64, i64) = self
+            .bounded(async {
+                redis::cmd("TIME")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| self.error(&e))
+            })
+            .await?;
+        Ok(self
+            .feed
+            .join(pool.as_str(), seconds * 1000 + micros / 1000))
+    }
+
     fn pause_delivery_checks(&self, paused: bool) {
         self.delivery_checks_paused.store(paused, Ordering::Relaxed);
     }
 
     fn feed_lag(&self) -> Duration {
-        Duration::from_millis(self.feed_shared.lag_ms.load(Ordering::Relaxed))
+        self.feed.lag()
     }
 }
 

@@ -7,10 +7,11 @@
 //!   no `evalsha`, no `function|load`: the library is loaded).
 //! - `MONITOR` (through `redis-cli`): between two markers, the only command
 //!   a client sent is that one `FCALL`; everything else is the library's own
-//!   (`[0 lua]`) or the event feed following the streams on its own
-//!   connection (`XREAD`, `SMEMBERS`, and the `TIME` it pipelines before
-//!   each read to measure its lag: every command of a connection that
-//!   reads streams), which is not on the call's path.
+//!   (`[0 lua]`) or the event feed following the pool's stream on its own
+//!   connection (`XREAD`, and the `TIME` it pipelines before each read to
+//!   measure its lag: every command of a connection that reads streams),
+//!   which is not on the call's path. The pool is followed, as a server
+//!   with a stream in it does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,7 +125,7 @@ impl Monitor {
                 continue;
             }
             let by_script = source.ends_with(" lua");
-            if matches!(name.as_str(), "XREAD" | "SMEMBERS") {
+            if name == "XREAD" {
                 self.feed_connections
                     .insert(connection_of(source).to_owned());
                 continue;
@@ -215,7 +216,9 @@ async fn the_common_path_costs_one_fcall_per_call() {
     let server = RedisServer::start().await;
     let (store, mut connection) = store_and_connection(&server).await;
     let p = PoolId::parse("pool", "p1").unwrap();
-    // Warm up: the script loaded, the pool registered, both agents ready.
+    // Warm up: the script loaded, the pool registered and followed (so
+    // the feed reads it, as for a server with streams), both agents ready.
+    let _following = store.follow(&p).await.unwrap();
     for id in ["alice", "bob"] {
         store.upsert_roster(&p, entry(id)).await.unwrap();
         store

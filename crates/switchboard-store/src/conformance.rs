@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             roster_narrowing_and_widening,
             sequence_numbers_increase_per_conversation,
             events_reach_the_feed,
+            a_followed_pool_reaches_another_replicas_feed,
             stats_report_what_happened,
             drain_stops_offers_and_goes_offline_after_the_last_conversation,
             available_cancels_a_drain,
@@ -757,6 +758,7 @@ pub async fn sequence_numbers_increase_per_conversation(h: &dyn Harness) {
 pub async fn events_reach_the_feed(h: &dyn Harness) {
     let (store, p) = (h.store(), pool("p1"));
     let mut feed = store.subscribe();
+    let _following = store.follow(&p).await.unwrap();
     ready(h, &p, "alice").await;
     let events = store.request(&p, handoff("c1")).await.unwrap().events;
     let mut seen: HashMap<u64, String> = HashMap::new();
@@ -771,6 +773,47 @@ pub async fn events_reach_the_feed(h: &dyn Harness) {
     }
     assert_eq!(seen.get(&1).map(String::as_str), Some("queued"));
     assert_eq!(seen.get(&2).map(String::as_str), Some("offered"));
+}
+
+/// What a stream on one replica relies on: it registers with its feed,
+/// follows its pool, then reads a snapshot; everything another replica
+/// commits after that reaches it, in order, whatever else it followed.
+pub async fn a_followed_pool_reaches_another_replicas_feed(h: &dyn Harness) {
+    let (store, replica, p) = (h.store(), h.replica(), pool("p1"));
+    ready(h, &p, "alice").await;
+    // The replica follows another pool first: its feed already runs.
+    let _other = replica.follow(&pool("p2")).await.unwrap();
+    let mut feed = replica.subscribe();
+    let first = replica.follow(&p).await.unwrap();
+    let second = replica.follow(&p).await.unwrap();
+    // One follower leaving does not stop the pool for the other.
+    drop(first);
+    let snapshot = replica.agent_snapshot(&p, &agent("alice")).await.unwrap();
+    assert!(snapshot.offers.is_empty());
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .accept(&p, &agent("alice"), &offer("c1", 1))
+        .await
+        .unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .expect("the other replica's events within 5 s")
+            .expect("feed open");
+        if event.conversation_id() == Some(&cid("c1")) {
+            kinds.push((event.seq, event.kind.name().to_owned()));
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            (1, "queued".to_owned()),
+            (2, "offered".to_owned()),
+            (3, "assigned".to_owned())
+        ]
+    );
+    drop(second);
 }
 
 pub async fn stats_report_what_happened(h: &dyn Harness) {

@@ -55,9 +55,37 @@ pub struct Applied<T> {
     pub events: Vec<Event>,
 }
 
-/// A subscription to every event of every pool, in commit order. Shared
-/// (`Arc`): every subscriber gets the same event, not a copy of it.
+/// A subscription to the events of the pools the feed carries (see
+/// [`Store::follow`]), in commit order within each pool. Shared (`Arc`):
+/// every subscriber gets the same event, not a copy of it.
 pub type EventFeed = broadcast::Receiver<Arc<Event>>;
+
+/// While held, the store's feed carries one pool's events (see
+/// [`Store::follow`]); dropping it lets the feed stop reading that pool.
+#[must_use = "the pool is followed only while this is held"]
+pub struct Following(Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Following {
+    /// For a feed that carries every pool anyway.
+    pub fn always() -> Following {
+        Following(None)
+    }
+
+    /// Holds `guard` (whose drop leaves the pool).
+    pub fn guard(guard: impl Send + Sync + 'static) -> Following {
+        Following(Some(Box::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Following(guard)"
+        } else {
+            "Following(always)"
+        })
+    }
+}
 
 /// The dispatch state of all pools. Every method is atomic: it either
 /// happens entirely or not at all. Every method takes the pool, and nothing
@@ -332,10 +360,24 @@ pub trait Store: Send + Sync + 'static {
 
     async fn shift_stats(&self, pool: &PoolId) -> StoreResult<Vec<ShiftView>>;
 
-    /// Every event committed from now on, all pools, in commit order. A
-    /// subscriber that falls behind gets `Lagged` and must resynchronise
-    /// from snapshots.
+    /// The events committed from now on in the pools the feed carries, in
+    /// commit order within each pool. A subscriber that falls behind gets
+    /// `Lagged` and must resynchronise from snapshots.
     fn subscribe(&self) -> EventFeed;
+
+    /// Makes the feed ([`Store::subscribe`]) carry `pool`'s events, at
+    /// least every event committed after this call returns, until the
+    /// returned [`Following`] is dropped. A stream registers with the
+    /// feed, calls this, then reads its snapshot: nothing in between is
+    /// missed. The in-memory store publishes every pool as it commits, so
+    /// it returns at once; the Redis store reads a pool's event stream only
+    /// while something in this process follows it, so a replica neither
+    /// reads nor makes Redis send the events of pools it holds no stream
+    /// in.
+    async fn follow(&self, pool: &PoolId) -> StoreResult<Following> {
+        let _ = pool;
+        Ok(Following::always())
+    }
 
     /// While `paused`, sweeps give an offer found undelivered at its
     /// delivery deadline another grace period instead of withdrawing it. The

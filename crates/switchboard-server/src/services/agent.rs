@@ -270,7 +270,12 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let agent = caller.agent()?.clone();
         let pool = caller.pool.clone();
         // Register before attaching, so no event between the two is missed.
-        let subscription = self.state.hub.subscribe_agent(&pool, &agent);
+        let subscription = self
+            .state
+            .hub
+            .subscribe_agent(&pool, &agent)
+            .await
+            .map_err(status)?;
         // Regions from the last location known here, under the config in
         // force now (it may have changed while no stream was attached).
         if let Some(location) = self.state.locations.get(&pool, &agent) {

@@ -86,7 +86,12 @@ impl pb::gateway_service_server::GatewayService for GatewayApi {
         let caller = caller(&request)?;
         let id = convert::conversation_id("conversation_id", &request.get_ref().conversation_id)?;
         // Register before reading the snapshot, so nothing in between is missed.
-        let mut subscription = self.state.hub.subscribe_conversation(&caller.pool, &id);
+        let mut subscription = self
+            .state
+            .hub
+            .subscribe_conversation(&caller.pool, &id)
+            .await
+            .map_err(status)?;
         let view = self
             .state
             .store
