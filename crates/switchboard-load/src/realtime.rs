@@ -21,6 +21,36 @@ use thread_priority::{
     set_thread_priority_and_policy, thread_native_id,
 };
 
+/// Starts a thread named `name` that, with `realtime`, first puts itself at
+/// real-time priority, then runs `body`. Returns once the thread runs
+/// `body`, or the error that it could not take the priority (the thread
+/// then ends at once, returning `T::default()`).
+pub fn spawn<T: Default + Send + 'static>(
+    name: &str,
+    realtime: bool,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<T>> {
+    use anyhow::Context;
+    let (started, raised) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let raised = if realtime {
+                raise_current_thread()
+            } else {
+                Ok(())
+            };
+            let failed = raised.is_err();
+            let _ = started.send(raised);
+            if failed { T::default() } else { body() }
+        })
+        .with_context(|| format!("cannot start the {name} thread"))?;
+    raised
+        .recv()
+        .with_context(|| format!("the {name} thread ended at its start"))??;
+    Ok(thread)
+}
+
 /// Puts the calling thread at `SCHED_FIFO`, the lowest real-time priority.
 pub fn raise_current_thread() -> anyhow::Result<()> {
     set_thread_priority_and_policy(

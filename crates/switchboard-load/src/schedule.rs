@@ -16,7 +16,6 @@
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio_util::sync::CancellationToken;
@@ -44,43 +43,25 @@ pub fn poisson(
     stop: CancellationToken,
     mut on_arrival: impl FnMut(Arrival) + Send + 'static,
 ) -> anyhow::Result<JoinHandle<u64>> {
-    let (started, raised) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("arrival-schedule".to_owned())
-        .spawn(move || {
-            let raised = if realtime {
-                crate::realtime::raise_current_thread()
-            } else {
-                Ok(())
-            };
-            let failed = raised.is_err();
-            let _ = started.send(raised);
-            if failed {
-                return 0;
+    crate::realtime::spawn("arrival-schedule", realtime, move || {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let end = start + duration;
+        let mean_gap = Duration::from_secs_f64(1.0 / rate_per_sec.max(1e-6));
+        let mut intended = start;
+        let mut sequence = 0;
+        loop {
+            intended += exponential(&mut rng, mean_gap);
+            if intended >= end || stop.is_cancelled() {
+                return sequence;
             }
-            let mut rng = StdRng::seed_from_u64(seed);
-            let end = start + duration;
-            let mean_gap = Duration::from_secs_f64(1.0 / rate_per_sec.max(1e-6));
-            let mut intended = start;
-            let mut sequence = 0;
-            loop {
-                intended += exponential(&mut rng, mean_gap);
-                if intended >= end || stop.is_cancelled() {
-                    return sequence;
-                }
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
-                }
-                on_arrival(Arrival { sequence, intended });
-                sequence += 1;
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
             }
-        })
-        .context("cannot start the arrival schedule thread")?;
-    raised
-        .recv()
-        .context("the arrival schedule thread ended at its start")??;
-    Ok(thread)
+            on_arrival(Arrival { sequence, intended });
+            sequence += 1;
+        }
+    })
 }
 
 #[cfg(test)]

@@ -42,27 +42,12 @@ impl SenderRuntime {
         let handle = runtime.handle().clone();
         let stop = CancellationToken::new();
         let stopped = stop.clone();
-        let (started, raised) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let raised = if realtime {
-                    crate::realtime::raise_current_thread()
-                } else {
-                    Ok(())
-                };
-                let failed = raised.is_err();
-                let _ = started.send(raised);
-                if !failed {
-                    runtime.block_on(stopped.cancelled());
-                }
-                // Dropped here, outside any async context.
-                drop(runtime);
-            })
-            .context("cannot start the senders' thread")?;
-        raised
-            .recv()
-            .context("the senders' thread ended at its start")??;
+        // The runtime is dropped in that thread, outside any async context
+        // (with the closure, if the thread could not take its priority).
+        let thread = crate::realtime::spawn(name, realtime, move || {
+            runtime.block_on(stopped.cancelled());
+            drop(runtime);
+        })?;
         Ok(SenderRuntime {
             handle,
             stop,
