@@ -1015,15 +1015,7 @@ impl Store for RedisStore {
         }
         // Redis's own clock (not the test clock: stream ids are Redis
         // milliseconds), read before the follower's snapshot is.
-        let mut connection = self.manager.clone();
-        let (seconds, micros): (i64, i64) = self
-            .bounded(async {
-                redis::cmd("TIME")
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| self.error(&e))
-            })
-            .await?;
+        let (seconds, micros): (i64, i64) = self.read(&redis::cmd("TIME")).await?;
         Ok(self
             .feed
             .join(pool.as_str(), seconds * 1000 + micros / 1000))
