@@ -110,6 +110,13 @@ struct PoolFeed {
     task: tokio::task::AbortHandle,
 }
 
+impl PoolFeed {
+    fn add_follower(&mut self) {
+        self.followers += 1;
+        self.idle_since = None;
+    }
+}
+
 /// One follower of one pool; dropping it leaves.
 struct FollowGuard {
     inner: Arc<Inner>,
@@ -156,9 +163,7 @@ impl Feed {
     /// Joins `pool` if its task runs already (no position needed).
     pub fn try_join(&self, pool: &str) -> Option<Following> {
         let mut pools = self.inner.pools.lock().ok()?;
-        let feed = pools.get_mut(pool)?;
-        feed.followers += 1;
-        feed.idle_since = None;
+        pools.get_mut(pool)?.add_follower();
         Some(self.guard(pool))
     }
 
@@ -168,10 +173,7 @@ impl Feed {
     pub fn join(&self, pool: &str, redis_ms: i64) -> Following {
         if let Ok(mut pools) = self.inner.pools.lock() {
             match pools.get_mut(pool) {
-                Some(feed) => {
-                    feed.followers += 1;
-                    feed.idle_since = None;
-                }
+                Some(feed) => feed.add_follower(),
                 None => {
                     let lag_ms = Arc::new(AtomicU64::new(0));
                     let task = tokio::spawn(run(
