@@ -2054,38 +2054,50 @@ function commands.request()
   return '[' .. view(c) .. ',true]'
 end
 
-function commands.offer_delivered()
-  local agent_id, cid, attempt = arg(1), arg(2), tonumber(arg(3))
+-- One offer reached its agent's stream (see `commands.offer_delivered`).
+local function mark_delivered(agent_id, cid, attempt)
   local c = conversation(cid)
   local o = c and offer_record(c, attempt)
-  if o and o.agent == agent_id and not o.delivered then
-    o.delivered = true
-    -- Only this flag changes: patched into the row's text (the i-th
-    -- `"delivered":` after `"offers":[` is offer i's: offers hold scalars
-    -- only, and no other object has that field) when nothing else in this
-    -- call changed the row.
-    local raw, patched = conversations_raw[cid], nil
-    if raw and not dirty_conversations[cid] then
-      local index = nil
-      for i, record in ipairs(c.offers) do
-        if record == o then index = i break end
-      end
-      local at = index and string.find(raw, '"offers":[', 1, true)
-      for _ = 1, index or 0 do
-        at = at and string.find(raw, '"delivered":', at + 1, true)
-      end
-      if at and string.sub(raw, at + 12, at + 16) == 'false' then
-        patched = string.sub(raw, 1, at + 11) .. 'true' .. string.sub(raw, at + 17)
-      end
+  if not (o and o.agent == agent_id and not o.delivered) then return end
+  o.delivered = true
+  -- Only this flag changes: patched into the row's text (the i-th
+  -- `"delivered":` after `"offers":[` is offer i's: offers hold scalars
+  -- only, and no other object has that field) when nothing else in this
+  -- call changed the row. A second offer of the same row in one call
+  -- patches the first one's text.
+  local raw, patched = patched_conversations[cid] or conversations_raw[cid], nil
+  if raw and not dirty_conversations[cid] then
+    local index = nil
+    for i, record in ipairs(c.offers) do
+      if record == o then index = i break end
     end
-    if patched then
-      patched_conversations[cid] = patched
-      conversation_changes[cid] = (conversation_changes[cid] or 0) + 1
-    else
-      touch_conversation(cid)
+    local at = index and string.find(raw, '"offers":[', 1, true)
+    for _ = 1, index or 0 do
+      at = at and string.find(raw, '"delivered":', at + 1, true)
     end
-    -- Its delivery deadline acts on an undelivered offer only.
-    defuse_deadline('1|' .. cid .. '|' .. ji(attempt))
+    if at and string.sub(raw, at + 12, at + 16) == 'false' then
+      patched = string.sub(raw, 1, at + 11) .. 'true' .. string.sub(raw, at + 17)
+    end
+  end
+  if patched then
+    patched_conversations[cid] = patched
+    conversation_changes[cid] = (conversation_changes[cid] or 0) + 1
+  else
+    touch_conversation(cid)
+  end
+  -- Its delivery deadline acts on an undelivered offer only.
+  defuse_deadline('1|' .. cid .. '|' .. ji(attempt))
+end
+
+-- Offers that reached their agents' streams, as (agent, conversation,
+-- attempt) triples: a replica sends those of a pool together (one round
+-- trip for every offer its streams wrote while the previous call ran).
+-- Unknown offers, and offers not the named agent's, are ignored.
+function commands.offer_delivered()
+  local i = 1
+  while arg(i) ~= nil do
+    mark_delivered(arg(i), arg(i + 1), tonumber(arg(i + 2)))
+    i = i + 3
   end
   return 'null'
 end

@@ -860,17 +860,24 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn offer_delivered(
+    async fn offers_delivered(
         &self,
         pool: &PoolId,
-        agent: &AgentId,
-        offer: &OfferId,
+        delivered: &[(AgentId, OfferId)],
     ) -> StoreResult<()> {
-        let args = [
-            agent.to_string(),
-            offer.conversation_id.to_string(),
-            offer.attempt.to_string(),
-        ];
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let args: Vec<String> = delivered
+            .iter()
+            .flat_map(|(agent, offer)| {
+                [
+                    agent.to_string(),
+                    offer.conversation_id.to_string(),
+                    offer.attempt.to_string(),
+                ]
+            })
+            .collect();
         self.command::<()>(pool, Command::OfferDelivered, &args)
             .await
             .map(|_| ())

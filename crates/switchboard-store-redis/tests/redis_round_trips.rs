@@ -246,6 +246,20 @@ async fn the_common_path_costs_one_fcall_per_call() {
         store.decline(&p, &agent("alice"), &offer("c1", 1), "busy")
     )
     .unwrap();
+    // A replica's batch of delivered offers is one call, however many.
+    one_round_trip!(
+        connection,
+        monitor,
+        "offers_delivered",
+        store.offers_delivered(
+            &p,
+            &[
+                (agent("alice"), offer("c1", 1)),
+                (agent("bob"), offer("c1", 2))
+            ]
+        )
+    )
+    .unwrap();
     let c = one_round_trip!(
         connection,
         monitor,

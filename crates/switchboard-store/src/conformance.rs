@@ -74,6 +74,7 @@ macro_rules! conformance_suite {
             decline_goes_to_next_agent,
             timeout_goes_to_next_agent_and_counts_a_miss,
             undelivered_offer_is_withdrawn_not_missed,
+            offers_delivered_in_one_call,
             paused_delivery_checks_keep_undelivered_offers,
             paused_delivery_checks_hold_for_every_replica,
             lease_lapse_requeues_with_reason,
@@ -374,6 +375,74 @@ pub async fn undelivered_offer_is_withdrawn_not_missed(h: &dyn Harness) {
     assert!(
         !presence.stream_attached,
         "a stream that carries nothing gets no more offers"
+    );
+}
+
+/// A replica marks the offers its streams wrote in one call: each named
+/// agent's offer is delivered (two of one conversation included), another
+/// agent's offer and an unknown one are ignored, and an offer left out is
+/// still withdrawn after the grace.
+pub async fn offers_delivered_in_one_call(h: &dyn Harness) {
+    let (store, p) = (h.store(), pool("p1"));
+    ready(h, &p, "alice").await;
+    ready(h, &p, "bob").await;
+    ready(h, &p, "carol").await;
+    store.request(&p, handoff("c1")).await.unwrap();
+    store
+        .decline(&p, &agent("alice"), &offer("c1", 1), "not now")
+        .await
+        .unwrap();
+    store.request(&p, handoff("c2")).await.unwrap();
+    store.request(&p, handoff("c3")).await.unwrap();
+    let second = state_of(h, &p, "c1").await.1.expect("c1 offered again");
+    let c2_holder = state_of(h, &p, "c2").await.1.expect("c2 offered");
+    assert_ne!(second, c2_holder, "capacity 1: one offer each");
+    store
+        .offers_delivered(
+            &p,
+            &[
+                (agent("alice"), offer("c1", 1)),
+                (second.clone(), offer("c1", 2)),
+                (second.clone(), offer("c2", 1)),
+                (agent("alice"), offer("ghost", 1)),
+                (c2_holder.clone(), offer("c2", 1)),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .offers_delivered(&p, &[])
+        .await
+        .expect("an empty batch is fine");
+    sweep_after(h, 300).await;
+    let (state, holder, _) = state_of(h, &p, "c1").await;
+    assert_eq!(
+        (state, holder),
+        (ConversationState::Offered, Some(second)),
+        "delivered: kept past the grace"
+    );
+    assert_eq!(
+        state_of(h, &p, "c2").await.0,
+        ConversationState::Offered,
+        "the holder's mark counts, the other agent's is ignored"
+    );
+    let (state, _, reason) = state_of(h, &p, "c3").await;
+    assert_eq!(
+        (state, reason.as_str()),
+        (ConversationState::Queued, "offer not delivered"),
+        "left out of the batch"
+    );
+    for (id, expected) in [("c1", vec![true, true]), ("c2", vec![true])] {
+        let c = store.conversation(&p, &cid(id)).await.unwrap();
+        let delivered: Vec<bool> = c.offers.iter().map(|o| o.delivered).collect();
+        assert_eq!(delivered, expected, "{id}'s offers marked delivered");
+    }
+    assert!(
+        matches!(
+            store.conversation(&p, &cid("ghost")).await,
+            Err(StoreError::Domain(DomainError::NotFound { .. }))
+        ),
+        "an unknown offer creates nothing"
     );
 }
 

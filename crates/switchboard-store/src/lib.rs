@@ -296,6 +296,19 @@ pub trait Store: Send + Sync + 'static {
         pool: &PoolId,
         agent: &AgentId,
         offer: &OfferId,
+    ) -> StoreResult<()> {
+        self.offers_delivered(pool, &[(agent.clone(), offer.clone())])
+            .await
+    }
+
+    /// [`Store::offer_delivered`] for several offers of one pool at once,
+    /// as (agent, offer) pairs: one round trip for a replica's batch.
+    /// Unknown offers, and offers that are not the named agent's, are
+    /// ignored; the others are marked as if one by one, in order.
+    async fn offers_delivered(
+        &self,
+        pool: &PoolId,
+        delivered: &[(AgentId, OfferId)],
     ) -> StoreResult<()>;
 
     /// Accepts; repeated accepts return the first result. Another agent's

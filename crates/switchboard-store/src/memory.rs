@@ -280,14 +280,15 @@ impl Store for MemoryStore {
         self.command(pool, |s, now| s.set_agent_regions(agent, regions, now))
     }
 
-    async fn offer_delivered(
+    async fn offers_delivered(
         &self,
         pool: &PoolId,
-        agent: &AgentId,
-        offer: &OfferId,
+        delivered: &[(AgentId, OfferId)],
     ) -> StoreResult<()> {
         self.command(pool, |s, _| {
-            s.offer_delivered(agent, offer);
+            for (agent, offer) in delivered {
+                s.offer_delivered(agent, offer);
+            }
             Ok(())
         })
         .map(|_| ())
