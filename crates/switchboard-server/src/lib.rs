@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod config_version;
 pub mod convert;
+pub mod delivery;
 pub mod error;
 pub mod hub;
 pub mod regions;
@@ -192,8 +193,12 @@ pub async fn serve_gated(
         Some(admission::DeliveryPause::new(delivery_grace)),
         cancel.child_token(),
     ));
+    let (deliveries, sending) =
+        delivery::DeliveryMarks::start(options.store.clone(), cancel.child_token());
+    tracker.spawn(sending);
     let state = AppState {
         store: options.store.clone(),
+        deliveries,
         hub,
         settings: options.settings.clone(),
         routing: options.routing.clone(),

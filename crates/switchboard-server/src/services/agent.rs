@@ -206,10 +206,9 @@ async fn run_stream(
                     let _ = out.send(Ok(resubscribe_notice())).await;
                     break;
                 }
-                if let EventKind::Offered { offer, .. } = &event.kind
-                    && let Err(e) = state.store.offer_delivered(&pool, &agent, offer).await {
-                        tracing::warn!(error = %e, "could not mark offer delivered");
-                    }
+                if let EventKind::Offered { offer, .. } = &event.kind {
+                    state.deliveries.delivered(&pool, &agent, offer).await;
+                }
             }
         }
     }
@@ -294,15 +293,20 @@ impl pb::agent_service_server::AgentService for AgentApi {
             .await
             .map_err(|_| Status::cancelled("client left"))?;
         let mut seen = HashMap::new();
+        let mut delivered = Vec::with_capacity(snapshot.offers.len());
         for (record, conversation) in &snapshot.offers {
             seen.insert(conversation.id().clone(), conversation.seq);
             let offer = switchboard_core::OfferId {
                 conversation_id: conversation.id().clone(),
                 attempt: record.attempt,
             };
+            delivered.push((agent.clone(), offer));
+        }
+        if !delivered.is_empty() {
+            // The snapshot is sent: its offers are delivered (one call).
             self.state
                 .store
-                .offer_delivered(&pool, &agent, &offer)
+                .offers_delivered(&pool, &delivered)
                 .await
                 .map_err(status)?;
         }

@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Where agent streams report the offers they wrote (batched).
+    pub deliveries: crate::delivery::DeliveryMarks,
     pub hub: Arc<Hub>,
     pub settings: DispatchSettings,
     /// The routing file in force, if any (swapped by a reload).
