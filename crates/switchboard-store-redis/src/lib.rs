@@ -55,7 +55,8 @@
 //!   streams of pools it serves.
 //!
 //! Round trips: one FCALL per command on the common path (request,
-//! accept, decline, complete, heartbeat: `tests/redis_round_trips.rs`
+//! accept, decline, complete, heartbeat, and a batch of delivered offers
+//! of any size: `tests/redis_round_trips.rs`
 //! checks it with `INFO commandstats` and `MONITOR`). Extra, once: the
 //! FUNCTION LOAD at connect (and after a Redis that lost its functions
 //! answers "Function not found"), and one SADD the first time this process
