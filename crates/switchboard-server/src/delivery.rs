@@ -59,28 +59,22 @@ impl DeliveryMarks {
 async fn run(store: Arc<dyn Store>, mut marks: mpsc::Receiver<Mark>, cancel: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        let first = tokio::select! {
-            biased;
-            received = marks.recv() => received,
-            () = cancel.cancelled() => None,
-        };
-        let Some(first) = first else { break };
-        batch.push(first);
-        while batch.len() < MAX_BATCH
-            && let Ok(mark) = marks.try_recv()
-        {
-            batch.push(mark);
-        }
-        send(store.as_ref(), &mut batch).await;
-    }
-    // Shutting down: what was queued still goes out.
-    while let Ok(mark) = marks.try_recv() {
-        batch.push(mark);
-        if batch.len() == MAX_BATCH {
-            send(store.as_ref(), &mut batch).await;
+        tokio::select! {
+            // Shutting down: no new marks, but what was queued still goes
+            // out (`recv` returns it, then `None`).
+            () = cancel.cancelled(), if !marks.is_closed() => marks.close(),
+            received = marks.recv() => {
+                let Some(first) = received else { break };
+                batch.push(first);
+                while batch.len() < MAX_BATCH
+                    && let Ok(mark) = marks.try_recv()
+                {
+                    batch.push(mark);
+                }
+                send(store.as_ref(), &mut batch).await;
+            }
         }
     }
-    send(store.as_ref(), &mut batch).await;
 }
 
 /// One call per pool in the batch, the pools' calls at once; empties it.
