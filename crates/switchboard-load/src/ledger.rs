@@ -335,6 +335,7 @@ fn record_offer_latency(record: &Record, metrics: &Metrics) {
     }
     let latency = offer_at.saturating_duration_since(record.intended);
     metrics.record(Series::RequestToOffer, latency);
+    metrics.record_offer_window(record.intended, latency);
     match answer {
         Answer::OfferedAtOnce => metrics.record(Series::RequestToOfferImmediate, latency),
         Answer::Queued => metrics.record(Series::RequestToOfferQueued, latency),

@@ -10,12 +10,22 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use switchboard_proto::code_name;
 use tonic::Code;
+
+/// Requests are also counted per window of this length (by intended send
+/// time), so a tail can be told apart: spread over the run, or a few
+/// episodes in which many requests waited.
+pub const OFFER_WINDOW: Duration = Duration::from_millis(100);
+/// A request → offer over this counts as slow in its window (issue 6's
+/// p99 target for Redis).
+pub const SLOW_OFFER: Duration = Duration::from_millis(20);
+/// How many of the worst windows the summary lists.
+const WORST_WINDOWS: usize = 5;
 
 /// Highest latency a histogram holds: longer ones are clamped, which only
 /// matters for a run that is broken anyway.
@@ -121,6 +131,16 @@ struct Recorded {
     expected_refusals: BTreeMap<(&'static str, &'static str), u64>,
     /// The first few error messages, to tell errors of one code apart.
     error_examples: Vec<String>,
+    /// Request → offer per [`OFFER_WINDOW`], keyed by window number since
+    /// the metrics were created.
+    offer_windows: BTreeMap<u64, OfferWindow>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct OfferWindow {
+    requests: u64,
+    slow: u64,
+    max_micros: u64,
 }
 
 /// A failed call: its code and, when the server sent one, its message.
@@ -147,10 +167,21 @@ impl Failure for tonic::Status {
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     recorded: Mutex<Recorded>,
     pub counters: Counters,
+    /// Where window 0 of the request → offer windows starts.
+    origin: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            recorded: Mutex::default(),
+            counters: Counters::default(),
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl Metrics {
@@ -170,6 +201,22 @@ impl Metrics {
                 recorded.series.entry(series).or_insert_with(new_histogram),
                 latency,
             );
+        });
+    }
+
+    /// A measured request's request → offer, in the window of its intended
+    /// send time.
+    pub fn record_offer_window(&self, intended: Instant, latency: Duration) {
+        let since = intended.saturating_duration_since(self.origin);
+        let window = u64::try_from(since.as_nanos() / OFFER_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.with(|recorded| {
+            let entry = recorded.offer_windows.entry(window).or_default();
+            entry.requests += 1;
+            if latency > SLOW_OFFER {
+                entry.slow += 1;
+            }
+            entry.max_micros = entry.max_micros.max(micros);
         });
     }
 
@@ -230,7 +277,62 @@ impl Metrics {
             errors: flatten(&recorded.errors),
             expected_refusals: flatten(&recorded.expected_refusals),
             error_examples: recorded.error_examples.clone(),
+            offer_windows: OfferWindows::of(&recorded.offer_windows),
         })
+    }
+}
+
+/// Request → offer per window of [`OFFER_WINDOW`]: how many windows had a
+/// request over [`SLOW_OFFER`], and the worst of them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OfferWindows {
+    pub window_ms: u64,
+    pub slow_over_ms: u64,
+    /// Windows with at least one measured request.
+    pub windows: u64,
+    /// ... of which with at least one slow request.
+    pub with_slow: u64,
+    /// Most slow requests first, then the longest; at most five.
+    pub worst: Vec<OfferWindowView>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OfferWindowView {
+    /// Seconds from the first window with a measured request.
+    pub at_secs: f64,
+    pub requests: u64,
+    pub slow: u64,
+    pub max_ms: f64,
+}
+
+impl OfferWindows {
+    fn of(windows: &BTreeMap<u64, OfferWindow>) -> OfferWindows {
+        let first = windows.keys().next().copied().unwrap_or(0);
+        let mut slow: Vec<(&u64, &OfferWindow)> =
+            windows.iter().filter(|(_, w)| w.slow > 0).collect();
+        slow.sort_by(|a, b| {
+            b.1.slow
+                .cmp(&a.1.slow)
+                .then(b.1.max_micros.cmp(&a.1.max_micros))
+                .then(a.0.cmp(b.0))
+        });
+        let window_ms = u64::try_from(OFFER_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        OfferWindows {
+            window_ms,
+            slow_over_ms: u64::try_from(SLOW_OFFER.as_millis()).unwrap_or(u64::MAX),
+            windows: windows.len() as u64,
+            with_slow: slow.len() as u64,
+            worst: slow
+                .into_iter()
+                .take(WORST_WINDOWS)
+                .map(|(index, w)| OfferWindowView {
+                    at_secs: (index - first) as f64 * window_ms as f64 / 1000.0,
+                    requests: w.requests,
+                    slow: w.slow,
+                    max_ms: w.max_micros as f64 / 1000.0,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -278,6 +380,7 @@ pub struct MetricsSummary {
     pub errors: BTreeMap<String, u64>,
     pub expected_refusals: BTreeMap<String, u64>,
     pub error_examples: Vec<String>,
+    pub offer_windows: OfferWindows,
 }
 
 impl MetricsSummary {
@@ -303,6 +406,42 @@ mod tests {
         assert_eq!(summary.count, 100);
         assert!((summary.p50_ms - 50.0).abs() < 0.1, "{summary:?}");
         assert!((summary.p99_ms - 99.0).abs() < 0.1, "{summary:?}");
+    }
+
+    #[test]
+    fn slow_offers_are_counted_per_window_worst_first() {
+        let metrics = Metrics::default();
+        let at = |ms: u64| metrics.origin + Duration::from_millis(ms);
+        // Window 2 (the first with a request): fast only.
+        metrics.record_offer_window(at(250), Duration::from_millis(3));
+        // Window 5: two slow, one fast.
+        metrics.record_offer_window(at(510), Duration::from_millis(25));
+        metrics.record_offer_window(at(520), Duration::from_millis(40));
+        metrics.record_offer_window(at(590), Duration::from_millis(2));
+        // Window 9: one slow, the longest.
+        metrics.record_offer_window(at(900), Duration::from_millis(90));
+        // Exactly the threshold is not slow.
+        metrics.record_offer_window(at(1_200), SLOW_OFFER);
+        let windows = metrics.summary().offer_windows;
+        assert_eq!((windows.window_ms, windows.slow_over_ms), (100, 20));
+        assert_eq!((windows.windows, windows.with_slow), (4, 2));
+        assert_eq!(
+            windows.worst,
+            vec![
+                OfferWindowView {
+                    at_secs: 0.3,
+                    requests: 3,
+                    slow: 2,
+                    max_ms: 40.0
+                },
+                OfferWindowView {
+                    at_secs: 0.7,
+                    requests: 1,
+                    slow: 1,
+                    max_ms: 90.0
+                },
+            ]
+        );
     }
 
     #[test]

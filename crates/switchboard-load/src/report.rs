@@ -3,7 +3,7 @@
 use comfy_table::Table;
 
 use crate::echo::{EchoReport, EchoStep};
-use crate::metrics::{LatencySummary, Series};
+use crate::metrics::{LatencySummary, OfferWindows, Series};
 use crate::redis_ceiling::RedisReport;
 use crate::run::RunReport;
 
@@ -26,6 +26,29 @@ fn latency_row(name: &str, latency: &LatencySummary) -> Vec<String> {
 }
 
 const LATENCY_HEADER: [&str; 7] = ["ms", "count", "p50", "p90", "p99", "p99.9", "max"];
+
+/// One line: how the slow requests are spread over the run.
+fn print_offer_windows(windows: &OfferWindows) {
+    let mut line = format!(
+        "request → offer over {} ms: in {} of {} windows of {} ms",
+        windows.slow_over_ms, windows.with_slow, windows.windows, windows.window_ms
+    );
+    if !windows.worst.is_empty() {
+        let worst: Vec<String> = windows
+            .worst
+            .iter()
+            .map(|w| {
+                format!(
+                    "+{:.1} s: {} of {} (max {:.1} ms)",
+                    w.at_secs, w.slow, w.requests, w.max_ms
+                )
+            })
+            .collect();
+        line.push_str("; worst: ");
+        line.push_str(&worst.join(", "));
+    }
+    println!("{line}");
+}
 
 pub fn print_run(report: &RunReport) {
     let verdict = if report.valid { "VALID" } else { "INVALID" };
@@ -91,6 +114,7 @@ pub fn print_run(report: &RunReport) {
         latencies.add_row(latency_row(&format!("rpc {method}"), latency));
     }
     println!("{latencies}");
+    print_offer_windows(&report.metrics.offer_windows);
 
     if let Some(echo) = &report.echo {
         let mut comparison = table(&["vs bare tonic echo, same rate", "p50 ms", "p99 ms"]);

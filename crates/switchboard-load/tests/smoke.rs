@@ -131,6 +131,14 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
             .unwrap()
             > 0
     );
+    // Every measured request falls in some 100 ms window of the report.
+    let windows = &report["metrics"]["offer_windows"];
+    assert_eq!(windows["window_ms"].as_u64(), Some(100), "{report:#}");
+    assert!(windows["windows"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(
+        windows["with_slow"].as_u64().unwrap() <= windows["windows"].as_u64().unwrap(),
+        "{report:#}"
+    );
     assert!(
         report["server_resources"]["rss_agents_online_mib"]
             .as_f64()
