@@ -77,11 +77,9 @@ async fn run(store: Arc<dyn Store>, mut marks: mpsc::Receiver<Mark>, cancel: Can
     }
 }
 
-/// One call per pool in the batch, the pools' calls at once; empties it.
+/// One call per pool in the batch (never empty: `run` sends once it has a
+/// mark), the pools' calls at once; empties it.
 async fn send(store: &dyn Store, batch: &mut Vec<Mark>) {
-    if batch.is_empty() {
-        return;
-    }
     let by_pool = by_pool(batch.drain(..));
     let calls = by_pool.iter().map(|(pool, marks)| async move {
         if let Err(e) = store.offers_delivered(pool, marks).await {
