@@ -79,6 +79,85 @@ pub struct Resources {
     pub cpu_percent_during_load: f64,
 }
 
+/// CPU time of the whole machine at one moment: the `cpu` lines of
+/// `/proc/stat`, all CPUs first, then each CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSample {
+    cpus: Vec<CpuTimes>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuTimes {
+    /// user + nice + system + idle + iowait + irq + softirq + steal (guest
+    /// time is already counted in user).
+    total: u64,
+    /// Time the hypervisor ran something else while this CPU had work.
+    steal: u64,
+}
+
+/// None when `/proc/stat` cannot be read (not Linux).
+pub fn host_sample() -> Option<HostSample> {
+    parse_host(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_host(stat: &str) -> Option<HostSample> {
+    let cpus: Vec<CpuTimes> = stat
+        .lines()
+        .filter(|line| line.starts_with("cpu"))
+        .filter_map(|line| {
+            let times: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|field| field.parse().ok())
+                .collect::<Option<_>>()?;
+            // Kernels before 2.6.11 have no steal column: nothing to say.
+            (times.len() == 8).then(|| CpuTimes {
+                total: times.iter().sum(),
+                steal: times[7],
+            })
+        })
+        .collect();
+    (!cpus.is_empty()).then_some(HostSample { cpus })
+}
+
+/// How much of the machine's CPU time the hypervisor gave to others
+/// (steal) between two samples. On a shared virtual machine this is time
+/// the server, Redis and the tool were ready to run and could not: a run
+/// with much of it measured the host's neighbours, not the dispatcher.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostSteal {
+    /// Percent of all CPUs' time.
+    pub percent: f64,
+    /// Percent of each CPU's time, in CPU order.
+    pub per_cpu_percent: Vec<f64>,
+}
+
+pub fn host_steal(before: &HostSample, after: &HostSample) -> Option<HostSteal> {
+    if before.cpus.len() != after.cpus.len() {
+        return None; // a CPU came or went
+    }
+    let percents: Vec<f64> = before
+        .cpus
+        .iter()
+        .zip(&after.cpus)
+        .map(|(was, is)| {
+            let total = is.total.saturating_sub(was.total);
+            let steal = is.steal.saturating_sub(was.steal);
+            if total == 0 {
+                0.0
+            } else {
+                100.0 * steal as f64 / total as f64
+            }
+        })
+        .collect();
+    let (all, each) = percents.split_first()?;
+    Some(HostSteal {
+        percent: *all,
+        per_cpu_percent: each.to_vec(),
+    })
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -86,6 +165,48 @@ pub fn mib(kib: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const STAT_BEFORE: &str = "cpu  100 0 50 800 10 0 20 20 5 0\n\
+cpu0 50 0 25 400 5 0 10 10 5 0\n\
+cpu1 50 0 25 400 5 0 10 10 0 0\n\
+intr 12345 1 2\n";
+    const STAT_AFTER: &str = "cpu  200 0 100 1400 10 0 40 250 9 0\n\
+cpu0 150 0 50 700 5 0 20 75 9 0\n\
+cpu1 50 0 50 700 5 0 20 175 0 0\n";
+
+    #[test]
+    fn steal_is_a_share_of_each_cpus_time() {
+        let before = parse_host(STAT_BEFORE).unwrap();
+        let after = parse_host(STAT_AFTER).unwrap();
+        let steal = host_steal(&before, &after).unwrap();
+        // All CPUs: 230 of 1000 ticks; cpu0 65 of 500; cpu1 165 of 500.
+        assert!((steal.percent - 23.0).abs() < 1e-9, "{steal:?}");
+        assert_eq!(steal.per_cpu_percent.len(), 2);
+        assert!((steal.per_cpu_percent[0] - 13.0).abs() < 1e-9, "{steal:?}");
+        assert!((steal.per_cpu_percent[1] - 33.0).abs() < 1e-9, "{steal:?}");
+    }
+
+    #[test]
+    fn steal_needs_the_same_cpus_and_a_steal_column() {
+        let two = parse_host(STAT_BEFORE).unwrap();
+        let one = parse_host("cpu  1 2 3 4 5 6 7 8\ncpu0 1 2 3 4 5 6 7 8\n").unwrap();
+        assert!(host_steal(&two, &one).is_none());
+        assert!(parse_host("cpu  1 2 3 4\n").is_none());
+        assert!(parse_host("intr 1 2 3\n").is_none());
+        let same = host_steal(&two, &two).unwrap();
+        assert_eq!(same.percent, 0.0);
+    }
+
+    #[test]
+    fn reads_this_host() {
+        let Some(first) = host_sample() else {
+            return; // not Linux
+        };
+        let second = host_sample().unwrap();
+        let steal = host_steal(&first, &second).unwrap();
+        assert!(steal.percent >= 0.0 && steal.percent <= 100.0);
+        assert!(!steal.per_cpu_percent.is_empty());
+    }
 
     #[test]
     fn reads_this_process() {

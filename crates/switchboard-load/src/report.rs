@@ -194,6 +194,19 @@ pub fn print_run(report: &RunReport) {
         );
     }
     println!("load tool CPU: {:.0}% of a core", report.tool_cpu_percent);
+    if let Some(steal) = &report.host_steal {
+        let each: Vec<String> = steal
+            .per_cpu_percent
+            .iter()
+            .enumerate()
+            .map(|(cpu, percent)| format!("cpu{cpu} {percent:.1}%"))
+            .collect();
+        println!(
+            "host CPU steal (time the hypervisor gave to other guests): {:.1}% ({})",
+            steal.percent,
+            each.join(", ")
+        );
+    }
     if let Some(redis) = &report.redis {
         println!(
             "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core",

@@ -33,6 +33,11 @@ use crate::sender::SenderRuntime;
 /// not the server: it is reported as invalid.
 pub const MAX_SCHEDULE_LAG_P99_MS: f64 = 1.0;
 
+/// A run during which the hypervisor took more than this share of the
+/// machine's CPU time (steal) measured the host's other guests, not the
+/// server: it is reported as invalid.
+pub const MAX_STEAL_PERCENT: f64 = 5.0;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
     /// The server's URL.
@@ -242,6 +247,9 @@ pub struct RunReport {
     pub server_resources: Option<Resources>,
     /// The load tool's own CPU during the load, percent of one core.
     pub tool_cpu_percent: f64,
+    /// CPU time the hypervisor gave to other guests over the measured
+    /// window (None where `/proc/stat` cannot be read).
+    pub host_steal: Option<procstat::HostSteal>,
     pub echo: Option<EchoComparison>,
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
@@ -432,24 +440,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         },
     )?;
 
-    let mut window_start: Option<(
-        Totals,
-        u64,
-        Option<procstat::Sample>,
-        Option<procstat::Sample>,
-    )> = None;
+    let mut window_start: Option<WindowStart> = None;
     let mut redis_start = None;
     let load_end = start + args.warmup + args.duration;
     progress.load_started(args.warmup + args.duration);
     while !schedule.is_finished() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if window_start.is_none() && Instant::now() >= measure_from {
-            window_start = Some((
-                totals(&context.metrics),
-                unary_calls(&context.metrics),
-                server_pid.as_deref().and_then(procstat::sample),
-                procstat::sample("self"),
-            ));
+            window_start = Some(WindowStart {
+                totals: totals(&context.metrics),
+                calls: unary_calls(&context.metrics),
+                server: server_pid.as_deref().and_then(procstat::sample),
+                tool: procstat::sample("self"),
+                host: procstat::host_sample(),
+            });
             if let Some(url) = &args.redis_url {
                 redis_start = Some(crate::redis_stats::sample(url).await?);
             }
@@ -461,12 +465,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let end_calls = unary_calls(&context.metrics);
     let server_end = server_pid.as_deref().and_then(procstat::sample);
     let self_end = procstat::sample("self");
+    let host_end = procstat::host_sample();
     let redis_end = match &args.redis_url {
         Some(url) => Some(crate::redis_stats::sample(url).await?),
         None => None,
     };
-    let (start_totals, start_calls, server_start, self_start) =
-        window_start.unwrap_or((Totals::default(), 0, server_idle, None));
+    let WindowStart {
+        totals: start_totals,
+        calls: start_calls,
+        server: server_start,
+        tool: self_start,
+        host: host_start,
+    } = window_start.unwrap_or(WindowStart {
+        totals: Totals::default(),
+        calls: 0,
+        server: server_idle,
+        tool: None,
+        host: None,
+    });
 
     // Drain: every conversation should find an agent.
     progress.phase("draining");
@@ -536,6 +552,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         (Some(start), Some(end)) => procstat::cpu_percent(&start, &end, ticks),
         _ => 0.0,
     };
+    let host_steal = match (&host_start, &host_end) {
+        (Some(start), Some(end)) => procstat::host_steal(start, end),
+        _ => None,
+    };
     let metrics = context.metrics.summary();
     let mut invalid_reasons = Vec::new();
     let lag = metrics.latency(Series::ScheduleLag);
@@ -543,6 +563,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         invalid_reasons.push(format!(
             "generator schedule lag p99 {:.3} ms exceeds {MAX_SCHEDULE_LAG_P99_MS} ms: the tool, not the server, set the pace",
             lag.p99_ms
+        ));
+    }
+    if let Some(steal) = host_steal
+        .as_ref()
+        .filter(|steal| steal.percent > MAX_STEAL_PERCENT)
+    {
+        invalid_reasons.push(format!(
+            "the hypervisor gave {:.1}% of the CPUs' time to other guests (steal) over the measured window, over {MAX_STEAL_PERCENT}%: the host's neighbours, not the server, set the pace",
+            steal.percent
         ));
     }
     let echo = if args.compare_echo {
@@ -582,9 +611,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         invariants,
         server_resources,
         tool_cpu_percent,
+        host_steal,
         echo,
         redis,
     })
+}
+
+/// What the measured window starts from.
+struct WindowStart {
+    totals: Totals,
+    calls: u64,
+    server: Option<procstat::Sample>,
+    tool: Option<procstat::Sample>,
+    host: Option<procstat::HostSample>,
 }
 
 fn totals(metrics: &Metrics) -> Totals {

@@ -139,6 +139,10 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
         windows["with_slow"].as_u64().unwrap() <= windows["windows"].as_u64().unwrap(),
         "{report:#}"
     );
+    // The hypervisor's share of the machine over the window (Linux only,
+    // as the whole smoke test is).
+    let steal = report["host_steal"]["percent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&steal), "{report:#}");
     assert!(
         report["server_resources"]["rss_agents_online_mib"]
             .as_f64()
