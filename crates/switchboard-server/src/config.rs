@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use switchboard_auth::Keyring;
 use switchboard_core::DispatchSettings;
+use switchboard_store_redis::RowFormat;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +142,11 @@ pub struct StoreConfig {
     /// backoff, logging each failure) before exiting with code 69. Once
     /// serving, a lost Redis is retried forever and calls get UNAVAILABLE.
     pub redis_startup_timeout_ms: u64,
+    /// How the Redis store writes rows: `msgpack` (the default) or `json`,
+    /// which builds before MessagePack rows can read: set `json` while
+    /// such builds still share the Redis (docs/redis.md, "Rolling
+    /// upgrades").
+    pub redis_row_format: RowFormat,
     /// Test only: milliseconds added to this replica's clock, so tests can
     /// run a replica whose clock is skewed. Zero in production.
     pub test_clock_offset_ms: i64,
@@ -151,6 +157,7 @@ impl Default for StoreConfig {
         StoreConfig {
             redis_url: String::new(),
             redis_startup_timeout_ms: 30_000,
+            redis_row_format: RowFormat::default(),
             test_clock_offset_ms: 0,
         }
     }
@@ -554,6 +561,37 @@ mod tests {
         };
         let (config, _) = Config::load(Some(("s.toml", file)), &vars, &flags).unwrap();
         assert_eq!(config.store.redis(), Some("redis://flag:6379"));
+    }
+
+    #[test]
+    fn redis_rows_are_msgpack_unless_json_is_asked_for() {
+        let (config, _) = Config::load(None, &HashMap::new(), &Overrides::default()).unwrap();
+        assert_eq!(config.store.redis_row_format, RowFormat::Msgpack);
+
+        let file = "[store]\nredis_row_format = \"json\"\n";
+        let (config, _) = Config::load(
+            Some(("s.toml", file)),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.store.redis_row_format, RowFormat::Json);
+
+        let vars = env(&[("SWITCHBOARD_STORE__REDIS_ROW_FORMAT", "msgpack")]);
+        let (config, _) =
+            Config::load(Some(("s.toml", file)), &vars, &Overrides::default()).unwrap();
+        assert_eq!(config.store.redis_row_format, RowFormat::Msgpack);
+
+        let file = "[store]\nredis_row_format = \"xml\"\n";
+        let err = Config::load(
+            Some(("s.toml", file)),
+            &HashMap::new(),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("redis_row_format"), "{err}");
+        assert!(err.contains("msgpack") && err.contains("json"), "{err}");
     }
 
     #[test]

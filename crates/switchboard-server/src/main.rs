@@ -299,6 +299,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         // The Redis store reads no local clock; the offset only warns.
         clock_offset_ms: offset_ms,
         outage_threshold: outage_threshold(&config.dispatch),
+        row_format: config.store.redis_row_format,
         ..RedisOptions::default()
     };
     let within = Duration::from_millis(config.store.redis_startup_timeout_ms);

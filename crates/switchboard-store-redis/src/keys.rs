@@ -6,7 +6,9 @@
 //!
 //! `P` below is the pool prefix `sb:{<pool>}:`. Pool, agent and conversation
 //! ids are `[A-Za-z0-9_.:@-]`, so the first `{…}` in a key is always the pool.
-//! Rows are JSON; times are Unix milliseconds of Redis's own clock (`TIME`).
+//! Rows are MessagePack maps (JSON objects when written with
+//! [`crate::RowFormat::Json`] or by a build before MessagePack rows: both are
+//! read); times are Unix milliseconds of Redis's own clock (`TIME`).
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -16,8 +18,8 @@
 //! | `P roster` | hash | agent id → roster entry (JSON, the serde shape of `RosterEntry`) |
 //! | `P agents` | set | every agent that has been online (for shift statistics) |
 //! | `P online` | set | agents with a session |
-//! | `P agent:<id>` | string | the agent row (JSON): `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, `reject_until` (a planned conversation's reject delay after a decline), `regions` (the resolved regions `Store::set_agent_regions` gave; absent until known), stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score), `shift` counters (reset by each go-online), `quality` (CSAT reports and their sum over every shift; kept when the session ends, so it outlives go-offline/go-online; absent until the first report) and `last_offer_seq` (the pool's offer counter at the agent's last offer, for round robin; absent = never) |
-//! | `P conv:<id>` | string | the conversation row (JSON): the hand-off as the exact serde JSON the gateway's request produced (a transfer to a queue rewrites only its `category`, `required_skills` and `language` values in place, every other byte kept), the routing fields, state, offers, excluded agents, transfers, CSAT score, sequence number, while queued its group and queue member, and for a planned conversation `routed`: the routing plan (decoded from the serde JSON of `RoutingPlan`; an overflow's nested plan inside), when its clock started, the step in force (from 0), its generation, its base priority in the queue and when its maximum wait is due (absent once a callback) |
+//! | `P agent:<id>` | string | the agent row: `session` (skills, languages, capacity, location, choice and away reason, `draining`, `wrap_up_until`, `reject_until` (a planned conversation's reject delay after a decline), `regions` (the resolved regions `Store::set_agent_regions` gave; absent until known), stream, active conversations, pending offer, lease, last heartbeat, idle since, misses, indexed score), `shift` counters (reset by each go-online), `quality` (CSAT reports and their sum over every shift; kept when the session ends, so it outlives go-offline/go-online; absent until the first report) and `last_offer_seq` (the pool's offer counter at the agent's last offer, for round robin; absent = never) |
+//! | `P conv:<id>` | string | the conversation row: the hand-off as the exact serde JSON the gateway's request produced (a transfer to a queue rewrites only its `category`, `required_skills` and `language` values in place, every other byte kept), the routing fields, state, offers, excluded agents, transfers, CSAT score, sequence number, while queued its group and queue member, and for a planned conversation `routed`: the routing plan (decoded from the serde JSON of `RoutingPlan`; an overflow's nested plan inside), when its clock started, the step in force (from 0), its generation, its base priority in the queue and when its maximum wait is due (absent once a callback) |
 //! | `P avail:<language>:<skill>` | zset | offerable agents (stream attached, available, not draining, not in wrap-up or a reject delay, no pending offer, spare capacity) speaking `language` with `skill` (`*` = any), scored by idle-since: longest idle first |
 //! | `P family:<primary subtag>` | set | language tags that have had offerable agents, by primary subtag (`de` → `de`, `de-at`): where a planned requirement with a widened language looks agents up. Added to when an agent enters the index, never pruned (a tag whose sets are empty adds no candidate) |
 //! | `P groups` | set | ids of the non-empty queue groups |

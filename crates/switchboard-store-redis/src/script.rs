@@ -148,9 +148,9 @@ impl Command {
 }
 
 /// How many settings the script takes.
-pub const SETTINGS: usize = 10;
+pub const SETTINGS: usize = 11;
 
-/// The settings as the library reads them (ARGV[5..=14]), in order.
+/// The settings as the library reads them (ARGV[5..=15]), in order.
 pub fn settings_args(settings: &DispatchSettings, options: &RedisOptions) -> [String; SETTINGS] {
     [
         settings.offer_timeout_ms.to_string(),
@@ -163,6 +163,7 @@ pub fn settings_args(settings: &DispatchSettings, options: &RedisOptions) -> [St
         options.outage_threshold.as_millis().to_string(),
         options.stream_max_len.to_string(),
         SWEEP_LIMIT.to_string(),
+        options.row_format.as_str().to_owned(),
     ]
 }
 

@@ -1,6 +1,11 @@
 //! The conformance suite against the Redis store, each test on its own
 //! `redis-server`. Time moves through the store's test-only clock offset
 //! (added to Redis's TIME inside the scripts), so nothing sleeps.
+//!
+//! The suite runs twice: with the store writing MessagePack rows and its
+//! second replica JSON ones, and the other way round (`json_rows`), so both
+//! formats run every check and each replica reads the other's rows, as
+//! during a rolling upgrade with `store.redis_row_format = "json"`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,9 +13,11 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::DispatchSettings;
+use switchboard_core::model::{ConversationState, GoOnline};
 use switchboard_store::Store;
 use switchboard_store::conformance::Harness;
-use switchboard_store_redis::{RedisOptions, RedisStore};
+use switchboard_store::conformance::{agent, cid, entry, handoff, offer, pool};
+use switchboard_store_redis::{RedisOptions, RedisStore, RowFormat};
 use switchboard_testkit::RedisServer;
 
 struct RedisHarness {
@@ -37,19 +44,27 @@ impl Harness for RedisHarness {
     }
 }
 
-async fn redis_harness(settings: DispatchSettings) -> RedisHarness {
-    let server = RedisServer::start().await;
+fn options(row_format: RowFormat) -> RedisOptions {
     // No sweeper runs between the calls of a check, so a loaded machine
     // pausing the test for a second must not read as a Redis outage (which
     // extends leases; tests/redis_outage.rs covers that).
-    let options = RedisOptions {
+    RedisOptions {
         outage_threshold: Duration::from_secs(60),
+        row_format,
         ..RedisOptions::default()
-    };
-    let store = RedisStore::connect_with(&server.url(), settings.clone(), options.clone())
+    }
+}
+
+async fn harness_with(
+    settings: DispatchSettings,
+    store_rows: RowFormat,
+    replica_rows: RowFormat,
+) -> RedisHarness {
+    let server = RedisServer::start().await;
+    let store = RedisStore::connect_with(&server.url(), settings.clone(), options(store_rows))
         .await
         .expect("the store connects to its redis-server");
-    let replica = RedisStore::connect_with(&server.url(), settings, options)
+    let replica = RedisStore::connect_with(&server.url(), settings, options(replica_rows))
         .await
         .expect("the replica connects to its redis-server");
     RedisHarness {
@@ -59,4 +74,94 @@ async fn redis_harness(settings: DispatchSettings) -> RedisHarness {
     }
 }
 
+async fn redis_harness(settings: DispatchSettings) -> RedisHarness {
+    harness_with(settings, RowFormat::Msgpack, RowFormat::Json).await
+}
+
 switchboard_store::conformance_suite!(redis_harness);
+
+mod json_rows {
+    use super::*;
+
+    async fn json_harness(settings: DispatchSettings) -> RedisHarness {
+        harness_with(settings, RowFormat::Json, RowFormat::Msgpack).await
+    }
+
+    switchboard_store::conformance_suite!(json_harness);
+}
+
+/// Whether the row as stored is JSON (`{` first) or MessagePack (a
+/// map: 0x80..=0x8f, 0xde or 0xdf first).
+async fn stored_row(server: &RedisServer, key: &str) -> RowFormat {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    match raw.first() {
+        Some(b'{') => RowFormat::Json,
+        Some(0x80..=0x8f | 0xde | 0xdf) => RowFormat::Msgpack,
+        other => panic!("{key}: neither JSON nor a MessagePack map: starts with {other:?}"),
+    }
+}
+
+/// One hand-off whose steps alternate between a replica writing JSON rows
+/// (as builds before MessagePack rows do) and one writing MessagePack:
+/// every step reads the row the other wrote, and writes its own format.
+#[tokio::test]
+async fn replicas_writing_either_row_format_read_each_others_rows() {
+    let server = RedisServer::start().await;
+    let url = server.url();
+    let connect = |rows| RedisStore::connect_with(&url, DispatchSettings::default(), options(rows));
+    let json = connect(RowFormat::Json).await.unwrap();
+    let msgpack = connect(RowFormat::Msgpack).await.unwrap();
+    let p = pool("p1");
+    let alice = agent("alice");
+    let agent_key = "sb:{p1}:agent:alice";
+    let conv_key = "sb:{p1}:conv:c1";
+
+    json.upsert_roster(&p, entry("alice")).await.unwrap();
+    json.go_online(&p, &alice, GoOnline::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(stored_row(&server, agent_key).await, RowFormat::Json);
+    msgpack.attach_stream(&p, &alice).await.unwrap();
+    assert_eq!(stored_row(&server, agent_key).await, RowFormat::Msgpack);
+
+    let (offered, _) = json.request(&p, handoff("c1")).await.unwrap().value;
+    assert_eq!(offered.state, ConversationState::Offered);
+    assert_eq!(offered.agent_id.as_ref(), Some(&alice));
+    assert_eq!(stored_row(&server, conv_key).await, RowFormat::Json);
+    assert_eq!(stored_row(&server, agent_key).await, RowFormat::Json);
+    let offer = offer("c1", 1);
+    msgpack.offer_delivered(&p, &alice, &offer).await.unwrap();
+    assert_eq!(stored_row(&server, conv_key).await, RowFormat::Msgpack);
+    let assigned = json.accept(&p, &alice, &offer).await.unwrap().value;
+    assert_eq!(assigned.state, ConversationState::Assigned);
+    assert_eq!(*assigned.handoff, handoff("c1"));
+    assert_eq!(stored_row(&server, conv_key).await, RowFormat::Json);
+    msgpack.heartbeat(&p, &alice, None).await.unwrap();
+    assert_eq!(stored_row(&server, agent_key).await, RowFormat::Msgpack);
+    let done = msgpack
+        .complete(&p, &alice, &cid("c1"), "resolved")
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(done.state, ConversationState::Completed);
+    assert_eq!(
+        *done.handoff,
+        handoff("c1"),
+        "the hand-off survives both formats byte for byte"
+    );
+
+    // Both read the same conversation and the same agent.
+    let seen_by_json = json.conversation(&p, &cid("c1")).await.unwrap();
+    let seen_by_msgpack = msgpack.conversation(&p, &cid("c1")).await.unwrap();
+    assert_eq!(seen_by_json, seen_by_msgpack);
+    assert_eq!(seen_by_json.state, ConversationState::Completed);
+    let shifts = json.shift_stats(&p).await.unwrap();
+    assert_eq!(shifts, msgpack.shift_stats(&p).await.unwrap());
+    assert_eq!(shifts[0].shift.completed, 1);
+}
