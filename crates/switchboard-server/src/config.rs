@@ -565,31 +565,19 @@ mod tests {
 
     #[test]
     fn redis_rows_are_msgpack_unless_json_is_asked_for() {
-        let (config, _) = Config::load(None, &HashMap::new(), &Overrides::default()).unwrap();
-        assert_eq!(config.store.redis_row_format, RowFormat::Msgpack);
+        let row_format = |file: &str, vars: &[(&str, &str)]| {
+            Config::load(Some(("s.toml", file)), &env(vars), &Overrides::default())
+                .map(|(config, _)| config.store.redis_row_format)
+        };
+        assert_eq!(row_format("", &[]).unwrap(), RowFormat::Msgpack);
+        let json = "[store]\nredis_row_format = \"json\"\n";
+        assert_eq!(row_format(json, &[]).unwrap(), RowFormat::Json);
+        let from_env = [("SWITCHBOARD_STORE__REDIS_ROW_FORMAT", "msgpack")];
+        assert_eq!(row_format(json, &from_env).unwrap(), RowFormat::Msgpack);
 
-        let file = "[store]\nredis_row_format = \"json\"\n";
-        let (config, _) = Config::load(
-            Some(("s.toml", file)),
-            &HashMap::new(),
-            &Overrides::default(),
-        )
-        .unwrap();
-        assert_eq!(config.store.redis_row_format, RowFormat::Json);
-
-        let vars = env(&[("SWITCHBOARD_STORE__REDIS_ROW_FORMAT", "msgpack")]);
-        let (config, _) =
-            Config::load(Some(("s.toml", file)), &vars, &Overrides::default()).unwrap();
-        assert_eq!(config.store.redis_row_format, RowFormat::Msgpack);
-
-        let file = "[store]\nredis_row_format = \"xml\"\n";
-        let err = Config::load(
-            Some(("s.toml", file)),
-            &HashMap::new(),
-            &Overrides::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = row_format("[store]\nredis_row_format = \"xml\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("redis_row_format"), "{err}");
         assert!(err.contains("msgpack") && err.contains("json"), "{err}");
     }

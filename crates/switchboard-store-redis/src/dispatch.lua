@@ -1766,6 +1766,7 @@ local function act_on_deadline(member)
       expire(p[2], MAX_WAIT_REASON)
     end
   elseif kind == '7' then
+    -- Retention is over: an ended conversation is forgotten.
     local c = conversation(p[2])
     if c and is_terminal(c.state) then
       conversations[p[2]] = false
