@@ -24,7 +24,8 @@ use tonic::{Request, Response, Status};
 
 use crate::client::connect_many;
 use crate::metrics::{LatencySummary, new_histogram, record};
-use crate::run::{MAX_SCHEDULE_LAG_P99_MS, parse_duration};
+use crate::procstat::{self, HostSteal};
+use crate::run::{MAX_SCHEDULE_LAG_P99_MS, MAX_STEAL_PERCENT, parse_duration};
 use crate::schedule;
 use crate::sender::SenderRuntime;
 
@@ -217,6 +218,10 @@ pub struct EchoStep {
     pub schedule_lag: LatencySummary,
     pub errors: u64,
     pub undelivered: u64,
+    /// CPU time the hypervisor gave to other guests over the measured
+    /// window (None where `/proc/stat` cannot be read).
+    pub host_steal: Option<HostSteal>,
+    /// Lag p99 within bound and steal at most `MAX_STEAL_PERCENT`.
     pub valid: bool,
     /// Within the ceiling: valid, no errors, at least 95% of the target
     /// rate, push p99 ≤ 50 ms.
@@ -432,9 +437,17 @@ async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Res
             runtime.spawn(schedule_tracker.track_future(work));
         },
     )?;
+    let mut host_start = None;
     while !schedule.is_finished() {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if host_start.is_none() && Instant::now() >= measure_from {
+            host_start = Some(procstat::host_sample());
+        }
     }
+    let host_steal = match (host_start.flatten(), procstat::host_sample()) {
+        (Some(start), Some(end)) => procstat::host_steal(&start, &end),
+        _ => None,
+    };
     // In-flight calls and pushes get a moment to land.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
@@ -449,7 +462,10 @@ async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Res
     let push = LatencySummary::of(&recorder.push);
     let schedule_lag = LatencySummary::of(&recorder.lag);
     let errors = errors.load(Ordering::Relaxed);
-    let valid = schedule_lag.p99_ms <= MAX_SCHEDULE_LAG_P99_MS;
+    let stolen = host_steal
+        .as_ref()
+        .is_some_and(|steal| steal.percent > MAX_STEAL_PERCENT);
+    let valid = schedule_lag.p99_ms <= MAX_SCHEDULE_LAG_P99_MS && !stolen;
     Ok(EchoStep {
         target_rate: rate,
         listeners,
@@ -463,6 +479,7 @@ async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Res
         schedule_lag,
         errors,
         undelivered: undelivered.load(Ordering::Relaxed),
+        host_steal,
         valid,
     })
 }

@@ -5,7 +5,7 @@ use comfy_table::Table;
 use crate::echo::{EchoReport, EchoStep};
 use crate::metrics::{LatencySummary, OfferWindows, Series};
 use crate::redis_ceiling::RedisReport;
-use crate::run::RunReport;
+use crate::run::{MAX_SCHEDULE_LAG_P99_MS, RunReport};
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -251,8 +251,10 @@ fn echo_row(step: &EchoStep) -> Vec<String> {
         format!("{:.3}", step.call.p99_ms),
         format!("{:.3}", step.schedule_lag.p99_ms),
         step.errors.to_string(),
-        if !step.valid {
+        if step.schedule_lag.p99_ms > MAX_SCHEDULE_LAG_P99_MS {
             "INVALID (lag)".to_owned()
+        } else if !step.valid {
+            "INVALID (steal)".to_owned()
         } else if step.within_ceiling {
             "yes".to_owned()
         } else {

@@ -216,4 +216,6 @@ fn the_echo_ceiling_runs() {
     let step = &report["steps"][0];
     assert!(step["push"]["count"].as_u64().unwrap() > 0, "{report:#}");
     assert_eq!(step["errors"].as_u64(), Some(0), "{report:#}");
+    let steal = step["host_steal"]["percent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&steal), "{report:#}");
 }
