@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::client::connect_many;
 use crate::metrics::{LatencySummary, new_histogram, record};
 use crate::procstat::{self, HostSteal};
-use crate::run::{MAX_SCHEDULE_LAG_P99_MS, MAX_STEAL_PERCENT, parse_duration};
+use crate::run::{MAX_SCHEDULE_LAG_P99_MS, parse_duration};
 use crate::schedule;
 use crate::sender::SenderRuntime;
 
@@ -221,7 +221,7 @@ pub struct EchoStep {
     /// CPU time the hypervisor gave to other guests over the measured
     /// window (None where `/proc/stat` cannot be read).
     pub host_steal: Option<HostSteal>,
-    /// Lag p99 within bound and steal at most `MAX_STEAL_PERCENT`.
+    /// Lag p99 within bound and steal not excessive.
     pub valid: bool,
     /// Within the ceiling: valid, no errors, at least 95% of the target
     /// rate, push p99 ≤ 50 ms.
@@ -444,10 +444,10 @@ async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Res
             host_start = Some(procstat::host_sample());
         }
     }
-    let host_steal = match (host_start.flatten(), procstat::host_sample()) {
-        (Some(start), Some(end)) => procstat::host_steal(&start, &end),
-        _ => None,
-    };
+    let host_steal = host_start
+        .flatten()
+        .zip(procstat::host_sample())
+        .and_then(|(start, end)| procstat::host_steal(&start, &end));
     // In-flight calls and pushes get a moment to land.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.cancel();
@@ -462,9 +462,7 @@ async fn step(url: &str, rate: f64, shape: &StepShape, seed: u64) -> anyhow::Res
     let push = LatencySummary::of(&recorder.push);
     let schedule_lag = LatencySummary::of(&recorder.lag);
     let errors = errors.load(Ordering::Relaxed);
-    let stolen = host_steal
-        .as_ref()
-        .is_some_and(|steal| steal.percent > MAX_STEAL_PERCENT);
+    let stolen = host_steal.as_ref().is_some_and(HostSteal::is_excessive);
     let valid = schedule_lag.p99_ms <= MAX_SCHEDULE_LAG_P99_MS && !stolen;
     Ok(EchoStep {
         target_rate: rate,

@@ -133,6 +133,18 @@ pub struct HostSteal {
     pub per_cpu_percent: Vec<f64>,
 }
 
+/// A run during which the hypervisor took more than this share of the
+/// machine's CPU time (steal) measured the host's other guests, not the
+/// server: it is reported as invalid.
+pub const MAX_STEAL_PERCENT: f64 = 5.0;
+
+impl HostSteal {
+    /// Over [`MAX_STEAL_PERCENT`]: the run or step is invalid.
+    pub fn is_excessive(&self) -> bool {
+        self.percent > MAX_STEAL_PERCENT
+    }
+}
+
 pub fn host_steal(before: &HostSample, after: &HostSample) -> Option<HostSteal> {
     if before.cpus.len() != after.cpus.len() {
         return None; // a CPU came or went

@@ -33,11 +33,6 @@ use crate::sender::SenderRuntime;
 /// not the server: it is reported as invalid.
 pub const MAX_SCHEDULE_LAG_P99_MS: f64 = 1.0;
 
-/// A run during which the hypervisor took more than this share of the
-/// machine's CPU time (steal) measured the host's other guests, not the
-/// server: it is reported as invalid.
-pub const MAX_STEAL_PERCENT: f64 = 5.0;
-
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
     /// The server's URL.
@@ -552,10 +547,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         (Some(start), Some(end)) => procstat::cpu_percent(&start, &end, ticks),
         _ => 0.0,
     };
-    let host_steal = match (&host_start, &host_end) {
-        (Some(start), Some(end)) => procstat::host_steal(start, end),
-        _ => None,
-    };
+    let host_steal = host_start
+        .zip(host_end)
+        .and_then(|(start, end)| procstat::host_steal(&start, &end));
     let metrics = context.metrics.summary();
     let mut invalid_reasons = Vec::new();
     let lag = metrics.latency(Series::ScheduleLag);
@@ -565,13 +559,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             lag.p99_ms
         ));
     }
-    if let Some(steal) = host_steal
-        .as_ref()
-        .filter(|steal| steal.percent > MAX_STEAL_PERCENT)
-    {
+    if let Some(steal) = host_steal.as_ref().filter(|steal| steal.is_excessive()) {
         invalid_reasons.push(format!(
-            "the hypervisor gave {:.1}% of the CPUs' time to other guests (steal) over the measured window, over {MAX_STEAL_PERCENT}%: the host's neighbours, not the server, set the pace",
-            steal.percent
+            "the hypervisor gave {:.1}% of the CPUs' time to other guests (steal) over the measured window, over {}%: the host's neighbours, not the server, set the pace",
+            steal.percent,
+            procstat::MAX_STEAL_PERCENT
         ));
     }
     let echo = if args.compare_echo {
