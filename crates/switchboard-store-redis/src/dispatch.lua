@@ -78,6 +78,10 @@ local function arg(i) return ARGV[FIRST_ARG + i] end
 -- library's state outlives a call): most calls name the same pool with the
 -- same settings, and building them anew cost a few µs per call.
 local names_for, settings_from = nil, {}
+-- Per pool (key prefix): when this library last saw it reached, and last
+-- wrote that to `last_contact` (Redis's clock; see
+-- `extend_leases_after_outage`).
+local contact_seen, contact_written = {}, {}
 -- `now` as Redis takes it (an integer string, see `deadline_at`) and the
 -- stream cap as the Rust side sent it.
 local now_text, stream_max_len_text
@@ -605,14 +609,6 @@ sync_index = function()
         else
           for _, key in ipairs(keys) do redis.call('ZREM', key, id) end
         end
-        -- The family of each indexed tag, for widened look-ups (engine
-        -- `families`). Tags whose sets emptied stay listed: an empty set
-        -- adds no candidate, so stale members change no decision.
-        if want ~= nil and before == nil then
-          for _, language in ipairs(s.languages) do
-            redis.call('SADD', k_family(primary_subtag(language)), language)
-          end
-        end
       end
     end
   end
@@ -910,12 +906,23 @@ end
 
 -- engine::expected_wait_in: (position + 1) over the recent rate of first
 -- offers, the group's own once it has MIN_GROUP_SAMPLES, else the pool's.
+-- A first offer now, in a rate window: a list of offer times of which the
+-- last RATE_WINDOW count (`expected_wait_ms`), trimmed once it holds twice
+-- that (one RPUSH per offer rather than an RPUSH and an LTRIM).
+local function record_first_offer(key)
+  if redis.call('RPUSH', key, now_text) >= 2 * RATE_WINDOW then
+    redis.call('LTRIM', key, RATE_WINDOW_START, '-1')
+  end
+end
+
 local function expected_wait_ms(gid, position)
   local key = K_FIRST_OFFERS
   if redis.call('LLEN', k_group_rate(gid)) >= MIN_GROUP_SAMPLES then key = k_group_rate(gid) end
   local count = redis.call('LLEN', key)
   if count == 0 then return -1 end
-  local oldest = tonumber(redis.call('LINDEX', key, 0))
+  -- The last RATE_WINDOW entries (see `record_first_offer`).
+  if count > RATE_WINDOW then count = RATE_WINDOW end
+  local oldest = tonumber(redis.call('LINDEX', key, ji(-count)))
   local span = now - oldest
   if span < 1 then span = 1 end
   local per_ms = count / span
@@ -1416,20 +1423,17 @@ make_offer = function(cid, agent_id)
   c.updated_at = now
   touch_conversation(cid)
   if attempt == 1 then
-    redis.call('RPUSH', K_FIRST_OFFERS, now_text)
-    redis.call('LTRIM', K_FIRST_OFFERS, RATE_WINDOW_START, '-1')
+    record_first_offer(K_FIRST_OFFERS)
     local gid = conversation_group_id(c)
     -- Bound what arbitrary requirement mixes can take: start over (the
     -- pool-wide rate covers the gap).
-    if redis.call('SISMEMBER', K_RATE_GROUPS, gid) == 0 then
-      if redis.call('SCARD', K_RATE_GROUPS) >= MAX_RATE_GROUPS then
-        for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
-        redis.call('DEL', K_RATE_GROUPS)
-      end
+    if redis.call('SADD', K_RATE_GROUPS, gid) == 1
+      and redis.call('SCARD', K_RATE_GROUPS) > MAX_RATE_GROUPS then
+      for _, old in ipairs(redis.call('SMEMBERS', K_RATE_GROUPS)) do redis.call('DEL', k_group_rate(old)) end
+      redis.call('DEL', K_RATE_GROUPS)
       redis.call('SADD', K_RATE_GROUPS, gid)
     end
-    redis.call('RPUSH', k_group_rate(gid), now_text)
-    redis.call('LTRIM', k_group_rate(gid), RATE_WINDOW_START, '-1')
+    record_first_offer(k_group_rate(gid))
   end
   -- The pool's offer counter, stamped on the agent (round robin).
   local offer_seq = redis.call('INCR', K_OFFER_SEQ)
@@ -1885,6 +1889,15 @@ function commands.go_online()
   capacity = capacity or max_capacity
 
   unindex(id)
+  -- The family of each tag an agent may be indexed under, for widened
+  -- look-ups (engine `families`): listed when the session takes its
+  -- languages, so before it is ever indexed (an agent is indexed and
+  -- unindexed with every offer; the languages change only here). Tags whose
+  -- sets emptied stay listed: an empty set adds no candidate, so stale
+  -- members change no decision.
+  for _, language in ipairs(languages) do
+    redis.call('SADD', k_family(primary_subtag(language)), language)
+  end
   local r = agent_record(id)
   if not r then
     r = {}
@@ -2570,10 +2583,28 @@ end
 -- never trips it: every replica's sweeper reaches every pool many times a
 -- second. The gap is measured on Redis's own clock, never a pinned test
 -- clock. Returns the outage report for the reply, or nil.
+--
+-- The library also remembers when it saw each pool reached (its state
+-- lives as long as this Redis process and this library version): a pool
+-- it saw within the threshold cannot have been in an outage, so that call
+-- skips the round trip through `last_contact` unless the key is a quarter
+-- threshold old. The key stays fresh enough for other versions of the
+-- library (a rolling upgrade) and for a restarted Redis, whose libraries
+-- start with no memory (a gap across a restart reads up to a quarter
+-- threshold long).
 local function extend_leases_after_outage()
+  local seen, written = contact_seen[K], contact_written[K]
+  contact_seen[K] = contact_now
+  local recently_seen = seen ~= nil and seen <= contact_now
+    and contact_now - seen <= settings.outage_threshold
+  if recently_seen and written ~= nil and contact_now - written < settings.outage_threshold / 4 then
+    return nil
+  end
+  contact_written[K] = contact_now
   -- One SET ... GET (Redis 6.2+) instead of a GET and a SET.
   local last = tonumber(redis.call('SET', K_LAST_CONTACT, ji(contact_now), 'GET'))
   if last == nil then return nil end
+  if recently_seen and seen > last then last = seen end
   local gap = contact_now - last
   if gap <= settings.outage_threshold then return nil end
   local at_least = now + settings.lease

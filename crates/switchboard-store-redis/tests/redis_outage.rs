@@ -170,6 +170,32 @@ async fn a_gap_shorter_than_the_threshold_is_no_outage() {
     assert!(!alice_online(&store).await, "lapsed as usual");
 }
 
+/// While the library sees a pool reached within the threshold it does not
+/// rewrite `last_contact` at every call (only once the key is a quarter
+/// threshold old): a call within the threshold of the one before is no
+/// outage even when the key was last written longer ago than that.
+#[tokio::test]
+async fn a_pool_reached_within_the_threshold_is_in_no_outage() {
+    let server = RedisServer::start().await;
+    let store = connect(&server, options()).await;
+    alice_holds_c1(&store).await;
+    store.advance_clock(LEASE_MS - 6_000);
+    store.sweep().await.unwrap();
+    // 1 s later (threshold 5 s): seen, and the key is not rewritten.
+    store.simulate_outage(1_000);
+    store.sweep().await.unwrap();
+    // 4.5 s after that call, 5.5 s after the key was written.
+    store.simulate_outage(4_500);
+    let swept = store.sweep().await.unwrap();
+    assert!(swept.events.is_empty(), "{:?}", swept.events);
+    assert!(alice_online(&store).await);
+    // Had that read as an outage, her lease would now run a full lease
+    // from it; it ends as it would have.
+    store.advance_clock(1_000);
+    store.sweep().await.unwrap();
+    assert!(!alice_online(&store).await, "lapsed as usual");
+}
+
 #[tokio::test]
 async fn a_replica_with_a_clock_10_s_fast_expires_nothing_early() {
     let server = RedisServer::start().await;
