@@ -40,7 +40,7 @@
 local K, ARGV, command, pool, settings, now, contact_now
 local K_ROSTER, K_AGENTS, K_ONLINE, K_DEADLINES, K_EVENTS, K_GROUPS, K_ARRIVALS
 local K_STREAM_IDS, K_FIRST_OFFERS, K_RATE_GROUPS, K_LAST_CONTACT, K_OFFER_SEQ
-local K_PLAN_GENERATIONS, K_DELIVERY_PAUSED
+local K_PLAN_GENERATIONS, K_DELIVERY_PAUSED, K_DEFUSED
 -- Whether the pool's delivery checks are paused by another replica, once
 -- this call has looked (nil: not yet; see `delivery_checks_paused`).
 local pool_delivery_paused
@@ -135,6 +135,7 @@ local function begin(keys, args)
     K_AGENTS = K .. 'agents'
     K_ONLINE = K .. 'online'
     K_DEADLINES = K .. 'deadlines'
+    K_DEFUSED = K .. 'deadlines_defused'
     K_EVENTS = K .. 'events'
     K_GROUPS = K .. 'groups'
     K_ARRIVALS = K .. 'arrivals'
@@ -976,16 +977,23 @@ local function deadline_at(at, member) redis.call('ZADD', K_DEADLINES, 'NX', ji(
 local function lease_deadline(agent_id, at) redis.call('ZADD', K_DEADLINES, ji(at), '4|' .. agent_id) end
 
 -- A deadline that can no longer do anything (its offer was delivered or
--- closed, its conversation ended) stays in the set at its time, so the
--- sweep's next deadline and its pace are what they were, but as `~` and
--- the member: the sweep drops it without reading the conversation row
--- (a GET and a JSON decode per offer delivered, per offer closed and per
--- conversation ended).
+-- closed, its conversation ended) moves to `deadlines_defused` at its
+-- time, so the sweep's next deadline and its pace are what they were (as
+-- the engine's set keeps such an entry until it is due), but no sweep pops
+-- it or reads a row for it: the `sweep` command drops the due ones at once
+-- (`drop_due_defused`). Builds before kept them in `deadlines` as `~` and
+-- the member, which every sweep popped one by one (two commands each, four
+-- defused deadlines per hand-off); such entries are still dropped when
+-- due (`act_on_deadline`).
 local function defuse_deadline(member)
   local at = redis.call('ZSCORE', K_DEADLINES, member)
   if not at then return end
   redis.call('ZREM', K_DEADLINES, member)
-  redis.call('ZADD', K_DEADLINES, at, '~' .. member)
+  redis.call('ZADD', K_DEFUSED, at, member)
+end
+
+local function drop_due_defused()
+  redis.call('ZREMRANGEBYSCORE', K_DEFUSED, '-inf', now_text)
 end
 
 local function finish(cid)
@@ -1723,7 +1731,8 @@ local function mark_delivery_pause()
 end
 
 local function act_on_deadline(member)
-  -- `~`: defused (see `defuse_deadline`).
+  -- `~`: defused by a build before `deadlines_defused` (see
+  -- `defuse_deadline`).
   if string.byte(member, 1) == 126 then return end
   local p = split(member, '|')
   local kind = p[1]
@@ -2421,9 +2430,18 @@ end
 
 function commands.sweep()
   local more = sweep(settings.sweep_limit)
-  local first = redis.call('ZRANGE', K_DEADLINES, 0, 0, 'WITHSCORES')
+  drop_due_defused()
+  -- The next deadline, live or defused (see `defuse_deadline`).
+  local next_at = nil
+  for _, key in ipairs({ K_DEADLINES, K_DEFUSED }) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if #first > 0 then
+      local at = tonumber(first[2])
+      if next_at == nil or at < next_at then next_at = at end
+    end
+  end
   local next_deadline = 'null'
-  if #first > 0 then next_deadline = ji(tonumber(first[2])) end
+  if next_at ~= nil then next_deadline = ji(next_at) end
   return '{"next":' .. next_deadline .. ',"more":' .. jb(more) .. '}'
 end
 
