@@ -208,37 +208,41 @@ mod tests {
         let (marks, task) = DeliveryMarks::start(store.clone(), CancellationToken::new());
         let task = tokio::spawn(task);
         let ids: Vec<OfferId> = offers.iter().map(|(_, _, c)| offer(c, 1)).collect();
-        let mark = |i: usize| marks.delivered(&offers[i].0, &offers[i].1, &ids[i]);
-        mark(0).await;
-        settle().await;
-        assert_eq!(
-            delivered(store.as_ref(), &offers).await,
-            [true, false, false, false, false, false],
-            "the first mark goes out at once"
-        );
-        mark(1).await;
-        mark(3).await;
-        settle().await;
-        assert_eq!(
-            delivered(store.as_ref(), &offers).await,
-            [true, false, false, false, false, false],
-            "the next ones wait for the linger"
-        );
-        tokio::time::sleep(LINGER).await;
-        settle().await;
-        assert_eq!(
-            delivered(store.as_ref(), &offers).await,
-            [true, true, false, true, false, false],
-            "then go out together, one call per pool"
-        );
-        tokio::time::sleep(LINGER * 5).await;
-        mark(2).await;
-        settle().await;
-        assert_eq!(
-            delivered(store.as_ref(), &offers).await,
-            [true, true, true, true, false, false],
-            "a mark long after the last round goes out at once"
-        );
+        // (time passed, then offers marked, then which the store holds).
+        let steps: [(Duration, &[usize], [bool; 6], &str); 4] = [
+            (
+                Duration::ZERO,
+                &[0],
+                [true, false, false, false, false, false],
+                "the first mark goes out at once",
+            ),
+            (
+                Duration::ZERO,
+                &[1, 3],
+                [true, false, false, false, false, false],
+                "the next ones wait for the linger",
+            ),
+            (
+                LINGER,
+                &[],
+                [true, true, false, true, false, false],
+                "then go out together, one call per pool",
+            ),
+            (
+                LINGER * 5,
+                &[2],
+                [true, true, true, true, false, false],
+                "a mark long after the last round goes out at once",
+            ),
+        ];
+        for (wait, marked_now, held, why) in steps {
+            tokio::time::sleep(wait).await;
+            for &i in marked_now {
+                marks.delivered(&offers[i].0, &offers[i].1, &ids[i]).await;
+            }
+            settle().await;
+            assert_eq!(delivered(store.as_ref(), &offers).await, held, "{why}");
+        }
         drop(marks);
         task.await.expect("the task ends once every sender is gone");
     }
