@@ -905,8 +905,6 @@ local function queue_position(c)
   return redis.call('ZRANK', k_queue(c.group), c.member) or 0
 end
 
--- engine::expected_wait_in: (position + 1) over the recent rate of first
--- offers, the group's own once it has MIN_GROUP_SAMPLES, else the pool's.
 -- A first offer now, in a rate window: a list of offer times of which the
 -- last RATE_WINDOW count (`expected_wait_ms`), trimmed once it holds twice
 -- that (one RPUSH per offer rather than an RPUSH and an LTRIM).
@@ -916,6 +914,8 @@ local function record_first_offer(key)
   end
 end
 
+-- engine::expected_wait_in: (position + 1) over the recent rate of first
+-- offers, the group's own once it has MIN_GROUP_SAMPLES, else the pool's.
 local function expected_wait_ms(gid, position)
   local key = K_FIRST_OFFERS
   if redis.call('LLEN', k_group_rate(gid)) >= MIN_GROUP_SAMPLES then key = k_group_rate(gid) end
