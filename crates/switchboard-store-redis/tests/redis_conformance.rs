@@ -13,10 +13,11 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use std::time::Duration;
 use switchboard_core::DispatchSettings;
+use switchboard_core::Timestamp;
 use switchboard_core::model::{ConversationState, GoOnline};
-use switchboard_store::Store;
 use switchboard_store::conformance::Harness;
 use switchboard_store::conformance::{agent, cid, entry, handoff, offer, pool};
+use switchboard_store::{ManualClock, MemoryStore, Store};
 use switchboard_store_redis::{RedisOptions, RedisStore, RowFormat};
 use switchboard_testkit::RedisServer;
 
@@ -175,4 +176,66 @@ async fn replicas_writing_either_row_format_read_each_others_rows() {
         shifts(msgpack.shift_stats(&p).await.unwrap())
     );
     assert_eq!(shifts_by_json[0].2.completed, 1);
+}
+
+/// The wait estimate counts the last 64 first offers, as the engine's
+/// window does, although Redis keeps up to 128 offer times (trimmed in
+/// bulk): 6 offers, 10 s, then 64 offers 5 ms apart give one estimate in
+/// both stores, the one the last 64 make (all 70 would make ~150 ms).
+#[tokio::test]
+async fn the_wait_estimate_counts_the_last_64_first_offers() {
+    let long = 600_000;
+    let settings = DispatchSettings {
+        offer_timeout_ms: long,
+        offer_delivery_grace_ms: long,
+        lease_ms: long,
+        max_wait_ms: long,
+        ..DispatchSettings::default()
+    };
+    let start = 1_700_000_000_000;
+    let server = RedisServer::start().await;
+    let redis =
+        RedisStore::connect_with(&server.url(), settings.clone(), options(RowFormat::Msgpack))
+            .await
+            .unwrap();
+    redis.pin_clock(Timestamp::from_millis(start));
+    let clock = ManualClock::new(start);
+    let memory = MemoryStore::new(settings, Arc::new(clock.clone()));
+    let stores: [&dyn Store; 2] = [&redis, &memory];
+    let advance = |ms: i64| {
+        redis.advance_clock(ms);
+        clock.advance(ms);
+    };
+    let p = pool("p1");
+    for i in 0..70 {
+        let id = agent(&format!("a{i:02}"));
+        for store in stores {
+            store.upsert_roster(&p, entry(id.as_str())).await.unwrap();
+            store
+                .go_online(&p, &id, GoOnline::default(), false)
+                .await
+                .unwrap();
+            store.attach_stream(&p, &id).await.unwrap();
+        }
+        advance(1);
+    }
+    for i in 0..70 {
+        advance(if i == 6 { 10_000 } else { 5 });
+        for store in stores {
+            let (c, _) = store
+                .request(&p, handoff(&format!("c{i:02}")))
+                .await
+                .unwrap()
+                .value;
+            assert_eq!(c.state, ConversationState::Offered, "c{i:02}");
+        }
+    }
+    let mut waits = Vec::new();
+    for store in stores {
+        let (late, _) = store.request(&p, handoff("late")).await.unwrap().value;
+        assert_eq!(late.state, ConversationState::Queued);
+        waits.push(late.expected_wait_ms);
+    }
+    // The last 64 span 63 × 5 ms: 64 offers in 315 ms, one every ~4.9 ms.
+    assert_eq!(waits, [5, 5], "redis, memory");
 }
