@@ -114,8 +114,9 @@ fn by_pool(marks: impl Iterator<Item = Mark>) -> BTreeMap<PoolId, Vec<(AgentId, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_core::model::GoOnline;
-    use switchboard_store::conformance::{agent, cid, entry, handoff, offer, pool, settings};
+    use switchboard_store::conformance::{
+        agent, cid, handoff, offer, online_with_stream, pool, settings,
+    };
     use switchboard_store::{ManualClock, MemoryStore};
 
     #[test]
@@ -149,13 +150,7 @@ mod tests {
         let mut offers = Vec::new();
         for p in [pool("p1"), pool("p2")] {
             for i in 0..3 {
-                let id = agent(&format!("agent-{i}"));
-                store.upsert_roster(&p, entry(id.as_str())).await.unwrap();
-                store
-                    .go_online(&p, &id, GoOnline::default(), false)
-                    .await
-                    .unwrap();
-                store.attach_stream(&p, &id).await.unwrap();
+                online_with_stream(store.as_ref(), &p, &format!("agent-{i}")).await;
                 clock.advance(5);
             }
             for i in 0..3 {

@@ -16,7 +16,7 @@ use switchboard_core::DispatchSettings;
 use switchboard_core::Timestamp;
 use switchboard_core::model::{ConversationState, GoOnline};
 use switchboard_store::conformance::Harness;
-use switchboard_store::conformance::{agent, cid, entry, handoff, offer, pool};
+use switchboard_store::conformance::{agent, cid, entry, handoff, offer, online_with_stream, pool};
 use switchboard_store::{ManualClock, MemoryStore, Store};
 use switchboard_store_redis::{RedisOptions, RedisStore, RowFormat};
 use switchboard_testkit::RedisServer;
@@ -208,14 +208,9 @@ async fn the_wait_estimate_counts_the_last_64_first_offers() {
     };
     let p = pool("p1");
     for i in 0..70 {
-        let id = agent(&format!("a{i:02}"));
+        let id = format!("a{i:02}");
         for store in stores {
-            store.upsert_roster(&p, entry(id.as_str())).await.unwrap();
-            store
-                .go_online(&p, &id, GoOnline::default(), false)
-                .await
-                .unwrap();
-            store.attach_stream(&p, &id).await.unwrap();
+            online_with_stream(store, &p, &id).await;
         }
         advance(1);
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use switchboard_core::model::{GoOnline, RosterEntry};
 use switchboard_core::{DispatchSettings, PoolId};
 use switchboard_store::Store;
-use switchboard_store::conformance::{self, agent, cid, handoff, offer};
+use switchboard_store::conformance::{self, agent, cid, handoff, offer, online_with_stream};
 use switchboard_store_redis::RedisStore;
 use switchboard_testkit::RedisServer;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
@@ -220,12 +220,7 @@ async fn the_common_path_costs_one_fcall_per_call() {
     // the feed reads it, as for a server with streams), both agents ready.
     let _following = store.follow(&p).await.unwrap();
     for id in ["alice", "bob"] {
-        store.upsert_roster(&p, entry(id)).await.unwrap();
-        store
-            .go_online(&p, &agent(id), GoOnline::default(), false)
-            .await
-            .unwrap();
-        store.attach_stream(&p, &agent(id)).await.unwrap();
+        online_with_stream(&store, &p, id).await;
         store.advance_clock(5);
     }
     let mut monitor = Monitor::start(&server).await;

@@ -166,6 +166,17 @@ pub fn handoff(id: &str) -> Handoff {
     }
 }
 
+/// Agent `id` with [`entry`]'s roster entry, online with the default
+/// [`GoOnline`] and its stream attached: ready for offers.
+pub async fn online_with_stream(store: &dyn Store, p: &PoolId, id: &str) {
+    store.upsert_roster(p, entry(id)).await.unwrap();
+    store
+        .go_online(p, &agent(id), GoOnline::default(), false)
+        .await
+        .unwrap();
+    store.attach_stream(p, &agent(id)).await.unwrap();
+}
+
 /// A roster entry: English, `billing` level 4, capacity 2.
 pub fn entry(id: &str) -> RosterEntry {
     RosterEntry {
