@@ -300,6 +300,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         clock_offset_ms: offset_ms,
         outage_threshold: outage_threshold(&config.dispatch),
         row_format: config.store.redis_row_format,
+        // The server takes every event from the feed, never from a reply.
+        events_in_replies: false,
         ..RedisOptions::default()
     };
     let within = Duration::from_millis(config.store.redis_startup_timeout_ms);

@@ -7,6 +7,10 @@
 --
 --   FCALL sb_dispatch_<hash> 1 <prefix> <command> <pool> <clock> <contact offset ms> <settings...> <paused> <args...>
 --
+-- The last setting says whether the reply carries the events the call
+-- committed (`1`) or only its value (`0`, for a caller that takes every
+-- event from the stream, as the server does through its feed).
+--
 -- A library, not EVALSHA: an EVAL script runs its whole body on every call,
 -- and defining this file's ~150 functions cost ~65 µs per call before any
 -- work was done; a library defines them once, at load.
@@ -71,7 +75,7 @@ local int_texts, pool_json
 local SMALL_INTS = {}
 local pool_json_for = nil
 
-local FIRST_ARG = 16
+local FIRST_ARG = 17
 local function arg(i) return ARGV[FIRST_ARG + i] end
 
 -- The key names and settings of the previous call, kept between calls (the
@@ -92,7 +96,7 @@ local function begin(keys, args)
   command = ARGV[1]
   pool = ARGV[2]
   local same_settings = settings ~= nil
-  for i = 5, 15 do
+  for i = 5, 16 do
     if settings_from[i] ~= ARGV[i] then same_settings = false break end
   end
   if not same_settings then
@@ -110,15 +114,17 @@ local function begin(keys, args)
       -- `json` while builds before MessagePack rows still run (see
       -- `encode_row`), else `msgpack`.
       json_rows = ARGV[15] == 'json',
+      -- Whether the reply repeats the events (see the top of this file).
+      events_in_reply = ARGV[16] ~= '0',
     }
-    for i = 5, 15 do settings_from[i] = ARGV[i] end
+    for i = 5, 16 do settings_from[i] = ARGV[i] end
   end
   stream_max_len_text = ARGV[13]
   -- This replica runs behind: give undelivered offers another grace
   -- period rather than withdraw them (Store::pause_delivery_checks). Per
   -- call, not kept with the settings; the pool-wide pause it leaves for
   -- the other replicas is `delivery_paused` (see `delivery_checks_paused`).
-  settings.delivery_checks_paused = ARGV[16] == '1'
+  settings.delivery_checks_paused = ARGV[17] == '1'
   pool_delivery_paused = nil
   local time = redis.call('TIME')
   local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -301,6 +307,8 @@ local function jb(b) if b then return 'true' end return 'false' end
 local function jos(s) if s == nil then return 'null' end return js(s) end
 local function joi(n) if n == nil then return 'null' end return ji(n) end
 local function jarr(list, render)
+  -- Most lists rendered are empty (exclusions, transfers).
+  if list[1] == nil then return '[]' end
   local out = {}
   for i = 1, #list do out[i] = render(list[i]) end
   return '[' .. table.concat(out, ',') .. ']'
@@ -1469,8 +1477,10 @@ local function close_offer(cid, attempt, outcome, reason)
   o.outcome = outcome
   touch_conversation(cid)
   -- Its delivery and timeout deadlines act on a pending offer only.
+  -- A delivered offer's delivery deadline was defused when it was marked
+  -- (`mark_delivered`): no round trip to find it gone.
   local attempt_text = ji(attempt)
-  defuse_deadline('1|' .. cid .. '|' .. attempt_text)
+  if not o.delivered then defuse_deadline('1|' .. cid .. '|' .. attempt_text) end
   defuse_deadline('2|' .. cid .. '|' .. attempt_text)
   local agent_id = o.agent
   local s = session_of(agent_id)
@@ -1703,7 +1713,7 @@ local DELIVERY_PAUSED_TTL = '600000'
 
 -- Whether an offer found undelivered at its delivery deadline gets another
 -- grace instead of being withdrawn: while this call's replica runs behind
--- (ARGV[16]), or while any other replica calling the pool does. An offer
+-- (ARGV[17]), or while any other replica calling the pool does. An offer
 -- is marked delivered by the replica holding the agent's stream, so when
 -- that replica is late, a sweep on a replica that keeps up must not take
 -- its lateness for a dead stream (seen: two replicas on one Redis, each
@@ -2653,9 +2663,11 @@ local function reply(value, err)
     if value == nil then error('a switchboard command returned no value') end
     out = { '{"status":"ok","value":', value, ',"events":[' }
   end
-  for i, e in ipairs(events) do
-    if i > 1 then out[#out + 1] = ',' end
-    out[#out + 1] = e
+  if settings.events_in_reply then
+    for i, e in ipairs(events) do
+      if i > 1 then out[#out + 1] = ',' end
+      out[#out + 1] = e
+    end
   end
   out[#out + 1] = ']'
   if outage then

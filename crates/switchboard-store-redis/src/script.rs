@@ -148,9 +148,9 @@ impl Command {
 }
 
 /// How many settings the script takes.
-pub const SETTINGS: usize = 11;
+pub const SETTINGS: usize = 12;
 
-/// The settings as the library reads them (ARGV[5..=15]), in order.
+/// The settings as the library reads them (ARGV[5..=16]), in order.
 pub fn settings_args(settings: &DispatchSettings, options: &RedisOptions) -> [String; SETTINGS] {
     [
         settings.offer_timeout_ms.to_string(),
@@ -164,6 +164,7 @@ pub fn settings_args(settings: &DispatchSettings, options: &RedisOptions) -> [St
         options.stream_max_len.to_string(),
         SWEEP_LIMIT.to_string(),
         options.row_format.as_str().to_owned(),
+        if options.events_in_replies { "1" } else { "0" }.to_owned(),
     ]
 }
 

@@ -85,3 +85,64 @@ async fn a_replica_reads_only_the_pools_it_follows() {
     let conversations: Vec<_> = events.iter().filter_map(|e| e.conversation_id()).collect();
     assert_eq!(conversations, [&cid("a3")], "{events:?}");
 }
+
+/// `events_in_replies: false` (what the server uses): a command's reply is
+/// its value alone, and the feed still carries every event it committed,
+/// the same events a store with the default returns in its reply.
+#[tokio::test]
+async fn without_events_in_replies_the_feed_still_carries_every_event() {
+    let server = RedisServer::start().await;
+    let options = RedisOptions {
+        outage_threshold: Duration::from_secs(60),
+        feed_block: Duration::from_millis(100),
+        ..RedisOptions::default()
+    };
+    let settings = DispatchSettings::default();
+    let quiet = RedisStore::connect_with(
+        &server.url(),
+        settings.clone(),
+        RedisOptions {
+            events_in_replies: false,
+            ..options.clone()
+        },
+    )
+    .await
+    .expect("the store without events in replies connects");
+    let full = RedisStore::connect_with(&server.url(), settings, options)
+        .await
+        .expect("the store with events in replies connects");
+    let p = pool("p1");
+    let mut feed = quiet.subscribe();
+    let _following = quiet.follow(&p).await.unwrap();
+
+    let from_quiet = quiet.request(&p, handoff("a1")).await.unwrap();
+    let from_full = full.request(&p, handoff("b1")).await.unwrap();
+    assert!(
+        from_quiet.events.is_empty(),
+        "no events in the reply: {:?}",
+        from_quiet.events
+    );
+    assert_eq!(from_quiet.value.0.id(), &cid("a1"), "the value is whole");
+    assert!(from_quiet.value.1, "created");
+    assert!(!from_full.events.is_empty(), "the default reply has events");
+
+    let events = drain(&mut feed, Duration::from_millis(800)).await;
+    let of = |id: &str| -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| e.conversation_id() == Some(&cid(id)))
+            .map(|e| Event::clone(e))
+            .collect()
+    };
+    assert_eq!(
+        of("b1"),
+        from_full.events,
+        "the feed carries what a reply carries"
+    );
+    let queued = of("a1");
+    assert_eq!(queued.len(), 1, "a1's event reaches the feed: {events:?}");
+    assert!(
+        matches!(&queued[0].kind, switchboard_core::event::EventKind::Queued { conversation } if conversation.id() == &cid("a1")),
+        "{queued:?}"
+    );
+}
