@@ -20,6 +20,7 @@ pub mod routing;
 pub mod services;
 pub mod shared_routing;
 pub mod sweeper;
+pub mod transport;
 
 use crate::auth::Authenticator;
 use crate::config_version::{ConfigGate, Verdict};
@@ -299,11 +300,12 @@ pub async fn serve_gated(
         Authenticator::new(keyring, Role::Admin),
     );
 
-    // Nagle's algorithm would hold small replies for a delayed ACK.
+    // Nagle's algorithm would hold small replies for a delayed ACK; each
+    // reply goes out in one write instead (see `transport`).
     let incoming = TcpListenerStream::new(listener).map(|accepted| {
         accepted.and_then(|stream| {
             stream.set_nodelay(true)?;
-            Ok(stream)
+            Ok(transport::Coalesced::new(stream))
         })
     });
 
