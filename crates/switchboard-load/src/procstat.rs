@@ -1,6 +1,7 @@
 //! Resident memory and CPU time of a local process, read from `/proc`, so a
 //! run reports what the server cost while it served.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -26,17 +27,11 @@ pub fn sample(pid: &str) -> Option<Sample> {
             .and_then(|value| value.parse::<u64>().ok())
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after
-    // the last ')'. utime and stime are fields 14 and 15 of the line, so
-    // the 12th and 13th after the name.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let user: u64 = fields.get(11)?.parse().ok()?;
-    let system: u64 = fields.get(12)?.parse().ok()?;
+    let (_, cpu_ticks) = parse_stat(&stat)?;
     Some(Sample {
         rss_kib: field("VmRSS:")?,
         peak_rss_kib: field("VmHWM:").unwrap_or(0),
-        cpu_ticks: user + system,
+        cpu_ticks,
         at: Instant::now(),
     })
 }
@@ -174,6 +169,135 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// Other processes' CPU beyond which a run or step is invalid, percent of
+/// one core: the machine was not the server's, the tool's and Redis's
+/// alone (a build, another benchmark). The machine's own daemons use ~2%.
+pub const MAX_OTHER_CPU_PERCENT: f64 = 10.0;
+
+/// CPU time of every process on the machine at one moment, by pid.
+#[derive(Clone, Debug)]
+pub struct Census {
+    processes: HashMap<u32, (String, u64)>,
+    at: Instant,
+}
+
+/// Reads `/proc/<pid>/stat` of every process. None when `/proc` cannot be
+/// listed (not Linux).
+pub fn census() -> Option<Census> {
+    let mut processes = HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Gone between the listing and the read: nothing to count.
+        if let Some(process) = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| parse_stat(&stat))
+        {
+            processes.insert(pid, process);
+        }
+    }
+    Some(Census {
+        processes,
+        at: Instant::now(),
+    })
+}
+
+/// The command name and user + system ticks of a `/proc/<pid>/stat` line.
+/// The name may hold spaces and parentheses: fields start after the last
+/// ')'. utime and stime are fields 14 and 15 of the line, so the 12th and
+/// 13th after the name.
+fn parse_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((name, user + system))
+}
+
+/// One process's share of a window.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessCpu {
+    pub pid: u32,
+    pub name: String,
+    pub cpu_percent: f64,
+}
+
+/// CPU used over a window by processes other than the measured ones.
+#[derive(Clone, Debug, Serialize)]
+pub struct OtherProcesses {
+    /// Percent of one core, all of them together.
+    pub cpu_percent: f64,
+    /// The busiest few, busiest first.
+    pub busiest: Vec<ProcessCpu>,
+}
+
+impl OtherProcesses {
+    /// Over [`MAX_OTHER_CPU_PERCENT`]: the run is invalid.
+    pub fn is_excessive(&self) -> bool {
+        self.cpu_percent > MAX_OTHER_CPU_PERCENT
+    }
+}
+
+/// "name (pid) N%" for the busiest other processes.
+pub fn describe_busiest(others: &OtherProcesses) -> String {
+    let each: Vec<String> = others
+        .busiest
+        .iter()
+        .map(|p| format!("{} ({}) {:.1}%", p.name, p.pid, p.cpu_percent))
+        .collect();
+    if each.is_empty() {
+        "none".to_owned()
+    } else {
+        each.join(", ")
+    }
+}
+
+/// What every process but `ours` used between two censuses. A process
+/// started in between counts from zero; one that ended is not seen.
+pub fn other_processes(
+    before: &Census,
+    after: &Census,
+    ours: &[u32],
+    ticks_per_second: f64,
+) -> OtherProcesses {
+    let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
+    let percent = |ticks: u64| {
+        if wall <= 0.0 {
+            0.0
+        } else {
+            100.0 * ticks as f64 / ticks_per_second / wall
+        }
+    };
+    let mut busiest: Vec<ProcessCpu> = after
+        .processes
+        .iter()
+        .filter(|(pid, _)| !ours.contains(pid))
+        .filter_map(|(pid, (name, ticks))| {
+            let was = before.processes.get(pid).map_or(0, |(_, ticks)| *ticks);
+            let used = ticks.saturating_sub(was);
+            (used > 0).then(|| ProcessCpu {
+                pid: *pid,
+                name: name.clone(),
+                cpu_percent: percent(used),
+            })
+        })
+        .collect();
+    busiest.sort_by(|a, b| b.cpu_percent.total_cmp(&a.cpu_percent));
+    let cpu_percent = busiest.iter().map(|p| p.cpu_percent).sum();
+    busiest.truncate(5);
+    OtherProcesses {
+        cpu_percent,
+        busiest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +358,76 @@ cpu1 50 0 50 700 5 0 20 175 0 0\n";
         if let Some(second) = sample("self") {
             assert!(cpu_percent(&first, &second, ticks_per_second()) >= 0.0);
         }
+    }
+    fn census_of(processes: &[(u32, &str, u64)], at: Instant) -> Census {
+        Census {
+            processes: processes
+                .iter()
+                .map(|(pid, name, ticks)| (*pid, ((*name).to_owned(), *ticks)))
+                .collect(),
+            at,
+        }
+    }
+
+    #[test]
+    fn other_processes_leave_out_ours_and_count_newcomers_from_zero() {
+        let start = Instant::now();
+        let before = census_of(
+            &[(1, "init", 10), (7, "server", 100), (9, "rustc", 50)],
+            start,
+        );
+        let after = census_of(
+            &[
+                (1, "init", 11),
+                (7, "server", 900),
+                (9, "rustc", 450),
+                (12, "cc1", 30),
+            ],
+            start + std::time::Duration::from_secs(4),
+        );
+        let others = other_processes(&before, &after, &[7], 100.0);
+        // rustc 400 ticks, cc1 30, init 1 over 4 s at 100 ticks a second.
+        assert!((others.cpu_percent - 107.75).abs() < 1e-9, "{others:?}");
+        let names: Vec<&str> = others.busiest.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["rustc", "cc1", "init"]);
+        assert!((others.busiest[0].cpu_percent - 100.0).abs() < 1e-9);
+        assert!(others.is_excessive());
+        assert_eq!(
+            describe_busiest(&others),
+            "rustc (9) 100.0%, cc1 (12) 7.5%, init (1) 0.2%"
+        );
+
+        let quiet = other_processes(
+            &before,
+            &census_of(&[(1, "init", 14)], after.at),
+            &[],
+            100.0,
+        );
+        assert!((quiet.cpu_percent - 1.0).abs() < 1e-9, "{quiet:?}");
+        assert!(!quiet.is_excessive());
+        let none = other_processes(&before, &before, &[], 100.0);
+        assert_eq!(describe_busiest(&none), "none");
+    }
+
+    #[test]
+    fn stat_lines_give_name_and_ticks_even_with_parentheses_in_the_name() {
+        let line =
+            "4242 (tokio (rt) w) S 1 4242 4242 0 -1 4194560 100 0 0 0 37 5 0 0 20 0 3 0 99 0 0";
+        assert_eq!(parse_stat(line), Some(("tokio (rt) w".to_owned(), 42)));
+        assert_eq!(parse_stat("4242 (short) S 1"), None);
+    }
+
+    #[test]
+    fn this_machine_can_be_counted() {
+        let first = census().expect("/proc is readable on Linux");
+        let me = std::process::id();
+        assert!(
+            first.processes.contains_key(&me),
+            "the census sees this test"
+        );
+        let second = census().unwrap();
+        let others = other_processes(&first, &second, &[me], ticks_per_second());
+        assert!(others.cpu_percent >= 0.0);
+        assert!(others.busiest.iter().all(|p| p.pid != me));
     }
 }

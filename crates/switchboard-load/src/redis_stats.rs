@@ -22,6 +22,9 @@ pub struct Sample {
     commands: BTreeMap<String, (u64, u64)>,
     /// `used_cpu_sys + used_cpu_user`, seconds.
     cpu_seconds: f64,
+    /// Redis's `process_id` (a local Redis is one of the measured
+    /// processes, not another process on the machine).
+    pub pid: Option<u32>,
 }
 
 /// One command's share of the window.
@@ -63,7 +66,23 @@ pub async fn sample(url: &str) -> anyhow::Result<Sample> {
         .query_async(&mut connection)
         .await
         .context("INFO cpu")?;
-    Ok(parse(&commandstats, &cpu))
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut connection)
+        .await
+        .context("INFO server")?;
+    Ok(Sample {
+        pid: info_field(&server, "process_id").and_then(|pid| pid.parse().ok()),
+        ..parse(&commandstats, &cpu)
+    })
+}
+
+/// One `name:value` line of an INFO section.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| {
+        let (name, value) = line.trim().split_once(':')?;
+        (name == field).then_some(value)
+    })
 }
 
 fn parse(commandstats: &str, cpu: &str) -> Sample {
@@ -83,18 +102,14 @@ fn parse(commandstats: &str, cpu: &str) -> Sample {
             Some((name.to_owned(), (calls?, usec?)))
         })
         .collect();
-    let cpu_seconds = cpu
-        .lines()
-        .filter_map(|line| {
-            let (name, value) = line.trim().split_once(':')?;
-            matches!(name, "used_cpu_sys" | "used_cpu_user")
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
+    let cpu_seconds = ["used_cpu_sys", "used_cpu_user"]
+        .into_iter()
+        .filter_map(|field| info_field(cpu, field)?.parse::<f64>().ok())
         .sum();
     Sample {
         commands,
         cpu_seconds,
+        pid: None,
     }
 }
 
@@ -146,6 +161,15 @@ mod tests {
 
     const STATS_A: &str = "# Commandstats\r\ncmdstat_fcall:calls=100,usec=5000,usec_per_call=50.00,rejected_calls=0,failed_calls=0\r\ncmdstat_zadd:calls=400,usec=800,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\n";
     const STATS_B: &str = "# Commandstats\r\ncmdstat_fcall:calls=700,usec=41000,usec_per_call=58.57,rejected_calls=0,failed_calls=0\r\ncmdstat_zadd:calls=2800,usec=5600,usec_per_call=2.00,rejected_calls=0,failed_calls=0\r\ncmdstat_xread:calls=10,usec=100,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n";
+
+    #[test]
+    fn info_fields_are_found_by_exact_name() {
+        let server =
+            "# Server\r\nredis_version:7.0.15\r\nprocess_id:4242\r\nprocess_supervised:no\r\n";
+        assert_eq!(info_field(server, "process_id"), Some("4242"));
+        assert_eq!(info_field(server, "process"), None);
+        assert_eq!(info_field("", "process_id"), None);
+    }
 
     #[test]
     fn the_window_is_the_difference_of_two_samples() {

@@ -207,6 +207,13 @@ pub fn print_run(report: &RunReport) {
             each.join(", ")
         );
     }
+    if let Some(others) = &report.other_processes {
+        println!(
+            "other processes on this machine: {:.1}% of a core (busiest: {})",
+            others.cpu_percent,
+            crate::procstat::describe_busiest(others)
+        );
+    }
     if let Some(redis) = &report.redis {
         println!(
             "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core",

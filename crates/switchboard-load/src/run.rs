@@ -245,6 +245,10 @@ pub struct RunReport {
     /// CPU time the hypervisor gave to other guests over the measured
     /// window (None where `/proc/stat` cannot be read).
     pub host_steal: Option<procstat::HostSteal>,
+    /// CPU used over the window by every process on this machine but the
+    /// server, the tool and a local Redis (None where `/proc` cannot be
+    /// read).
+    pub other_processes: Option<procstat::OtherProcesses>,
     pub echo: Option<EchoComparison>,
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
@@ -448,6 +452,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
                 server: server_pid.as_deref().and_then(procstat::sample),
                 tool: procstat::sample("self"),
                 host: procstat::host_sample(),
+                census: procstat::census(),
             });
             if let Some(url) = &args.redis_url {
                 redis_start = Some(crate::redis_stats::sample(url).await?);
@@ -461,6 +466,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let server_end = server_pid.as_deref().and_then(procstat::sample);
     let self_end = procstat::sample("self");
     let host_end = procstat::host_sample();
+    let census_end = procstat::census();
     let redis_end = match &args.redis_url {
         Some(url) => Some(crate::redis_stats::sample(url).await?),
         None => None,
@@ -471,12 +477,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         server: server_start,
         tool: self_start,
         host: host_start,
+        census: census_start,
     } = window_start.unwrap_or(WindowStart {
         totals: Totals::default(),
         calls: 0,
         server: server_idle,
         tool: None,
         host: None,
+        census: None,
     });
 
     // Drain: every conversation should find an agent.
@@ -550,6 +558,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let host_steal = host_start
         .zip(host_end)
         .and_then(|(start, end)| procstat::host_steal(&start, &end));
+    let ours: Vec<u32> = [
+        Some(std::process::id()),
+        server_pid.as_deref().and_then(|pid| pid.parse().ok()),
+        redis_end.as_ref().and_then(|redis| redis.pid),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let other_processes = census_start
+        .zip(census_end)
+        .map(|(start, end)| procstat::other_processes(&start, &end, &ours, ticks));
     let metrics = context.metrics.summary();
     let mut invalid_reasons = Vec::new();
     let lag = metrics.latency(Series::ScheduleLag);
@@ -564,6 +583,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
             "the hypervisor gave {:.1}% of the CPUs' time to other guests (steal) over the measured window, over {}%: the host's neighbours, not the server, set the pace",
             steal.percent,
             procstat::MAX_STEAL_PERCENT
+        ));
+    }
+    if let Some(others) = other_processes
+        .as_ref()
+        .filter(|others| others.is_excessive())
+    {
+        invalid_reasons.push(format!(
+            "other processes on this machine used {:.0}% of a core over the measured window (busiest: {}), over {}%: they, not the server, set the pace",
+            others.cpu_percent,
+            procstat::describe_busiest(others),
+            procstat::MAX_OTHER_CPU_PERCENT
         ));
     }
     let echo = if args.compare_echo {
@@ -604,6 +634,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         server_resources,
         tool_cpu_percent,
         host_steal,
+        other_processes,
         echo,
         redis,
     })
@@ -616,6 +647,7 @@ struct WindowStart {
     server: Option<procstat::Sample>,
     tool: Option<procstat::Sample>,
     host: Option<procstat::HostSample>,
+    census: Option<procstat::Census>,
 }
 
 fn totals(metrics: &Metrics) -> Totals {
