@@ -8,32 +8,26 @@
 //! ours (300-odd bytes) went out in two writes: HEADERS and DATA, then a
 //! 10-byte write of the trailers, each one waking the client once more.
 //! Told that the socket does not write vectors, h2 copies payloads under
-//! 1 KiB into its buffer and flushes once; the [`BufWriter`] underneath
-//! turns the frame head and payload of a bigger frame into one write too.
-//! h2 flushes at the end of every poll of the connection, so nothing waits
-//! in the buffer.
+//! 1 KiB into its buffer and flushes once. A bigger payload (a snapshot)
+//! goes out in two writes, its first KiB with the frame head, then the
+//! rest: rare, and cheaper than a write buffer per connection (16 KiB
+//! each, ~40 MiB more resident at 10,000 agents when tried).
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// Write buffer per connection: one HTTP/2 frame of the default size
-/// (16 KiB) and its head, so h2's own buffer drains in one write.
-const WRITE_BUFFER: usize = 16 * 1024 + 64;
-
-/// A server connection that writes each flush in one system call.
+/// A server connection on which h2 writes each reply in one system call.
 pub struct Coalesced {
-    inner: BufWriter<TcpStream>,
+    inner: TcpStream,
 }
 
 impl Coalesced {
     pub fn new(stream: TcpStream) -> Coalesced {
-        Coalesced {
-            inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
-        }
+        Coalesced { inner: stream }
     }
 }
 
@@ -41,7 +35,7 @@ impl Connected for Coalesced {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.get_ref().connect_info()
+        self.inner.connect_info()
     }
 }
 
@@ -81,7 +75,6 @@ impl AsyncWrite for Coalesced {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -93,50 +86,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_wait_for_the_flush_and_leave_together() {
-        let (mut server, mut client) = pair().await;
+    async fn says_it_cannot_write_vectors_and_keeps_the_peer_address() {
+        let (server, client) = pair().await;
         assert!(!server.is_write_vectored(), "h2 must copy small payloads");
         assert_eq!(
-            server.connect_info().local_addr(),
-            server.inner.get_ref().local_addr().ok()
+            server.connect_info().remote_addr(),
+            client.local_addr().ok()
         );
-
-        server.write_all(b"HEADERS+DATA").await.unwrap();
-        server.write_all(b"|TRAILERS").await.unwrap();
-        let mut buf = [0u8; 64];
-        let early = tokio::time::timeout(Duration::from_millis(50), client.read(&mut buf)).await;
-        assert!(
-            early.is_err(),
-            "nothing may reach the peer before the flush"
-        );
-
-        server.flush().await.unwrap();
-        let mut got = Vec::new();
-        while got.len() < 21 {
-            let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0, "connection closed early");
-            got.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(got, b"HEADERS+DATA|TRAILERS");
     }
 
     #[tokio::test]
-    async fn reads_and_frames_bigger_than_the_buffer_pass_through() {
+    async fn bytes_pass_both_ways_unchanged() {
         let (mut server, mut client) = pair().await;
-        let big = vec![7u8; 3 * WRITE_BUFFER];
+        let big = vec![7u8; 64 * 1024];
         let writer = async {
+            server.write_all(b"HEADERS+DATA|TRAILERS").await.unwrap();
             server.write_all(&big).await.unwrap();
             server.flush().await.unwrap();
             server
         };
         let reader = async {
-            let mut got = vec![0u8; big.len()];
+            let mut got = vec![0u8; 21 + big.len()];
             client.read_exact(&mut got).await.unwrap();
             client.write_all(b"reply").await.unwrap();
             (got, client)
         };
         let (mut server, (got, _client)) = tokio::join!(writer, reader);
-        assert_eq!(got, big);
+        assert_eq!(&got[..21], b"HEADERS+DATA|TRAILERS");
+        assert_eq!(&got[21..], &big[..]);
         let mut reply = [0u8; 5];
         server.read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"reply");
