@@ -2,6 +2,7 @@
 //! run reports what the server cost while it served.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -177,8 +178,31 @@ pub const MAX_OTHER_CPU_PERCENT: f64 = 10.0;
 /// CPU time of every process on the machine at one moment, by pid.
 #[derive(Clone, Debug)]
 pub struct Census {
-    processes: HashMap<u32, (String, u64)>,
+    processes: HashMap<u32, Process>,
     at: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Process {
+    name: String,
+    ticks: u64,
+    /// The program it runs (`/proc/<pid>/exe`; None for kernel threads).
+    exe: Option<PathBuf>,
+}
+
+/// The processes a run measures: by pid, and every process running one of
+/// `programs` (a second replica and its tool, in a two-replica run).
+#[derive(Clone, Debug, Default)]
+pub struct Measured {
+    pub pids: Vec<u32>,
+    pub programs: Vec<PathBuf>,
+}
+
+impl Census {
+    /// The program process `pid` ran when counted.
+    pub fn program(&self, pid: u32) -> Option<PathBuf> {
+        self.processes.get(&pid)?.exe.clone()
+    }
 }
 
 /// Reads `/proc/<pid>/stat` of every process. None when `/proc` cannot be
@@ -194,11 +218,12 @@ pub fn census() -> Option<Census> {
             continue;
         };
         // Gone between the listing and the read: nothing to count.
-        if let Some(process) = std::fs::read_to_string(entry.path().join("stat"))
+        if let Some((name, ticks)) = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
             .and_then(|stat| parse_stat(&stat))
         {
-            processes.insert(pid, process);
+            let exe = std::fs::read_link(entry.path().join("exe")).ok();
+            processes.insert(pid, Process { name, ticks, exe });
         }
     }
     Some(Census {
@@ -259,12 +284,13 @@ pub fn describe_busiest(others: &OtherProcesses) -> String {
     }
 }
 
-/// What every process but `ours` used between two censuses. A process
-/// started in between counts from zero; one that ended is not seen.
+/// What every process but the measured ones used between two censuses. A
+/// process started in between counts from zero; one that ended is not
+/// seen.
 pub fn other_processes(
     before: &Census,
     after: &Census,
-    ours: &[u32],
+    measured: &Measured,
     ticks_per_second: f64,
 ) -> OtherProcesses {
     let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
@@ -278,13 +304,19 @@ pub fn other_processes(
     let mut busiest: Vec<ProcessCpu> = after
         .processes
         .iter()
-        .filter(|(pid, _)| !ours.contains(pid))
-        .filter_map(|(pid, (name, ticks))| {
-            let was = before.processes.get(pid).map_or(0, |(_, ticks)| *ticks);
-            let used = ticks.saturating_sub(was);
+        .filter(|(pid, process)| {
+            !measured.pids.contains(pid)
+                && !process
+                    .exe
+                    .as_ref()
+                    .is_some_and(|exe| measured.programs.contains(exe))
+        })
+        .filter_map(|(pid, process)| {
+            let was = before.processes.get(pid).map_or(0, |was| was.ticks);
+            let used = process.ticks.saturating_sub(was);
             (used > 0).then(|| ProcessCpu {
                 pid: *pid,
-                name: name.clone(),
+                name: process.name.clone(),
                 cpu_percent: percent(used),
             })
         })
@@ -363,9 +395,23 @@ cpu1 50 0 50 700 5 0 20 175 0 0\n";
         Census {
             processes: processes
                 .iter()
-                .map(|(pid, name, ticks)| (*pid, ((*name).to_owned(), *ticks)))
+                .map(|(pid, name, ticks)| {
+                    let process = Process {
+                        name: (*name).to_owned(),
+                        ticks: *ticks,
+                        exe: Some(PathBuf::from(format!("/usr/bin/{name}"))),
+                    };
+                    (*pid, process)
+                })
                 .collect(),
             at,
+        }
+    }
+
+    fn pids(pids: &[u32]) -> Measured {
+        Measured {
+            pids: pids.to_vec(),
+            programs: Vec::new(),
         }
     }
 
@@ -385,7 +431,7 @@ cpu1 50 0 50 700 5 0 20 175 0 0\n";
             ],
             start + std::time::Duration::from_secs(4),
         );
-        let others = other_processes(&before, &after, &[7], 100.0);
+        let others = other_processes(&before, &after, &pids(&[7]), 100.0);
         // rustc 400 ticks, cc1 30, init 1 over 4 s at 100 ticks a second.
         assert!((others.cpu_percent - 107.75).abs() < 1e-9, "{others:?}");
         let names: Vec<&str> = others.busiest.iter().map(|p| p.name.as_str()).collect();
@@ -400,12 +446,12 @@ cpu1 50 0 50 700 5 0 20 175 0 0\n";
         let quiet = other_processes(
             &before,
             &census_of(&[(1, "init", 14)], after.at),
-            &[],
+            &pids(&[]),
             100.0,
         );
         assert!((quiet.cpu_percent - 1.0).abs() < 1e-9, "{quiet:?}");
         assert!(!quiet.is_excessive());
-        let none = other_processes(&before, &before, &[], 100.0);
+        let none = other_processes(&before, &before, &pids(&[]), 100.0);
         assert_eq!(describe_busiest(&none), "none");
     }
 
@@ -425,9 +471,47 @@ cpu1 50 0 50 700 5 0 20 175 0 0\n";
             first.processes.contains_key(&me),
             "the census sees this test"
         );
+        let program = first.program(me).expect("this test's own program");
         let second = census().unwrap();
-        let others = other_processes(&first, &second, &[me], ticks_per_second());
+        let others = other_processes(&first, &second, &pids(&[me]), ticks_per_second());
         assert!(others.cpu_percent >= 0.0);
         assert!(others.busiest.iter().all(|p| p.pid != me));
+        let by_program = Measured {
+            pids: Vec::new(),
+            programs: vec![program],
+        };
+        let others = other_processes(&first, &second, &by_program, ticks_per_second());
+        assert!(others.busiest.iter().all(|p| p.pid != me));
+    }
+
+    #[test]
+    fn copies_of_the_measured_programs_are_measured_too() {
+        let start = Instant::now();
+        // Two replicas and two tools; the second pair is known only by its
+        // programs. The machine's own Redis is another process.
+        let before = census_of(
+            &[
+                (10, "switchboard", 0),
+                (11, "switchboard", 0),
+                (20, "redis-server", 0),
+            ],
+            start,
+        );
+        let after = census_of(
+            &[
+                (10, "switchboard", 300),
+                (11, "switchboard", 280),
+                (20, "redis-server", 4),
+            ],
+            start + std::time::Duration::from_secs(10),
+        );
+        let measured = Measured {
+            pids: vec![10],
+            programs: vec![PathBuf::from("/usr/bin/switchboard")],
+        };
+        let others = other_processes(&before, &after, &measured, 100.0);
+        let names: Vec<&str> = others.busiest.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["redis-server"]);
+        assert!((others.cpu_percent - 0.4).abs() < 1e-9, "{others:?}");
     }
 }

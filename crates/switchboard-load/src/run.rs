@@ -558,17 +558,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let host_steal = host_start
         .zip(host_end)
         .and_then(|(start, end)| procstat::host_steal(&start, &end));
-    let ours: Vec<u32> = [
-        Some(std::process::id()),
-        server_pid.as_deref().and_then(|pid| pid.parse().ok()),
-        redis_end.as_ref().and_then(|redis| redis.pid),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let other_processes = census_start
-        .zip(census_end)
-        .map(|(start, end)| procstat::other_processes(&start, &end, &ours, ticks));
+    let server_pid_number = server_pid.as_deref().and_then(|pid| pid.parse().ok());
+    let other_processes = census_start.zip(census_end).map(|(start, end)| {
+        // The tool and the server by pid and by program (other replicas and
+        // their tools run the same programs); Redis by pid only.
+        let programs = [Some(std::process::id()), server_pid_number]
+            .into_iter()
+            .flatten()
+            .filter_map(|pid| end.program(pid))
+            .collect();
+        let measured = procstat::Measured {
+            pids: [
+                Some(std::process::id()),
+                server_pid_number,
+                redis_end.as_ref().and_then(|redis| redis.pid),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            programs,
+        };
+        procstat::other_processes(&start, &end, &measured, ticks)
+    });
     let metrics = context.metrics.summary();
     let mut invalid_reasons = Vec::new();
     let lag = metrics.latency(Series::ScheduleLag);
