@@ -91,11 +91,25 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new(run_id: String) -> Ledger {
+    /// `expected` requests are recorded without the table ever growing:
+    /// growing it copies every record under the lock, in the gateway's
+    /// real-time thread (at 1,000/s, 114,688 records took a 150 ms burst
+    /// of that thread's core, starving whatever shared it, and the agents
+    /// recording offers waited on the lock: the run measured the tool).
+    pub fn new(run_id: String, expected: usize) -> Ledger {
         Ledger {
             run_id,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                records: HashMap::with_capacity(expected),
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// How many requests the table holds before it has to grow.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.with(|inner| inner.records.capacity())
     }
 
     fn with<R>(&self, work: impl FnOnce(&mut Inner) -> R) -> R {
@@ -357,8 +371,19 @@ mod tests {
     }
 
     #[test]
+    fn the_table_holds_the_expected_requests_from_the_start() {
+        let ledger = Ledger::new("r".to_owned(), 100_000);
+        let capacity = ledger.capacity();
+        assert!(capacity >= 100_000, "{capacity}");
+        for sequence in 0..100_000 {
+            ledger.requested(sequence, Instant::now(), requirement(), true, true);
+        }
+        assert_eq!(ledger.capacity(), capacity, "the table grew during the run");
+    }
+
+    #[test]
     fn offer_latency_is_recorded_whichever_comes_first() {
-        let ledger = Ledger::new("r".to_owned());
+        let ledger = Ledger::new("r".to_owned(), 16);
         let metrics = Metrics::default();
         let agent = AgentProfile {
             skills: vec![(0, 3)],
@@ -376,7 +401,7 @@ mod tests {
 
     #[test]
     fn unassigned_servable_conversation_is_lost_and_ineligible_offer_counted() {
-        let ledger = Ledger::new("r".to_owned());
+        let ledger = Ledger::new("r".to_owned(), 16);
         let metrics = Metrics::default();
         let start = Instant::now();
         ledger.requested(1, start, requirement(), true, true);

@@ -348,7 +348,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     }
     let context = Arc::new(RunContext {
         metrics: Metrics::default(),
-        ledger: Ledger::new(run_id.clone()),
+        ledger: Ledger::new(run_id.clone(), expected_requests(&args)),
         profile,
         capacity: args.capacity,
         heartbeat_every: args.heartbeat,
@@ -659,6 +659,13 @@ struct WindowStart {
     tool: Option<procstat::Sample>,
     host: Option<procstat::HostSample>,
     census: Option<procstat::Census>,
+}
+
+/// Requests a run makes, with room for the Poisson schedule to run over
+/// (six standard deviations), so the ledger never grows mid-run.
+fn expected_requests(args: &RunArgs) -> usize {
+    let mean = args.rate * (args.warmup + args.duration).as_secs_f64();
+    (mean + 6.0 * mean.sqrt()).ceil() as usize + 1024
 }
 
 fn totals(metrics: &Metrics) -> Totals {
