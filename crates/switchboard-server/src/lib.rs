@@ -40,9 +40,9 @@ use switchboard_proto::v1::gateway_service_server::GatewayServiceServer;
 use switchboard_store::Store;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
 /// What [`serve`] needs besides the listener.
 pub struct ServerOptions {
@@ -301,13 +301,13 @@ pub async fn serve_gated(
     );
 
     // Nagle's algorithm would hold small replies for a delayed ACK; each
-    // reply goes out in one write instead (see `transport`).
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.and_then(|stream| {
-            stream.set_nodelay(true)?;
-            Ok(transport::Coalesced::new(stream))
-        })
-    });
+    // reply goes out in one write instead (see `transport`). The socket
+    // options are set here: the builder's apply only to a listener tonic
+    // binds itself.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)))
+        .map(|accepted| accepted.map(transport::Coalesced::new));
 
     let drain_signal = cancel.clone();
     let on_shutdown = async move {
@@ -322,7 +322,6 @@ pub async fn serve_gated(
         // Dead agent connections are noticed through HTTP/2 keepalive.
         .http2_keepalive_interval(Some(keepalive_interval(&options.settings)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .tcp_keepalive(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
