@@ -56,24 +56,17 @@ pub async fn sample(url: &str) -> anyhow::Result<Sample> {
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("cannot reach Redis at {url}"))?;
-    let commandstats: String = redis::cmd("INFO")
+    // Redis 7 answers several sections in one call (the library needs 7).
+    let info: String = redis::cmd("INFO")
         .arg("commandstats")
-        .query_async(&mut connection)
-        .await
-        .context("INFO commandstats")?;
-    let cpu: String = redis::cmd("INFO")
         .arg("cpu")
-        .query_async(&mut connection)
-        .await
-        .context("INFO cpu")?;
-    let server: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut connection)
         .await
-        .context("INFO server")?;
+        .context("INFO commandstats cpu server")?;
     Ok(Sample {
-        pid: info_field(&server, "process_id").and_then(|pid| pid.parse().ok()),
-        ..parse(&commandstats, &cpu)
+        pid: info_field(&info, "process_id").and_then(|pid| pid.parse().ok()),
+        ..parse(&info, &info)
     })
 }
 
