@@ -562,22 +562,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     let other_processes = census_start.zip(census_end).map(|(start, end)| {
         // The tool and the server by pid and by program (other replicas and
         // their tools run the same programs); Redis by pid only.
-        let programs = [Some(std::process::id()), server_pid_number]
+        let tool_and_server: Vec<u32> = [Some(std::process::id()), server_pid_number]
             .into_iter()
             .flatten()
-            .filter_map(|pid| end.program(pid))
             .collect();
-        let measured = procstat::Measured {
-            pids: [
-                Some(std::process::id()),
-                server_pid_number,
-                redis_end.as_ref().and_then(|redis| redis.pid),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-            programs,
-        };
+        let programs = tool_and_server
+            .iter()
+            .filter_map(|&pid| end.program(pid))
+            .collect();
+        let mut pids = tool_and_server;
+        pids.extend(redis_end.as_ref().and_then(|redis| redis.pid));
+        let measured = procstat::Measured { pids, programs };
         procstat::other_processes(&start, &end, &measured, ticks)
     });
     let metrics = context.metrics.summary();
