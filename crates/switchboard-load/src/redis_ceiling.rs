@@ -5,14 +5,20 @@
 //!
 //! The script is `claim.lua` beside this file, a stand-in with the Redis
 //! work of one offer (pop the longest-idle agent, record the offer, append
-//! to the event feed, put the agent back). The Redis store's own
-//! `dispatch.lua` takes JSON hand-offs and many settings per call; driving
-//! it from redis-benchmark is left for when the Redis store is wired.
+//! to the event feed, put the agent back): a fixed, small piece of Redis
+//! work whose cost moves only with the machine. `run --compare-redis`
+//! measures it against the run's own Redis after the run, and quotes
+//! Redis's work per hand-off in claim calls ([`RedisComparison`]), a
+//! figure the machine's speed divides out of, so runs on a fast and a slow
+//! minute of this shared machine can be told apart from a change in the
+//! dispatcher.
 
 use std::process::Command;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+
+use crate::redis_stats::{self, RedisUsage};
 
 const CLAIM_SCRIPT: &str = include_str!("claim.lua");
 const SEED_SCRIPT: &str = "redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) \
@@ -78,6 +84,79 @@ fn redis_cli(args: &RedisArgs, command: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(text)
+}
+
+/// The host and port of a TCP Redis URL (what redis-cli and
+/// redis-benchmark take).
+pub fn target(url: &str) -> anyhow::Result<(String, u16)> {
+    let client = redis::Client::open(url).with_context(|| format!("bad --redis-url `{url}`"))?;
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
+        other => {
+            bail!("--compare-redis needs a plain TCP Redis (redis://host:port), not {other:?}")
+        }
+    }
+}
+
+/// The run's Redis against its own claim ceiling (`run --compare-redis`).
+#[derive(Clone, Debug, Serialize)]
+pub struct RedisComparison {
+    /// redis-benchmark's result, 50 clients, one call per round trip.
+    pub ceiling: RedisReport,
+    /// Redis's own time per claim call while the benchmark ran
+    /// (`INFO commandstats`, evalsha), µs.
+    pub claim_micros_per_call: f64,
+    /// Redis's own time in dispatch calls per requested hand-off in the
+    /// run (round trips per hand-off × µs per round trip), µs.
+    pub handoff_micros: f64,
+    /// `handoff_micros ÷ claim_micros_per_call`: one hand-off costs Redis
+    /// as much as this many claim calls, whatever the machine's speed.
+    pub claim_calls_per_handoff: f64,
+    /// Hand-offs completed per second in the run ÷ the ceiling's claim
+    /// calls per second.
+    pub throughput_ratio: f64,
+}
+
+impl RedisComparison {
+    pub fn new(
+        ceiling: RedisReport,
+        claim_micros_per_call: f64,
+        usage: &RedisUsage,
+        completed_per_sec: f64,
+    ) -> Self {
+        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
+        let handoff_micros = usage.round_trips_per_handoff * usage.micros_per_round_trip;
+        RedisComparison {
+            claim_micros_per_call,
+            handoff_micros,
+            claim_calls_per_handoff: ratio(handoff_micros, claim_micros_per_call),
+            throughput_ratio: ratio(completed_per_sec, ceiling.calls_per_sec),
+            ceiling,
+        }
+    }
+}
+
+/// The claim ceiling of the Redis at `url`, `calls` calls long, with
+/// Redis's own time per claim call from its counters around it.
+pub async fn compare(url: &str, calls: u64) -> anyhow::Result<(RedisReport, f64)> {
+    let (host, port) = target(url)?;
+    let args = RedisArgs {
+        host,
+        port,
+        requests: calls,
+        clients: 50,
+        pipeline: 1,
+        agents: 10_000,
+        json: false,
+    };
+    let before = redis_stats::sample(url).await?;
+    let report = tokio::task::spawn_blocking(move || run(&args))
+        .await
+        .context("the redis-benchmark task failed")??;
+    let after = redis_stats::sample(url).await?;
+    let micros = redis_stats::micros_per_call(&before, &after, "evalsha")
+        .context("Redis counted no EVALSHA during redis-benchmark's run")?;
+    Ok((report, micros))
 }
 
 pub fn run(args: &RedisArgs) -> anyhow::Result<RedisReport> {
@@ -153,4 +232,58 @@ pub fn run(args: &RedisArgs) -> anyhow::Result<RedisReport> {
         p99_ms,
         max_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ceiling(calls_per_sec: f64) -> RedisReport {
+        RedisReport {
+            script_sha: "0".repeat(40),
+            command: "redis-benchmark".to_owned(),
+            requests: 1000,
+            clients: 50,
+            pipeline: 1,
+            calls_per_sec,
+            avg_ms: 1.0,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            max_ms: 3.0,
+        }
+    }
+
+    #[test]
+    fn tcp_urls_give_host_and_port_and_others_are_refused() {
+        assert_eq!(
+            target("redis://127.0.0.1:16399/").unwrap(),
+            ("127.0.0.1".to_owned(), 16399)
+        );
+        assert_eq!(
+            target("redis://localhost").unwrap(),
+            ("localhost".to_owned(), 6379)
+        );
+        let error = target("redis+unix:///tmp/redis.sock").unwrap_err();
+        assert!(error.to_string().contains("--compare-redis"), "{error}");
+        assert!(target("not a url").is_err());
+    }
+
+    #[test]
+    fn a_hand_off_is_quoted_in_claim_calls() {
+        let usage = RedisUsage {
+            round_trips_per_handoff: 4.0,
+            micros_per_round_trip: 100.0,
+            cpu_percent: 40.0,
+            cpu_micros_per_handoff: 500.0,
+            commands: Vec::new(),
+        };
+        let comparison = RedisComparison::new(ceiling(50_000.0), 20.0, &usage, 1_000.0);
+        assert!((comparison.handoff_micros - 400.0).abs() < 1e-9);
+        assert!((comparison.claim_calls_per_handoff - 20.0).abs() < 1e-9);
+        assert!((comparison.throughput_ratio - 0.02).abs() < 1e-12);
+        // Nothing measured gives zero, not infinity.
+        let empty = RedisComparison::new(ceiling(0.0), 0.0, &usage, 1_000.0);
+        assert_eq!(empty.claim_calls_per_handoff, 0.0);
+        assert_eq!(empty.throughput_ratio, 0.0);
+    }
 }

@@ -45,6 +45,9 @@ pub struct RedisUsage {
     pub micros_per_round_trip: f64,
     /// Redis's CPU (user + system) over the window, percent of one core.
     pub cpu_percent: f64,
+    /// Redis's CPU over the window per requested hand-off, µs (everything
+    /// it did: calls, the event feed's reads, its network I/O).
+    pub cpu_micros_per_handoff: f64,
     /// Every command seen, most time first.
     pub commands: Vec<CommandUsage>,
 }
@@ -136,6 +139,7 @@ pub fn usage(start: &Sample, end: &Sample, window_secs: f64, requested: u64) -> 
             (calls + c.calls_per_handoff, usec + u)
         });
     let dispatch_count = dispatch_calls * requested.max(1) as f64;
+    let cpu_seconds = (end.cpu_seconds - start.cpu_seconds).max(0.0);
     RedisUsage {
         round_trips_per_handoff: dispatch_calls,
         micros_per_round_trip: if dispatch_count > 0.0 {
@@ -143,9 +147,19 @@ pub fn usage(start: &Sample, end: &Sample, window_secs: f64, requested: u64) -> 
         } else {
             0.0
         },
-        cpu_percent: 100.0 * (end.cpu_seconds - start.cpu_seconds).max(0.0) / window_secs.max(1e-3),
+        cpu_percent: 100.0 * cpu_seconds / window_secs.max(1e-3),
+        cpu_micros_per_handoff: 1e6 * cpu_seconds / requested.max(1) as f64,
         commands: commands.into_iter().map(|(c, _)| c).collect(),
     }
+}
+
+/// Redis's own time per call of `command` between two samples, µs (None
+/// if it was not called).
+pub fn micros_per_call(start: &Sample, end: &Sample, command: &str) -> Option<f64> {
+    let (calls, usec) = end.commands.get(command)?;
+    let (calls0, usec0) = start.commands.get(command).copied().unwrap_or((0, 0));
+    let calls = calls.saturating_sub(calls0);
+    (calls > 0).then(|| usec.saturating_sub(usec0) as f64 / calls as f64)
 }
 
 #[cfg(test)]
@@ -172,8 +186,24 @@ mod tests {
         assert!((usage.round_trips_per_handoff - 6.0).abs() < 1e-9);
         assert!((usage.micros_per_round_trip - 60.0).abs() < 1e-9);
         assert!((usage.cpu_percent - 20.0).abs() < 1e-9);
+        assert!((usage.cpu_micros_per_handoff - 20_000.0).abs() < 1e-6);
         let names: Vec<&str> = usage.commands.iter().map(|c| c.command.as_str()).collect();
         assert_eq!(names, ["fcall", "zadd", "xread"], "most time first");
         assert!((usage.commands[1].calls_per_handoff - 24.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn time_per_call_is_of_one_command_between_two_samples() {
+        let start = parse(STATS_A, "");
+        let end = parse(STATS_B, "");
+        assert_eq!(micros_per_call(&start, &end, "fcall"), Some(60.0));
+        // New since the start: counted from zero.
+        assert_eq!(micros_per_call(&start, &end, "xread"), Some(10.0));
+        assert_eq!(micros_per_call(&start, &end, "evalsha"), None);
+        assert_eq!(
+            micros_per_call(&end, &end, "fcall"),
+            None,
+            "no calls between"
+        );
     }
 }

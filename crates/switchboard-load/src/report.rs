@@ -216,8 +216,11 @@ pub fn print_run(report: &RunReport) {
     }
     if let Some(redis) = &report.redis {
         println!(
-            "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core",
-            redis.round_trips_per_handoff, redis.micros_per_round_trip, redis.cpu_percent
+            "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core ({:.0} µs per hand-off)",
+            redis.round_trips_per_handoff,
+            redis.micros_per_round_trip,
+            redis.cpu_percent,
+            redis.cpu_micros_per_handoff
         );
         let mut commands = table(&[
             "redis command (incl. inside calls)",
@@ -232,6 +235,20 @@ pub fn print_run(report: &RunReport) {
             ]);
         }
         println!("{commands}");
+    }
+    if let Some(comparison) = &report.redis_ceiling {
+        println!(
+            "redis claim ceiling (redis-benchmark EVALSHA, {} clients, after the run): {:.0} calls/s, {:.1} µs of Redis per call",
+            comparison.ceiling.clients,
+            comparison.ceiling.calls_per_sec,
+            comparison.claim_micros_per_call
+        );
+        println!(
+            "a hand-off costs Redis {:.0} µs in dispatch calls = {:.1} claim calls; hand-offs completed/s ÷ claim calls/s = {:.3}",
+            comparison.handoff_micros,
+            comparison.claim_calls_per_handoff,
+            comparison.throughput_ratio
+        );
     }
     let invariants = &report.invariants;
     if invariants.total() == 0 {

@@ -144,6 +144,16 @@ pub struct RunArgs {
     /// measured window (INFO commandstats and cpu at its start and end).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// After the run, measure the same Redis's ceiling with the claim
+    /// script (redis-benchmark, as the `redis-ceiling` command) and quote
+    /// Redis's work per hand-off in claim calls, a figure the machine's
+    /// speed divides out of. Needs --redis-url, redis-cli and
+    /// redis-benchmark.
+    #[arg(long, requires = "redis_url")]
+    pub compare_redis: bool,
+    /// Claim calls the --compare-redis benchmark makes.
+    #[arg(long, default_value_t = 100_000)]
+    pub compare_redis_calls: u64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -252,6 +262,9 @@ pub struct RunReport {
     pub echo: Option<EchoComparison>,
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
+    /// With --compare-redis: the same Redis's claim ceiling, measured
+    /// after the run, and the run quoted against it.
+    pub redis_ceiling: Option<crate::redis_ceiling::RedisComparison>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -622,6 +635,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     } else {
         None
     };
+    let redis_ceiling = match (&args.redis_url, &redis) {
+        (Some(url), Some(usage)) if args.compare_redis => {
+            progress.phase("redis claim ceiling");
+            let (ceiling, claim_micros) =
+                crate::redis_ceiling::compare(url, args.compare_redis_calls).await?;
+            Some(crate::redis_ceiling::RedisComparison::new(
+                ceiling,
+                claim_micros,
+                usage,
+                throughput.completed_per_sec,
+            ))
+        }
+        _ => None,
+    };
     Ok(RunReport {
         valid: invalid_reasons.is_empty(),
         invalid_reasons,
@@ -643,6 +670,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         other_processes,
         echo,
         redis,
+        redis_ceiling,
     })
 }
 

@@ -167,7 +167,17 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
     let redis_url = redis.url();
     let report = tokio::task::spawn_blocking(move || {
         let (server, url) = start_server(&["--redis", &redis_url]);
-        short_run(&server, &url, &["--redis-url", &redis_url])
+        short_run(
+            &server,
+            &url,
+            &[
+                "--redis-url",
+                &redis_url,
+                "--compare-redis",
+                "--compare-redis-calls",
+                "2000",
+            ],
+        )
     })
     .await
     .unwrap();
@@ -187,6 +197,47 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
         .filter_map(|c| c["command"].as_str())
         .collect();
     assert!(commands.contains(&"fcall"), "{commands:?}");
+    assert!(
+        redis["cpu_micros_per_handoff"].as_f64().unwrap() > 0.0,
+        "{redis:#}"
+    );
+    // --compare-redis: redis-benchmark's claim ceiling on the same Redis,
+    // and the run's hand-offs quoted in claim calls.
+    let comparison = &report["redis_ceiling"];
+    let ceiling = &comparison["ceiling"];
+    assert_eq!(ceiling["requests"].as_u64(), Some(2000), "{comparison:#}");
+    assert!(
+        ceiling["calls_per_sec"].as_f64().unwrap() > 0.0,
+        "{comparison:#}"
+    );
+    let claim = comparison["claim_micros_per_call"].as_f64().unwrap();
+    assert!(claim > 0.0, "{comparison:#}");
+    let handoff = comparison["handoff_micros"].as_f64().unwrap();
+    let expected = redis["round_trips_per_handoff"].as_f64().unwrap()
+        * redis["micros_per_round_trip"].as_f64().unwrap();
+    assert!(
+        (handoff - expected).abs() < 1e-6 * expected.max(1.0),
+        "{comparison:#}"
+    );
+    // A hand-off (request, delivery, accept, complete: a few dispatch
+    // calls, each a state machine step) costs Redis more than one claim.
+    let in_claims = comparison["claim_calls_per_handoff"].as_f64().unwrap();
+    assert!((in_claims - handoff / claim).abs() < 1e-6 * in_claims.max(1.0));
+    assert!(in_claims > 1.0, "{comparison:#}");
+    let ratio = comparison["throughput_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{comparison:#}");
+}
+
+/// Without --redis-url, --compare-redis is refused by name.
+#[test]
+fn compare_redis_needs_a_redis_url() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+        .args(["run", "--compare-redis"])
+        .output()
+        .expect("run switchboard-load");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--redis-url"), "{stderr}");
 }
 
 /// The echo ceiling's own server and load work end to end.
