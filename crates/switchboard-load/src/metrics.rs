@@ -31,6 +31,12 @@ const WORST_WINDOWS: usize = 5;
 /// matters for a run that is broken anyway.
 const HIGHEST_MICROS: u64 = 300_000_000;
 
+/// `ours ÷ theirs` for the reports' comparisons with a ceiling; 0 where
+/// the ceiling measured nothing (never infinity or NaN in the JSON).
+pub fn ratio(ours: f64, theirs: f64) -> f64 {
+    if theirs > 0.0 { ours / theirs } else { 0.0 }
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     // Three significant figures over 1 µs .. 300 s: a few hundred KiB each.
     Histogram::new_with_bounds(1, HIGHEST_MICROS, 3).unwrap_or_else(|_| {

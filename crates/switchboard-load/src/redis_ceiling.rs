@@ -18,6 +18,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
+use crate::metrics::ratio;
 use crate::redis_stats::{self, RedisUsage};
 
 const CLAIM_SCRIPT: &str = include_str!("claim.lua");
@@ -98,6 +99,22 @@ pub fn target(url: &str) -> anyhow::Result<(String, u16)> {
     }
 }
 
+/// What `run --compare-redis` needs, checked before the run: a TCP Redis
+/// URL and both programs.
+pub fn preflight(url: &str) -> anyhow::Result<()> {
+    target(url)?;
+    for program in ["redis-cli", "redis-benchmark"] {
+        let runs = Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !runs {
+            bail!("cannot run `{program} --version` (Debian's redis-tools has it)");
+        }
+    }
+    Ok(())
+}
+
 /// The run's Redis against its own claim ceiling (`run --compare-redis`).
 #[derive(Clone, Debug, Serialize)]
 pub struct RedisComparison {
@@ -124,7 +141,6 @@ impl RedisComparison {
         usage: &RedisUsage,
         completed_per_sec: f64,
     ) -> Self {
-        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
         let handoff_micros = usage.round_trips_per_handoff * usage.micros_per_round_trip;
         RedisComparison {
             claim_micros_per_call,
@@ -266,6 +282,8 @@ mod tests {
         let error = target("redis+unix:///tmp/redis.sock").unwrap_err();
         assert!(error.to_string().contains("--compare-redis"), "{error}");
         assert!(target("not a url").is_err());
+        // The preflight refuses what `target` refuses.
+        assert!(preflight("redis+unix:///tmp/redis.sock").is_err());
     }
 
     #[test]

@@ -114,11 +114,9 @@ pub fn usage(start: &Sample, end: &Sample, window_secs: f64, requested: u64) -> 
     let per_handoff = |calls: u64| calls as f64 / requested.max(1) as f64;
     let mut commands: Vec<(CommandUsage, u64)> = end
         .commands
-        .iter()
-        .filter_map(|(name, &(calls, usec))| {
-            let (calls0, usec0) = start.commands.get(name).copied().unwrap_or((0, 0));
-            let calls = calls.saturating_sub(calls0);
-            let usec = usec.saturating_sub(usec0);
+        .keys()
+        .filter_map(|name| {
+            let (calls, usec) = delta(start, end, name)?;
             (calls > 0).then(|| {
                 (
                     CommandUsage {
@@ -153,13 +151,20 @@ pub fn usage(start: &Sample, end: &Sample, window_secs: f64, requested: u64) -> 
     }
 }
 
+/// Calls of `command` and Redis's microseconds in them between two
+/// samples (a command new since `start` counts from zero); None if `end`
+/// never saw it.
+fn delta(start: &Sample, end: &Sample, command: &str) -> Option<(u64, u64)> {
+    let (calls, usec) = end.commands.get(command)?;
+    let (calls0, usec0) = start.commands.get(command).copied().unwrap_or((0, 0));
+    Some((calls.saturating_sub(calls0), usec.saturating_sub(usec0)))
+}
+
 /// Redis's own time per call of `command` between two samples, µs (None
 /// if it was not called).
 pub fn micros_per_call(start: &Sample, end: &Sample, command: &str) -> Option<f64> {
-    let (calls, usec) = end.commands.get(command)?;
-    let (calls0, usec0) = start.commands.get(command).copied().unwrap_or((0, 0));
-    let calls = calls.saturating_sub(calls0);
-    (calls > 0).then(|| usec.saturating_sub(usec0) as f64 / calls as f64)
+    let (calls, usec) = delta(start, end, command)?;
+    (calls > 0).then(|| usec as f64 / calls as f64)
 }
 
 #[cfg(test)]

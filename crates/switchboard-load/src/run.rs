@@ -324,6 +324,12 @@ fn validate(args: &RunArgs) -> anyhow::Result<()> {
     if args.capacity == 0 {
         problems.push("--capacity must be at least 1".to_owned());
     }
+    if let (true, Some(url)) = (args.compare_redis, &args.redis_url) {
+        // Before the load, so a long run is not lost to a missing tool.
+        if let Err(problem) = crate::redis_ceiling::preflight(url) {
+            problems.push(format!("--compare-redis: {problem:#}"));
+        }
+    }
     if !problems.is_empty() {
         bail!("invalid arguments: {}", problems.join("; "));
     }
@@ -626,10 +632,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         };
         let step = echo::compare_at(args.rate, &shape, args.echo_server_cpu, args.seed).await?;
         let offer = metrics.latency(Series::RequestToOffer);
-        let ratio = |ours: f64, theirs: f64| if theirs > 0.0 { ours / theirs } else { 0.0 };
         Some(EchoComparison {
-            offer_p50_ratio: ratio(offer.p50_ms, step.push.p50_ms),
-            offer_p99_ratio: ratio(offer.p99_ms, step.push.p99_ms),
+            offer_p50_ratio: crate::metrics::ratio(offer.p50_ms, step.push.p50_ms),
+            offer_p99_ratio: crate::metrics::ratio(offer.p99_ms, step.push.p99_ms),
             echo: step,
         })
     } else {

@@ -228,6 +228,28 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
     assert!(ratio > 0.0 && ratio < 1.0, "{comparison:#}");
 }
 
+/// A Redis the comparison cannot drive is refused before the load starts.
+#[test]
+fn compare_redis_refuses_a_unix_socket_before_the_run() {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+        .args([
+            "run",
+            "--server",
+            "http://127.0.0.1:1",
+            "--redis-url",
+            "redis+unix:///tmp/none.sock",
+            "--compare-redis",
+        ])
+        .output()
+        .expect("run switchboard-load");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid arguments") && stderr.contains("--compare-redis"),
+        "{stderr}"
+    );
+}
+
 /// Without --redis-url, --compare-redis is refused by name.
 #[test]
 fn compare_redis_needs_a_redis_url() {
