@@ -10,6 +10,7 @@
 
 mod agents;
 mod client;
+mod cpu_probe;
 mod echo;
 mod gateway;
 mod ledger;
@@ -59,6 +60,10 @@ enum Command {
     EchoServer(echo::EchoServerArgs),
     /// redis-benchmark with a claim-like EVALSHA script against a Redis.
     RedisCeiling(redis_ceiling::RedisArgs),
+    /// Time the CPU probe's fixed work here and print the median, ms
+    /// (started by `run` under taskset on each CPU).
+    #[command(hide = true)]
+    CpuProbe,
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -97,6 +102,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::EchoServer(args) => {
             echo::serve(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CpuProbe => {
+            println!("{:.3}", cpu_probe::measure());
             Ok(ExitCode::SUCCESS)
         }
         Command::RedisCeiling(args) => {

@@ -92,6 +92,26 @@ struct CpuTimes {
 }
 
 /// None when `/proc/stat` cannot be read (not Linux).
+/// The numbers of the CPUs `/proc/stat` lists (`cpu0`, `cpu1`, … ; not
+/// the first line, which sums them); empty where it cannot be read.
+pub fn cpu_ids() -> Vec<usize> {
+    std::fs::read_to_string("/proc/stat")
+        .map(|stat| parse_cpu_ids(&stat))
+        .unwrap_or_default()
+}
+
+fn parse_cpu_ids(stat: &str) -> Vec<usize> {
+    stat.lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .next()?
+                .strip_prefix("cpu")?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 pub fn host_sample() -> Option<HostSample> {
     parse_host(&std::fs::read_to_string("/proc/stat").ok()?)
 }
@@ -333,6 +353,13 @@ pub fn other_processes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ids_are_the_numbered_lines() {
+        let stat = "cpu  10 0 5 100 0 0 0 0 0 0\ncpu0 5 0 2 50 0 0 0 0 0 0\ncpu3 5 0 3 50 0 0 0 0 0 0\nintr 1 2\nctxt 99\n";
+        assert_eq!(parse_cpu_ids(stat), [0, 3]);
+        assert!(parse_cpu_ids("").is_empty());
+    }
 
     const STAT_BEFORE: &str = "cpu  100 0 50 800 10 0 20 20 5 0\n\
 cpu0 50 0 25 400 5 0 10 10 5 0\n\

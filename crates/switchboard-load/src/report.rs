@@ -214,6 +214,21 @@ pub fn print_run(report: &RunReport) {
             crate::procstat::describe_busiest(others)
         );
     }
+    if !report.cpu_probe.is_empty() {
+        let each: Vec<String> = report
+            .cpu_probe
+            .iter()
+            .map(|r| format!("cpu{} {:.1} / {:.1} ms", r.cpu, r.before_ms, r.after_ms))
+            .collect();
+        println!(
+            "CPU probe (fixed work on each CPU, median of {}; before the load / after the drain): {}",
+            crate::cpu_probe::REPETITIONS,
+            each.join(", ")
+        );
+    }
+    if let Some(problem) = &report.cpu_probe_error {
+        println!("CPU probe: not measured ({problem})");
+    }
     if let Some(redis) = &report.redis {
         println!(
             "redis: {:.2} round trips (FCALL/EVALSHA) per requested hand-off, {:.1} µs of Redis per round trip, Redis CPU {:.0}% of a core ({:.0} µs per hand-off)",

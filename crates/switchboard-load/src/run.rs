@@ -262,6 +262,11 @@ pub struct RunReport {
     pub echo: Option<EchoComparison>,
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
+    /// A fixed piece of CPU work timed on each CPU before the load and
+    /// after the drain (`cpu_probe`), ms; empty if it could not run, with
+    /// the reason in `cpu_probe_error`.
+    pub cpu_probe: Vec<crate::cpu_probe::CpuReading>,
+    pub cpu_probe_error: Option<String>,
     /// With --compare-redis: the same Redis's claim ceiling, measured
     /// after the run, and the run quoted against it.
     pub redis_ceiling: Option<crate::redis_ceiling::RedisComparison>,
@@ -430,6 +435,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     // Let the last streams settle before reading the server's memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_idle = server_pid.as_deref().and_then(procstat::sample);
+    let cpus = procstat::cpu_ids();
+    progress.phase("CPU probe");
+    let probe_before = crate::cpu_probe::read(&cpus).await;
 
     // The open-loop gateway.
     let gateway_bearer = mint.bearer(Role::Gateway, None)?;
@@ -512,6 +520,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     while context.ledger.settlement().outstanding > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let probe_after = crate::cpu_probe::read(&cpus).await;
+    let cpu_probe = match (probe_before, probe_after) {
+        (Ok(before), Ok(after)) => Ok(crate::cpu_probe::pair(&cpus, &before, &after)),
+        (Err(problem), _) | (_, Err(problem)) => Err(format!("{problem:#}")),
+    };
     let mut invariants = context.ledger.finish();
     if let Some(client) = inspector {
         for example in describe_lost(client, context.ledger.lost_examples()).await {
@@ -676,6 +689,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         echo,
         redis,
         redis_ceiling,
+        cpu_probe_error: cpu_probe.as_ref().err().cloned(),
+        cpu_probe: cpu_probe.unwrap_or_default(),
     })
 }
 

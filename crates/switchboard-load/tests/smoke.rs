@@ -143,6 +143,15 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
     // as the whole smoke test is).
     let steal = report["host_steal"]["percent"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&steal), "{report:#}");
+    // The CPU probe ran on every CPU before the load and after the drain.
+    assert!(report["cpu_probe_error"].is_null(), "{report:#}");
+    let probe = report["cpu_probe"].as_array().unwrap();
+    assert!(!probe.is_empty(), "{report:#}");
+    for reading in probe {
+        assert!(reading["cpu"].is_u64(), "{report:#}");
+        assert!(reading["before_ms"].as_f64().unwrap() > 0.0, "{report:#}");
+        assert!(reading["after_ms"].as_f64().unwrap() > 0.0, "{report:#}");
+    }
     assert!(
         report["server_resources"]["rss_agents_online_mib"]
             .as_f64()
