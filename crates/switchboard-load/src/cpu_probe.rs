@@ -1,6 +1,7 @@
 //! A fixed piece of CPU work timed on each of the machine's CPUs, before
-//! the load and after the drain: how fast the CPUs run at that moment,
-//! measured apart from the dispatcher.
+//! the load (the agents online and idle) and after the agents went
+//! offline: how fast the CPUs run at those moments, measured apart from
+//! the dispatcher.
 //!
 //! The host's other tenants can slow this guest's CPUs without any steal
 //! showing in `/proc/stat`: on 5 Dec 2026 a CPU-bound loop took 385–440 ms

@@ -221,7 +221,7 @@ pub fn print_run(report: &RunReport) {
             .map(|r| format!("cpu{} {:.1} / {:.1} ms", r.cpu, r.before_ms, r.after_ms))
             .collect();
         println!(
-            "CPU probe (fixed work on each CPU, median of {}; before the load / after the drain): {}",
+            "CPU probe (fixed work on each CPU, median of {}; before the load / after the agents went offline): {}",
             crate::cpu_probe::REPETITIONS,
             each.join(", ")
         );

@@ -263,7 +263,7 @@ pub struct RunReport {
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
     /// A fixed piece of CPU work timed on each CPU before the load and
-    /// after the drain (`cpu_probe`), ms; empty if it could not run, with
+    /// after the agents went offline (`cpu_probe`), ms; empty if it could not run, with
     /// the reason in `cpu_probe_error`.
     pub cpu_probe: Vec<crate::cpu_probe::CpuReading>,
     pub cpu_probe_error: Option<String>,
@@ -520,11 +520,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     while context.ledger.settlement().outstanding > 0 && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let probe_after = crate::cpu_probe::read(&cpus).await;
-    let cpu_probe = match (probe_before, probe_after) {
-        (Ok(before), Ok(after)) => Ok(crate::cpu_probe::pair(&cpus, &before, &after)),
-        (Err(problem), _) | (_, Err(problem)) => Err(format!("{problem:#}")),
-    };
     let mut invariants = context.ledger.finish();
     if let Some(client) = inspector {
         for example in describe_lost(client, context.ledger.lost_examples()).await {
@@ -542,6 +537,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         progress.phase("some agents did not finish within 30 s");
     }
     senders.stop().await;
+    // With the agents offline the server is idle again: what the probe
+    // reads now is the host.
+    progress.phase("CPU probe");
+    let probe_after = crate::cpu_probe::read(&cpus).await;
+    let cpu_probe = match (probe_before, probe_after) {
+        (Ok(before), Ok(after)) => Ok(crate::cpu_probe::pair(&cpus, &before, &after)),
+        (Err(problem), _) | (_, Err(problem)) => Err(format!("{problem:#}")),
+    };
     progress.finish();
 
     let window = window_end_at

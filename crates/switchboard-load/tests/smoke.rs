@@ -143,7 +143,8 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
     // as the whole smoke test is).
     let steal = report["host_steal"]["percent"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&steal), "{report:#}");
-    // The CPU probe ran on every CPU before the load and after the drain.
+    // The CPU probe ran on every CPU before the load and after the agents
+    // went offline.
     assert!(report["cpu_probe_error"].is_null(), "{report:#}");
     let probe = report["cpu_probe"].as_array().unwrap();
     assert!(!probe.is_empty(), "{report:#}");
