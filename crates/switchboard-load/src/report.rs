@@ -265,6 +265,9 @@ pub fn print_run(report: &RunReport) {
             comparison.throughput_ratio
         );
     }
+    if let Some(problem) = &report.redis_ceiling_error {
+        println!("redis claim ceiling: not measured ({problem})");
+    }
     let invariants = &report.invariants;
     if invariants.total() == 0 {
         println!(

@@ -146,9 +146,8 @@ pub struct RunArgs {
     pub redis_url: Option<String>,
     /// After the run, measure the same Redis's ceiling with the claim
     /// script (redis-benchmark, as the `redis-ceiling` command) and quote
-    /// Redis's work per hand-off in claim calls, a figure the machine's
-    /// speed divides out of. Needs --redis-url, redis-cli and
-    /// redis-benchmark.
+    /// Redis's work per hand-off in claim calls. Needs --redis-url,
+    /// redis-cli and redis-benchmark.
     #[arg(long, requires = "redis_url")]
     pub compare_redis: bool,
     /// Claim calls the --compare-redis benchmark makes.
@@ -263,13 +262,16 @@ pub struct RunReport {
     /// With --redis-url: what Redis did during the measured window.
     pub redis: Option<crate::redis_stats::RedisUsage>,
     /// A fixed piece of CPU work timed on each CPU before the load and
-    /// after the agents went offline (`cpu_probe`), ms; empty if it could not run, with
-    /// the reason in `cpu_probe_error`.
+    /// after the agents went offline (`cpu_probe`), ms; empty if it could
+    /// not run, with the reason in `cpu_probe_error`.
     pub cpu_probe: Vec<crate::cpu_probe::CpuReading>,
     pub cpu_probe_error: Option<String>,
     /// With --compare-redis: the same Redis's claim ceiling, measured
-    /// after the run, and the run quoted against it.
+    /// after the run, and the run quoted against it; if it failed after
+    /// the run, the reason in `redis_ceiling_error` (the run's own
+    /// results stand).
     pub redis_ceiling: Option<crate::redis_ceiling::RedisComparison>,
+    pub redis_ceiling_error: Option<String>,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -656,19 +658,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     } else {
         None
     };
-    let redis_ceiling = match (&args.redis_url, &redis) {
+    let (redis_ceiling, redis_ceiling_error) = match (&args.redis_url, &redis) {
         (Some(url), Some(usage)) if args.compare_redis => {
             progress.phase("redis claim ceiling");
-            let (ceiling, claim_micros) =
-                crate::redis_ceiling::compare(url, args.compare_redis_calls).await?;
-            Some(crate::redis_ceiling::RedisComparison::new(
-                ceiling,
-                claim_micros,
-                usage,
-                throughput.completed_per_sec,
-            ))
+            match crate::redis_ceiling::compare(url, args.compare_redis_calls).await {
+                Ok((ceiling, claim_micros)) => (
+                    Some(crate::redis_ceiling::RedisComparison::new(
+                        ceiling,
+                        claim_micros,
+                        usage,
+                        throughput.completed_per_sec,
+                    )),
+                    None,
+                ),
+                Err(problem) => (None, Some(format!("{problem:#}"))),
+            }
         }
-        _ => None,
+        _ => (None, None),
     };
     Ok(RunReport {
         valid: invalid_reasons.is_empty(),
@@ -692,6 +698,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         echo,
         redis,
         redis_ceiling,
+        redis_ceiling_error,
         cpu_probe_error: cpu_probe.as_ref().err().cloned(),
         cpu_probe: cpu_probe.unwrap_or_default(),
     })

@@ -213,6 +213,7 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
     );
     // --compare-redis: redis-benchmark's claim ceiling on the same Redis,
     // and the run's hand-offs quoted in claim calls.
+    assert!(report["redis_ceiling_error"].is_null(), "{report:#}");
     let comparison = &report["redis_ceiling"];
     let ceiling = &comparison["ceiling"];
     assert_eq!(ceiling["requests"].as_u64(), Some(2000), "{comparison:#}");
