@@ -239,6 +239,45 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
     assert!(ratio > 0.0 && ratio < 1.0, "{comparison:#}");
 }
 
+/// A claim ceiling that fails after the run (here: Redis refuses
+/// redis-benchmark's 50 clients) leaves the run's report whole, with the
+/// reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_ceiling_failing_after_the_run_keeps_the_report() {
+    let redis = switchboard_testkit::RedisServer::start().await;
+    let mut connection = redis.connection().await;
+    // Room for the server's and the tool's few connections, not for 50.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg("12")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let redis_url = redis.url();
+    let report = tokio::task::spawn_blocking(move || {
+        let (server, url) = start_server(&["--redis", &redis_url]);
+        short_run(
+            &server,
+            &url,
+            &[
+                "--redis-url",
+                &redis_url,
+                "--compare-redis",
+                "--compare-redis-calls",
+                "2000",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    // short_run checked exit 0, completed hand-offs and the invariants.
+    assert!(report["redis"]["round_trips_per_handoff"].as_f64().unwrap() > 0.0);
+    assert!(report["redis_ceiling"].is_null(), "{report:#}");
+    let error = report["redis_ceiling_error"].as_str().unwrap();
+    assert!(error.contains("redis-benchmark"), "{error}");
+}
+
 /// A Redis the comparison cannot drive is refused before the load starts.
 #[test]
 fn compare_redis_refuses_a_unix_socket_before_the_run() {
