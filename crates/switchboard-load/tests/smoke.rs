@@ -169,13 +169,10 @@ fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
     assert!(report["redis"].is_null(), "no --redis-url: {report:#}");
 }
 
-/// On the Redis store (the harness's own redis-server), the report says
-/// what Redis did: round trips per hand-off and Redis's time per call.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
-    let redis = switchboard_testkit::RedisServer::start().await;
-    let redis_url = redis.url();
-    let report = tokio::task::spawn_blocking(move || {
+/// The server on the Redis at `redis_url` and a short run with
+/// `--compare-redis` (2,000 claim calls) against it.
+async fn run_with_claim_ceiling(redis_url: String) -> serde_json::Value {
+    tokio::task::spawn_blocking(move || {
         let (server, url) = start_server(&["--redis", &redis_url]);
         short_run(
             &server,
@@ -190,7 +187,15 @@ async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
         )
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// On the Redis store (the harness's own redis-server), the report says
+/// what Redis did: round trips per hand-off and Redis's time per call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
+    let redis = switchboard_testkit::RedisServer::start().await;
+    let report = run_with_claim_ceiling(redis.url()).await;
     let redis = &report["redis"];
     let round_trips = redis["round_trips_per_handoff"].as_f64().unwrap();
     // request, offer delivered, accept, complete, plus shares of heartbeats
@@ -254,23 +259,7 @@ async fn a_claim_ceiling_failing_after_the_run_keeps_the_report() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    let redis_url = redis.url();
-    let report = tokio::task::spawn_blocking(move || {
-        let (server, url) = start_server(&["--redis", &redis_url]);
-        short_run(
-            &server,
-            &url,
-            &[
-                "--redis-url",
-                &redis_url,
-                "--compare-redis",
-                "--compare-redis-calls",
-                "2000",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let report = run_with_claim_ceiling(redis.url()).await;
     // short_run checked exit 0, completed hand-offs and the invariants.
     assert!(report["redis"]["round_trips_per_handoff"].as_f64().unwrap() > 0.0);
     assert!(report["redis_ceiling"].is_null(), "{report:#}");
@@ -278,22 +267,30 @@ async fn a_claim_ceiling_failing_after_the_run_keeps_the_report() {
     assert!(error.contains("redis-benchmark"), "{error}");
 }
 
+/// `switchboard-load` with `args`: its exit code and stderr.
+fn exit_and_stderr(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+        .args(args)
+        .output()
+        .expect("run switchboard-load");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A Redis the comparison cannot drive is refused before the load starts.
 #[test]
 fn compare_redis_refuses_a_unix_socket_before_the_run() {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
-        .args([
-            "run",
-            "--server",
-            "http://127.0.0.1:1",
-            "--redis-url",
-            "redis+unix:///tmp/none.sock",
-            "--compare-redis",
-        ])
-        .output()
-        .expect("run switchboard-load");
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = exit_and_stderr(&[
+        "run",
+        "--server",
+        "http://127.0.0.1:1",
+        "--redis-url",
+        "redis+unix:///tmp/none.sock",
+        "--compare-redis",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("invalid arguments") && stderr.contains("--compare-redis"),
         "{stderr}"
@@ -303,12 +300,8 @@ fn compare_redis_refuses_a_unix_socket_before_the_run() {
 /// Without --redis-url, --compare-redis is refused by name.
 #[test]
 fn compare_redis_needs_a_redis_url() {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
-        .args(["run", "--compare-redis"])
-        .output()
-        .expect("run switchboard-load");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = exit_and_stderr(&["run", "--compare-redis"]);
+    assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("--redis-url"), "{stderr}");
 }
 
