@@ -150,6 +150,11 @@ pub struct RunArgs {
     /// redis-cli and redis-benchmark.
     #[arg(long, requires = "redis_url")]
     pub compare_redis: bool,
+    /// Skip the CPU probe (fixed work timed on each CPU before the load and
+    /// after the agents went offline): e.g. when several tools share a
+    /// machine and one's probe could fall in another's window.
+    #[arg(long)]
+    pub no_cpu_probe: bool,
     /// Claim calls the --compare-redis benchmark makes.
     #[arg(long, default_value_t = 100_000)]
     pub compare_redis_calls: u64,
@@ -437,9 +442,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     // Let the last streams settle before reading the server's memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_idle = server_pid.as_deref().and_then(procstat::sample);
-    let cpus = procstat::cpu_ids();
-    progress.phase("CPU probe");
-    let probe_before = crate::cpu_probe::read(&cpus).await;
+    let cpus = (!args.no_cpu_probe).then(procstat::cpu_ids);
+    let probe_before = cpu_probe(cpus.as_deref(), &progress).await;
 
     // The open-loop gateway.
     let gateway_bearer = mint.bearer(Role::Gateway, None)?;
@@ -541,10 +545,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
     senders.stop().await;
     // With the agents offline the server is idle again: what the probe
     // reads now is the host.
-    progress.phase("CPU probe");
-    let probe_after = crate::cpu_probe::read(&cpus).await;
+    let probe_after = cpu_probe(cpus.as_deref(), &progress).await;
     let cpu_probe = match (probe_before, probe_after) {
-        (Ok(before), Ok(after)) => Ok(crate::cpu_probe::pair(&cpus, &before, &after)),
+        (Ok(before), Ok(after)) => Ok(crate::cpu_probe::pair(
+            cpus.as_deref().unwrap_or_default(),
+            &before,
+            &after,
+        )),
         (Err(problem), _) | (_, Err(problem)) => Err(format!("{problem:#}")),
     };
     progress.finish();
@@ -702,6 +709,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         cpu_probe_error: cpu_probe.as_ref().err().cloned(),
         cpu_probe: cpu_probe.unwrap_or_default(),
     })
+}
+
+/// The CPU probe on `cpus` (none with --no-cpu-probe).
+async fn cpu_probe(cpus: Option<&[usize]>, progress: &Progress) -> anyhow::Result<Vec<f64>> {
+    match cpus {
+        None => Ok(Vec::new()),
+        Some(cpus) => {
+            progress.phase("CPU probe");
+            crate::cpu_probe::read(cpus).await
+        }
+    }
 }
 
 /// What the measured window starts from.

@@ -147,7 +147,9 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
     // went offline.
     assert!(report["cpu_probe_error"].is_null(), "{report:#}");
     let probe = report["cpu_probe"].as_array().unwrap();
-    assert!(!probe.is_empty(), "{report:#}");
+    if !extra.contains(&"--no-cpu-probe") {
+        assert!(!probe.is_empty(), "{report:#}");
+    }
     for reading in probe {
         assert!(reading["cpu"].is_u64(), "{report:#}");
         assert!(reading["before_ms"].as_f64().unwrap() > 0.0, "{report:#}");
@@ -171,20 +173,21 @@ fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
 
 /// The server on the Redis at `redis_url` and a short run with
 /// `--compare-redis` (2,000 claim calls) against it.
-async fn run_with_claim_ceiling(redis_url: String) -> serde_json::Value {
+async fn run_with_claim_ceiling(
+    redis_url: String,
+    extra: &'static [&'static str],
+) -> serde_json::Value {
     tokio::task::spawn_blocking(move || {
         let (server, url) = start_server(&["--redis", &redis_url]);
-        short_run(
-            &server,
-            &url,
-            &[
-                "--redis-url",
-                &redis_url,
-                "--compare-redis",
-                "--compare-redis-calls",
-                "2000",
-            ],
-        )
+        let mut args = vec![
+            "--redis-url",
+            &redis_url,
+            "--compare-redis",
+            "--compare-redis-calls",
+            "2000",
+        ];
+        args.extend_from_slice(extra);
+        short_run(&server, &url, &args)
     })
     .await
     .unwrap()
@@ -195,7 +198,7 @@ async fn run_with_claim_ceiling(redis_url: String) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_short_run_on_redis_reports_the_round_trips_per_hand_off() {
     let redis = switchboard_testkit::RedisServer::start().await;
-    let report = run_with_claim_ceiling(redis.url()).await;
+    let report = run_with_claim_ceiling(redis.url(), &[]).await;
     let redis = &report["redis"];
     let round_trips = redis["round_trips_per_handoff"].as_f64().unwrap();
     // request, offer delivered, accept, complete, plus shares of heartbeats
@@ -259,12 +262,15 @@ async fn a_claim_ceiling_failing_after_the_run_keeps_the_report() {
         .query_async(&mut connection)
         .await
         .unwrap();
-    let report = run_with_claim_ceiling(redis.url()).await;
+    let report = run_with_claim_ceiling(redis.url(), &["--no-cpu-probe"]).await;
     // short_run checked exit 0, completed hand-offs and the invariants.
     assert!(report["redis"]["round_trips_per_handoff"].as_f64().unwrap() > 0.0);
     assert!(report["redis_ceiling"].is_null(), "{report:#}");
     let error = report["redis_ceiling_error"].as_str().unwrap();
     assert!(error.contains("redis-benchmark"), "{error}");
+    // --no-cpu-probe: no readings and no error.
+    assert_eq!(report["cpu_probe"].as_array().map(Vec::len), Some(0));
+    assert!(report["cpu_probe_error"].is_null(), "{report:#}");
 }
 
 /// `switchboard-load` with `args`: its exit code and stderr.
