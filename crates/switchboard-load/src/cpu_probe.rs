@@ -72,22 +72,12 @@ fn median(times: &mut [f64]) -> f64 {
 
 /// `cpu-probe` run in its own process pinned to `cpu`, ms.
 async fn on_cpu(cpu: usize) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
-    let output = tokio::process::Command::new("taskset")
-        .arg("-c")
-        .arg(cpu.to_string())
-        .arg(&exe)
+    let output = crate::procstat::this_program_on(Some(cpu))?
         .arg("cpu-probe")
         .output()
         .await
         .context("cannot run taskset (util-linux)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "the CPU probe on cpu{cpu} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    let text = crate::procstat::stdout_of(&output, &format!("the CPU probe on cpu{cpu}"))?;
     text.trim()
         .parse()
         .with_context(|| format!("the CPU probe on cpu{cpu} printed `{}`", text.trim()))

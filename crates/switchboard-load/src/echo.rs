@@ -125,15 +125,7 @@ pub struct EchoProcess {
 
 impl EchoProcess {
     pub async fn start(cpu: Option<usize>) -> anyhow::Result<EchoProcess> {
-        let exe = std::env::current_exe().context("cannot find this executable")?;
-        let mut command = match cpu {
-            Some(cpu) => {
-                let mut command = tokio::process::Command::new("taskset");
-                command.arg("-c").arg(cpu.to_string()).arg(&exe);
-                command
-            }
-            None => tokio::process::Command::new(&exe),
-        };
+        let mut command = procstat::this_program_on(cpu)?;
         command
             .arg("echo-server")
             .stdin(Stdio::piped())

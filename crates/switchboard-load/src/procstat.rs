@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use serde::Serialize;
 
 /// One reading of a process.
@@ -92,6 +93,32 @@ struct CpuTimes {
 }
 
 /// None when `/proc/stat` cannot be read (not Linux).
+/// This program (`switchboard-load`) as a child process, pinned to `cpu`
+/// with taskset when one is given; the caller adds the subcommand.
+pub fn this_program_on(cpu: Option<usize>) -> anyhow::Result<tokio::process::Command> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    Ok(match cpu {
+        Some(cpu) => {
+            let mut command = tokio::process::Command::new("taskset");
+            command.arg("-c").arg(cpu.to_string()).arg(&exe);
+            command
+        }
+        None => tokio::process::Command::new(&exe),
+    })
+}
+
+/// A finished child's stdout, or an error naming `what` failed with its
+/// stderr.
+pub fn stdout_of(output: &std::process::Output, what: &str) -> anyhow::Result<String> {
+    if !output.status.success() {
+        anyhow::bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The numbers of the CPUs `/proc/stat` lists (`cpu0`, `cpu1`, … ; not
 /// the first line, which sums them); empty where it cannot be read.
 pub fn cpu_ids() -> Vec<usize> {
@@ -353,6 +380,20 @@ pub fn other_processes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_gives_its_stdout_or_fails_with_its_stderr() {
+        let run = |script: &str| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .output()
+                .unwrap()
+        };
+        assert_eq!(stdout_of(&run("echo out"), "sh").unwrap(), "out\n");
+        let error = stdout_of(&run("echo out; echo oops >&2; exit 3"), "the thing").unwrap_err();
+        assert_eq!(error.to_string(), "the thing failed: oops");
+    }
 
     #[test]
     fn cpu_ids_are_the_numbered_lines() {

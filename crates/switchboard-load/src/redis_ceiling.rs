@@ -217,13 +217,7 @@ pub fn run(args: &RedisArgs) -> anyhow::Result<RedisReport> {
         .args(&benchmark_args)
         .output()
         .context("cannot run redis-benchmark (is it installed?)")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "redis-benchmark failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    let text = crate::procstat::stdout_of(&output, "redis-benchmark")?;
     let row = text
         .lines()
         .filter(|line| !line.starts_with("\"test\""))
