@@ -147,6 +147,10 @@ pub struct StoreConfig {
     /// such builds still share the Redis (docs/redis.md, "Rolling
     /// upgrades").
     pub redis_row_format: RowFormat,
+    /// Whether the Redis store sends the calls made while its previous call
+    /// is in flight together when it returns (group commit: one FCALL per
+    /// pool for all of them; the default), or each alone at once.
+    pub redis_batch_calls: bool,
     /// Test only: milliseconds added to this replica's clock, so tests can
     /// run a replica whose clock is skewed. Zero in production.
     pub test_clock_offset_ms: i64,
@@ -158,6 +162,7 @@ impl Default for StoreConfig {
             redis_url: String::new(),
             redis_startup_timeout_ms: 30_000,
             redis_row_format: RowFormat::default(),
+            redis_batch_calls: true,
             test_clock_offset_ms: 0,
         }
     }
@@ -580,6 +585,23 @@ mod tests {
             .to_string();
         assert!(err.contains("redis_row_format"), "{err}");
         assert!(err.contains("msgpack") && err.contains("json"), "{err}");
+    }
+
+    #[test]
+    fn redis_calls_are_batched_unless_turned_off() {
+        let batch = |file: &str, vars: &[(&str, &str)]| {
+            Config::load(Some(("s.toml", file)), &env(vars), &Overrides::default())
+                .map(|(config, _)| config.store.redis_batch_calls)
+        };
+        assert!(batch("", &[]).unwrap());
+        let off = "[store]\nredis_batch_calls = false\n";
+        assert!(!batch(off, &[]).unwrap());
+        let from_env = [("SWITCHBOARD_STORE__REDIS_BATCH_CALLS", "true")];
+        assert!(batch(off, &from_env).unwrap());
+        let err = batch("[store]\nredis_batch_calls = \"yes\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis_batch_calls"), "{err}");
     }
 
     #[test]

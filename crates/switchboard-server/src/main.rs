@@ -302,6 +302,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         row_format: config.store.redis_row_format,
         // The server takes every event from the feed, never from a reply.
         events_in_replies: false,
+        batch_calls: config.store.redis_batch_calls,
         ..RedisOptions::default()
     };
     let within = Duration::from_millis(config.store.redis_startup_timeout_ms);

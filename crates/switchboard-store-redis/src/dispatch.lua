@@ -76,7 +76,13 @@ local SMALL_INTS = {}
 local pool_json_for = nil
 
 local FIRST_ARG = 17
-local function arg(i) return ARGV[FIRST_ARG + i] end
+-- The running command's arguments: ARGV[arg_base + 1 .. arg_base + arg_count]
+-- (a batch, see `run_batch`, gives each of its commands its own window).
+local arg_base, arg_count = FIRST_ARG, 0
+local function arg(i)
+  if i > arg_count then return nil end
+  return ARGV[arg_base + i]
+end
 
 -- The key names and settings of the previous call, kept between calls (the
 -- library's state outlives a call): most calls name the same pool with the
@@ -95,6 +101,7 @@ local function begin(keys, args)
   ARGV = args
   command = ARGV[1]
   pool = ARGV[2]
+  arg_base, arg_count = FIRST_ARG, #ARGV - FIRST_ARG
   local same_settings = settings ~= nil
   for i = 5, 16 do
     if settings_from[i] ~= ARGV[i] then same_settings = false break end
@@ -2654,7 +2661,9 @@ end
 -- Whether this call found an outage (see above), for the reply.
 local outage = nil
 
-local function reply(value, err)
+-- `first_event`: where this command's events start in `events` (a batch's
+-- commands share one list, flushed once; each reply carries its own).
+local function reply(value, err, first_event)
   -- One concatenation of every part (the events are the bulk of it).
   local out
   if err then
@@ -2664,9 +2673,10 @@ local function reply(value, err)
     out = { '{"status":"ok","value":', value, ',"events":[' }
   end
   if settings.events_in_reply then
-    for i, e in ipairs(events) do
-      if i > 1 then out[#out + 1] = ',' end
-      out[#out + 1] = e
+    first_event = first_event or 1
+    for i = first_event, #events do
+      if i > first_event then out[#out + 1] = ',' end
+      out[#out + 1] = events[i]
     end
   end
   out[#out + 1] = ']'
@@ -2678,21 +2688,75 @@ local function reply(value, err)
   return table.concat(out)
 end
 
-local function dispatch(keys, args)
-  begin(keys, args)
-  outage = nil
-  if queries[command] then
-    return reply(queries[command]())
+-- Whether this call has checked for an outage and marked a delivery pause
+-- (done once per call, before its first command that is not a query).
+local contacted
+
+-- Runs `command` with its arguments (see `arg`): a query as it stands, a
+-- command after the outage check and the deadlines due.
+local function run_command()
+  local query = queries[command]
+  if query then return query() end
+  if not contacted then
+    outage = extend_leases_after_outage()
+    mark_delivery_pause()
+    contacted = true
   end
-  local run = commands[command]
-  if not run then return redis.error_reply('unknown switchboard command ' .. tostring(command)) end
-  outage = extend_leases_after_outage()
-  mark_delivery_pause()
   -- Deadlines due are acted on first, so a command never sees an offer or a
   -- lease that has already run out (as the in-memory store does).
   if command ~= 'sweep' then sweep(settings.sweep_limit) end
-  local value, err = run()
+  return commands[command]()
+end
+
+local function known(name) return commands[name] ~= nil or queries[name] ~= nil end
+
+local function unknown_command(name)
+  return redis.error_reply('unknown switchboard command ' .. tostring(name))
+end
+
+-- A batch: several commands of one pool in one call, each answered as if
+-- called alone, in order, at the same `now` (src/lib.rs sends together the
+-- commands that queued up while its previous call ran). After the fixed
+-- arguments: the number of commands, then for each its name, its argument
+-- count and its arguments. What a call costs whatever it does (the FCALL,
+-- `begin`, the outage check, writing rows and events back) is paid once;
+-- each command still sweeps first, as alone. The reply is an array of the
+-- commands' replies, each the document the command alone would return.
+local function run_batch()
+  local n = tonumber(ARGV[FIRST_ARG + 1]) or 0
+  local windows = {}
+  local at = FIRST_ARG + 2
+  for j = 1, n do
+    local name, count = ARGV[at], tonumber(ARGV[at + 1])
+    if not known(name) then return unknown_command(name) end
+    if count == nil or at + 1 + count > #ARGV then
+      return redis.error_reply('malformed switchboard batch at command ' .. j)
+    end
+    windows[j] = { name = name, base = at + 1, count = count }
+    at = at + 2 + count
+  end
+  local replies = {}
+  for j, window in ipairs(windows) do
+    command, arg_base, arg_count = window.name, window.base, window.count
+    local first_event = #events + 1
+    local value, err = run_command()
+    replies[j] = reply(value, err, first_event)
+    outage = nil
+  end
+  -- A refused command changes nothing itself, but what the sweeps did stays.
+  flush()
+  return replies
+end
+
+local function dispatch(keys, args)
+  begin(keys, args)
+  outage = nil
+  contacted = false
+  if command == 'batch' then return run_batch() end
+  if not known(command) then return unknown_command(command) end
+  local value, err = run_command()
   -- A refused command changes nothing itself, but what the sweep did stays.
+  -- (A query changed nothing: its flush finds nothing to write.)
   flush()
   return reply(value, err)
 end

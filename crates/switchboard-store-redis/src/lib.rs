@@ -55,10 +55,14 @@
 //!   on its own connection (see `feed.rs`): a replica reads only the
 //!   streams of pools it serves.
 //!
-//! Round trips: one FCALL per command on the common path (request,
+//! Round trips: at most one FCALL per command on the common path (request,
 //! accept, decline, complete, heartbeat, and a batch of delivered offers
 //! of any size: `tests/redis_round_trips.rs`
-//! checks it with `INFO commandstats` and `MONITOR`). Extra, once: the
+//! checks it with `INFO commandstats` and `MONITOR`). Fewer under load:
+//! the calls made while the previous one is in flight go together when it
+//! returns, one FCALL per pool, each answered as if alone (group commit,
+//! `batch.rs`, [`RedisOptions::batch_calls`]; `tests/redis_batch.rs`
+//! compares every answer with a store that sends each call alone). Extra, once: the
 //! FUNCTION LOAD at connect (and after a Redis that lost its functions
 //! answers "Function not found"), and one SADD the first time this process
 //! writes to a pool. [`Store::sweep`] is one SMEMBERS plus one FCALL per
@@ -73,6 +77,7 @@
 //! within it instead of waiting out the connection manager's reconnect
 //! attempts, which go on in the background (see [`RECONNECT_RETRIES`]).
 
+mod batch;
 mod feed;
 pub mod keys;
 pub mod routing_config;
@@ -96,6 +101,7 @@ use switchboard_core::{
 use switchboard_store::{Applied, EventFeed, Following, Store, StoreError, StoreResult};
 use tokio::sync::broadcast;
 
+use crate::batch::{Batcher, Caller, Head};
 use crate::feed::{Feed, FeedConfig};
 use crate::script::{Command, Reply, SweepValue};
 
@@ -161,6 +167,10 @@ pub struct RedisOptions {
     /// JSON per hand-off that Redis no longer joins and sends and the
     /// replica no longer parses), and `Applied::events` is empty.
     pub events_in_replies: bool,
+    /// Whether calls made while another is in flight go to Redis together
+    /// when it returns, one FCALL per pool (group commit, see `batch.rs`),
+    /// or each alone as soon as it is made.
+    pub batch_calls: bool,
 }
 
 /// How rows are written (docs/redis.md, "Rolling upgrades").
@@ -199,12 +209,13 @@ impl Default for RedisOptions {
             feed_linger: Duration::from_secs(30),
             row_format: RowFormat::default(),
             events_in_replies: true,
+            batch_calls: true,
         }
     }
 }
 
 /// Loads the dispatch library unless Redis already has this version.
-async fn load_library(
+pub(crate) async fn load_library(
     connection: &mut ConnectionManager,
     library: &script::Library,
 ) -> redis::RedisResult<()> {
@@ -223,9 +234,11 @@ async fn load_library(
 /// The dispatch state of every pool, in Redis. See the crate docs.
 pub struct RedisStore {
     manager: ConnectionManager,
-    library: script::Library,
-    /// The dispatch settings as script arguments, rendered once.
-    settings_args: [String; script::SETTINGS],
+    /// Builds and sends the dispatch library's calls.
+    caller: Caller,
+    /// Where calls queue for the next batch (see `batch.rs`); `None` when
+    /// [`RedisOptions::batch_calls`] is off: every call goes alone.
+    batcher: Option<Batcher>,
     /// The Redis address for messages, without credentials.
     address: String,
     /// See [`RedisOptions::call_timeout`].
@@ -282,10 +295,21 @@ impl RedisStore {
             connection_timeout: options.connection_timeout,
             linger: options.feed_linger,
         });
-        Ok(RedisStore {
-            manager,
+        let caller = Caller {
+            manager: manager.clone(),
             library,
             settings_args: script::settings_args(&settings, &options),
+            address: address.clone(),
+        };
+        let batcher = options.batch_calls.then(|| {
+            let (batcher, task) = Batcher::start(caller.clone());
+            tokio::spawn(task);
+            batcher
+        });
+        Ok(RedisStore {
+            manager,
+            caller,
+            batcher,
             address,
             call_timeout: options.call_timeout,
             test_clock: Mutex::new(TestClock::default()),
@@ -338,12 +362,7 @@ impl RedisStore {
     }
 
     fn error(&self, e: &RedisError) -> StoreError {
-        if is_connection_error(e) {
-            unavailable(&self.address, e)
-        } else {
-            tracing::error!(error = %e, "redis refused a store command");
-            StoreError::Internal(format!("redis refused a store command: {e}"))
-        }
+        self.caller.error(e)
     }
 
     /// `call` (one store call: any number of round trips, reconnect waits
@@ -415,7 +434,7 @@ impl RedisStore {
         Ok(applied)
     }
 
-    /// One run of the dispatch script.
+    /// One run of the dispatch script: queued for the next batch, or alone.
     async fn run<T: DeserializeOwned>(
         &self,
         pool: &PoolId,
@@ -423,38 +442,24 @@ impl RedisStore {
         args: &[String],
     ) -> StoreResult<Reply<T>> {
         let clock = self.test_clock()?;
-        let mut call = redis::cmd("FCALL");
-        call.arg(&self.library.function)
-            .arg(1)
-            .arg(keys::prefix(pool))
-            .arg(command.name())
-            .arg(pool.as_str())
-            .arg(clock.script_arg())
-            .arg(clock.contact_offset_ms)
-            .arg(&self.settings_args[..])
-            .arg(if self.delivery_checks_paused.load(Ordering::Relaxed) {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(args);
-        let mut connection = self.manager.clone();
-        let raw: String = match call.query_async(&mut connection).await {
-            Err(e) if script::is_function_missing(&e) => {
-                // Redis lost its functions (restarted without persistence,
-                // or FUNCTION FLUSH): load ours and call again, once.
-                tracing::warn!(
-                    library = %self.library.name,
-                    "the dispatch library was missing in redis; loading it again"
-                );
-                load_library(&mut connection, &self.library)
-                    .await
-                    .map_err(|e| self.error(&e))?;
-                call.query_async(&mut connection)
-                    .await
-                    .map_err(|e| self.error(&e))?
+        let head = Head {
+            prefix: keys::prefix(pool),
+            pool: pool.as_str().to_owned(),
+            clock: clock.script_arg(),
+            contact_offset_ms: clock.contact_offset_ms,
+            paused: self.delivery_checks_paused.load(Ordering::Relaxed),
+        };
+        let raw: String = match &self.batcher {
+            Some(batcher) => batcher.call(head, command.name(), args.to_vec()).await?,
+            None => {
+                let call = self.caller.single(&head, command.name(), args);
+                self.caller
+                    .send(|mut connection| {
+                        let call = call.clone();
+                        Box::pin(async move { call.query_async(&mut connection).await })
+                    })
+                    .await?
             }
-            result => result.map_err(|e| self.error(&e))?,
         };
         let reply = Reply::parse(&raw)?;
         if let Some(outage) = reply.outage() {
@@ -549,7 +554,7 @@ impl TestClock {
     }
 }
 
-fn is_connection_error(e: &RedisError) -> bool {
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -565,7 +570,7 @@ fn is_connection_error(e: &RedisError) -> bool {
         )
 }
 
-fn unavailable(address: &str, e: &RedisError) -> StoreError {
+pub(crate) fn unavailable(address: &str, e: &RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis at `{address}` is unreachable: {e}"))
 }
 

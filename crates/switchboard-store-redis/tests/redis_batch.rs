@@ -1,0 +1,263 @@
+//! Group commit (`RedisOptions::batch_calls`): calls made while the
+//! store's previous call is in flight go to Redis together, one FCALL per
+//! pool, and each is answered exactly as it would have been alone.
+//!
+//! The witness is a second store on a second `redis-server` that runs the
+//! same calls one by one without batching, both with the clock pinned to
+//! the same instant: every answer (value, refusal and the events it
+//! committed) must be the same, and the batching store must have sent
+//! them in one FCALL (`INFO commandstats`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures::future::{BoxFuture, join_all};
+use switchboard_core::model::{GoOnline, RosterEntry};
+use switchboard_core::{DispatchSettings, PoolId, Timestamp};
+use switchboard_store::Store;
+use switchboard_store::conformance::{self, agent, cid, handoff, offer, pool};
+use switchboard_store_redis::{RedisOptions, RedisStore};
+use switchboard_testkit::RedisServer;
+
+const START: i64 = 1_800_000_000_000;
+
+fn entry(id: &str) -> RosterEntry {
+    RosterEntry {
+        max_capacity: 1,
+        ..conformance::entry(id)
+    }
+}
+
+async fn store(server: &RedisServer, batch_calls: bool) -> RedisStore {
+    let options = RedisOptions {
+        batch_calls,
+        ..RedisOptions::default()
+    };
+    let store = RedisStore::connect_with(&server.url(), DispatchSettings::default(), options)
+        .await
+        .expect("the store connects");
+    store.pin_clock(Timestamp::from_millis(START));
+    store
+}
+
+async fn fcalls(server: &RedisServer) -> u64 {
+    let mut connection = server.connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |calls| calls.parse().unwrap())
+}
+
+/// One store call, its answer rendered for comparison (value or refusal,
+/// with the events it committed).
+type Call = Box<dyn for<'a> Fn(&'a RedisStore, &'a PoolId) -> BoxFuture<'a, String> + Send + Sync>;
+
+fn call<F>(f: F) -> Call
+where
+    F: for<'a> Fn(&'a RedisStore, &'a PoolId) -> BoxFuture<'a, String> + Send + Sync + 'static,
+{
+    Box::new(f)
+}
+
+/// Runs `calls` one by one on `alone` and all at once on `batched`; every
+/// answer must match, and `batched` must have used one FCALL for them.
+async fn same_answers(
+    calls: &[Call],
+    alone: (&RedisStore, &RedisServer),
+    batched: (&RedisStore, &RedisServer),
+) -> Vec<String> {
+    let p = pool("p");
+    let mut expected = Vec::new();
+    for call in calls {
+        expected.push(call(alone.0, &p).await);
+    }
+    let before = fcalls(batched.1).await;
+    let answers = join_all(calls.iter().map(|call| call(batched.0, &p))).await;
+    let sent = fcalls(batched.1).await - before;
+    for (i, (got, want)) in answers.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            got, want,
+            "call {i}: batched answer differs from the answer alone"
+        );
+    }
+    assert_eq!(
+        sent,
+        1,
+        "{} calls made together went to redis in {sent} FCALLs",
+        calls.len()
+    );
+    expected
+}
+
+#[tokio::test]
+async fn a_batch_answers_every_call_as_if_it_ran_alone() {
+    let server_alone = RedisServer::start().await;
+    let server_batched = RedisServer::start().await;
+    let alone = store(&server_alone, false).await;
+    let batched = store(&server_batched, true).await;
+    let p = pool("p");
+    for s in [&alone, &batched] {
+        for id in ["a1", "a2", "a3"] {
+            s.upsert_roster(&p, entry(id)).await.unwrap();
+            s.go_online(&p, &agent(id), GoOnline::default(), false)
+                .await
+                .unwrap();
+            s.attach_stream(&p, &agent(id)).await.unwrap();
+        }
+    }
+
+    // Hand-offs (three find an agent, the fourth queues), heartbeats, one
+    // refused (an agent who never went online), a repeated request and a
+    // query of a conversation a call before it created.
+    let first: Vec<Call> = vec![
+        call(|s, p| Box::pin(async move { format!("{:?}", s.request(p, handoff("c1")).await) })),
+        call(|s, p| {
+            Box::pin(async move { format!("{:?}", s.heartbeat(p, &agent("a1"), None).await) })
+        }),
+        call(|s, p| Box::pin(async move { format!("{:?}", s.request(p, handoff("c2")).await) })),
+        call(|s, p| {
+            Box::pin(async move { format!("{:?}", s.heartbeat(p, &agent("ghost"), None).await) })
+        }),
+        call(|s, p| Box::pin(async move { format!("{:?}", s.request(p, handoff("c3")).await) })),
+        call(|s, p| Box::pin(async move { format!("{:?}", s.request(p, handoff("c4")).await) })),
+        call(|s, p| Box::pin(async move { format!("{:?}", s.request(p, handoff("c1")).await) })),
+        call(|s, p| Box::pin(async move { format!("{:?}", s.conversation(p, &cid("c4")).await) })),
+    ];
+    let answers = same_answers(&first, (&alone, &server_alone), (&batched, &server_batched)).await;
+    assert!(answers[3].contains("offline"), "{}", answers[3]);
+    assert!(answers[7].contains("Queued"), "{}", answers[7]);
+
+    // Who holds which offer (the same in both stores: the answers matched).
+    let mut holders = Vec::new();
+    for id in ["c1", "c2", "c3"] {
+        let c = alone.conversation(&p, &cid(id)).await.unwrap();
+        holders.push(c.agent_id.expect("offered").to_string());
+    }
+    let [h1, h2, h3] = <[String; 3]>::try_from(holders).unwrap();
+
+    // Accept, decline (the declined conversation goes to no one: every
+    // other agent is busy), accept with the wrong agent (refused),
+    // complete (the freed agent takes the queued c4 in the same batch),
+    // and the queued conversation's state after it.
+    let second: Vec<Call> = vec![
+        {
+            let h1 = h1.clone();
+            call(move |s, p| {
+                let h1 = h1.clone();
+                Box::pin(
+                    async move { format!("{:?}", s.accept(p, &agent(&h1), &offer("c1", 1)).await) },
+                )
+            })
+        },
+        {
+            let h2 = h2.clone();
+            call(move |s, p| {
+                let h2 = h2.clone();
+                Box::pin(async move {
+                    format!(
+                        "{:?}",
+                        s.decline(p, &agent(&h2), &offer("c2", 1), "busy").await
+                    )
+                })
+            })
+        },
+        {
+            let h1 = h1.clone();
+            call(move |s, p| {
+                let h1 = h1.clone();
+                Box::pin(
+                    async move { format!("{:?}", s.accept(p, &agent(&h1), &offer("c3", 1)).await) },
+                )
+            })
+        },
+        {
+            let h3 = h3.clone();
+            call(move |s, p| {
+                let h3 = h3.clone();
+                Box::pin(
+                    async move { format!("{:?}", s.accept(p, &agent(&h3), &offer("c3", 1)).await) },
+                )
+            })
+        },
+        {
+            let h1 = h1.clone();
+            call(move |s, p| {
+                let h1 = h1.clone();
+                Box::pin(async move {
+                    format!("{:?}", s.complete(p, &agent(&h1), &cid("c1"), "done").await)
+                })
+            })
+        },
+        call(|s, p| Box::pin(async move { format!("{:?}", s.conversation(p, &cid("c4")).await) })),
+    ];
+    let answers = same_answers(
+        &second,
+        (&alone, &server_alone),
+        (&batched, &server_batched),
+    )
+    .await;
+    assert!(answers[2].contains("PermissionDenied"), "{}", answers[2]);
+    assert!(answers[5].contains("Offered"), "{}", answers[5]);
+}
+
+/// Calls to two pools made together: one round trip, one FCALL per pool
+/// (a pipeline), each pool's calls answered from its own state.
+#[tokio::test]
+async fn calls_to_several_pools_share_the_round_trip_one_fcall_each() {
+    let server = RedisServer::start().await;
+    let store = store(&server, true).await;
+    let (p, q) = (pool("p"), pool("q"));
+    for (s_pool, id) in [(&p, "a1"), (&q, "b1")] {
+        store.upsert_roster(s_pool, entry(id)).await.unwrap();
+        store
+            .go_online(s_pool, &agent(id), GoOnline::default(), false)
+            .await
+            .unwrap();
+        store.attach_stream(s_pool, &agent(id)).await.unwrap();
+    }
+    let before = fcalls(&server).await;
+    let b1 = agent("b1");
+    let (in_p, in_q, p_again, q_beat) = tokio::join!(
+        store.request(&p, handoff("c1")),
+        store.request(&q, handoff("c1")),
+        store.request(&p, handoff("c2")),
+        store.heartbeat(&q, &b1, None),
+    );
+    assert_eq!(fcalls(&server).await - before, 2, "one FCALL per pool");
+    let offered_to = |c: &switchboard_core::model::Conversation| c.agent_id.clone();
+    assert_eq!(offered_to(&in_p.unwrap().value.0), Some(agent("a1")));
+    assert_eq!(offered_to(&in_q.unwrap().value.0), Some(agent("b1")));
+    // p's only agent holds c1's offer: c2 queues.
+    assert_eq!(offered_to(&p_again.unwrap().value.0), None);
+    assert_eq!(q_beat.unwrap().value.agent_id, agent("b1"));
+}
+
+/// A Redis that lost the library (restarted without persistence, FUNCTION
+/// FLUSH) gets it back on the next batch, and every call of it runs.
+#[tokio::test]
+async fn a_batch_reloads_a_lost_library_and_runs_every_call() {
+    let server = RedisServer::start().await;
+    let store = store(&server, true).await;
+    let p = pool("p");
+    for id in ["a1", "a2"] {
+        store.upsert_roster(&p, entry(id)).await.unwrap();
+    }
+    let mut connection = server.connection().await;
+    let _: String = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let (a1, a2) = (agent("a1"), agent("a2"));
+    let (one, two) = tokio::join!(
+        store.go_online(&p, &a1, GoOnline::default(), false),
+        store.go_online(&p, &a2, GoOnline::default(), false),
+    );
+    one.expect("a1 goes online after the reload");
+    two.expect("a2 goes online after the reload");
+    assert_eq!(store.agents(&p).await.unwrap().len(), 2);
+}
