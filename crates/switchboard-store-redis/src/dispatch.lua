@@ -2756,8 +2756,7 @@ local function dispatch(keys, args)
   if not known(command) then return unknown_command(command) end
   local value, err = run_command()
   -- A refused command changes nothing itself, but what the sweep did stays.
-  -- (A query changed nothing: its flush finds nothing to write.)
-  flush()
+  if not queries[command] then flush() end
   return reply(value, err)
 end
 
