@@ -12,7 +12,7 @@
 
 use futures::future::{BoxFuture, join_all};
 use switchboard_core::model::{GoOnline, RosterEntry};
-use switchboard_core::{DispatchSettings, PoolId, Timestamp};
+use switchboard_core::{AgentId, DispatchSettings, PoolId, Timestamp};
 use switchboard_store::Store;
 use switchboard_store::conformance::{self, agent, cid, handoff, offer, pool};
 use switchboard_store_redis::{RedisOptions, RedisStore};
@@ -40,16 +40,12 @@ async fn store(server: &RedisServer, batch_calls: bool) -> RedisStore {
 }
 
 async fn fcalls(server: &RedisServer) -> u64 {
-    let mut connection = server.connection().await;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection)
+    server
+        .command_calls()
         .await
-        .unwrap();
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
+        .get("fcall")
+        .copied()
+        .unwrap_or(0)
 }
 
 /// One store call, its answer rendered for comparison (value or refusal,
@@ -61,6 +57,24 @@ where
     F: for<'a> Fn(&'a RedisStore, &'a PoolId) -> BoxFuture<'a, String> + Send + Sync + 'static,
 {
     Box::new(f)
+}
+
+/// A call by agent `who` (known only once the test has run that far).
+fn by(
+    who: &str,
+    f: for<'a> fn(&'a RedisStore, &'a PoolId, AgentId) -> BoxFuture<'a, String>,
+) -> Call {
+    let who = agent(who);
+    call(move |s, p| f(s, p, who.clone()))
+}
+
+/// Agent `id` (capacity 1) online in `p` with its stream attached.
+async fn online(s: &RedisStore, p: &PoolId, id: &str) {
+    s.upsert_roster(p, entry(id)).await.unwrap();
+    s.go_online(p, &agent(id), GoOnline::default(), false)
+        .await
+        .unwrap();
+    s.attach_stream(p, &agent(id)).await.unwrap();
 }
 
 /// Runs `calls` one by one on `alone` and all at once on `batched`; every
@@ -102,11 +116,7 @@ async fn a_batch_answers_every_call_as_if_it_ran_alone() {
     let p = pool("p");
     for s in [&alone, &batched] {
         for id in ["a1", "a2", "a3"] {
-            s.upsert_roster(&p, entry(id)).await.unwrap();
-            s.go_online(&p, &agent(id), GoOnline::default(), false)
-                .await
-                .unwrap();
-            s.attach_stream(&p, &agent(id)).await.unwrap();
+            online(s, &p, id).await;
         }
     }
 
@@ -144,54 +154,23 @@ async fn a_batch_answers_every_call_as_if_it_ran_alone() {
     // complete (the freed agent takes the queued c4 in the same batch),
     // and the queued conversation's state after it.
     let second: Vec<Call> = vec![
-        {
-            let h1 = h1.clone();
-            call(move |s, p| {
-                let h1 = h1.clone();
-                Box::pin(
-                    async move { format!("{:?}", s.accept(p, &agent(&h1), &offer("c1", 1)).await) },
-                )
-            })
-        },
-        {
-            let h2 = h2.clone();
-            call(move |s, p| {
-                let h2 = h2.clone();
-                Box::pin(async move {
-                    format!(
-                        "{:?}",
-                        s.decline(p, &agent(&h2), &offer("c2", 1), "busy").await
-                    )
-                })
-            })
-        },
-        {
-            let h1 = h1.clone();
-            call(move |s, p| {
-                let h1 = h1.clone();
-                Box::pin(
-                    async move { format!("{:?}", s.accept(p, &agent(&h1), &offer("c3", 1)).await) },
-                )
-            })
-        },
-        {
-            let h3 = h3.clone();
-            call(move |s, p| {
-                let h3 = h3.clone();
-                Box::pin(
-                    async move { format!("{:?}", s.accept(p, &agent(&h3), &offer("c3", 1)).await) },
-                )
-            })
-        },
-        {
-            let h1 = h1.clone();
-            call(move |s, p| {
-                let h1 = h1.clone();
-                Box::pin(async move {
-                    format!("{:?}", s.complete(p, &agent(&h1), &cid("c1"), "done").await)
-                })
-            })
-        },
+        by(&h1, |s, p, a| {
+            Box::pin(async move { format!("{:?}", s.accept(p, &a, &offer("c1", 1)).await) })
+        }),
+        by(&h2, |s, p, a| {
+            Box::pin(
+                async move { format!("{:?}", s.decline(p, &a, &offer("c2", 1), "busy").await) },
+            )
+        }),
+        by(&h1, |s, p, a| {
+            Box::pin(async move { format!("{:?}", s.accept(p, &a, &offer("c3", 1)).await) })
+        }),
+        by(&h3, |s, p, a| {
+            Box::pin(async move { format!("{:?}", s.accept(p, &a, &offer("c3", 1)).await) })
+        }),
+        by(&h1, |s, p, a| {
+            Box::pin(async move { format!("{:?}", s.complete(p, &a, &cid("c1"), "done").await) })
+        }),
         call(|s, p| Box::pin(async move { format!("{:?}", s.conversation(p, &cid("c4")).await) })),
     ];
     let answers = same_answers(
@@ -211,14 +190,8 @@ async fn calls_to_several_pools_share_the_round_trip_one_fcall_each() {
     let server = RedisServer::start().await;
     let store = store(&server, true).await;
     let (p, q) = (pool("p"), pool("q"));
-    for (s_pool, id) in [(&p, "a1"), (&q, "b1")] {
-        store.upsert_roster(s_pool, entry(id)).await.unwrap();
-        store
-            .go_online(s_pool, &agent(id), GoOnline::default(), false)
-            .await
-            .unwrap();
-        store.attach_stream(s_pool, &agent(id)).await.unwrap();
-    }
+    online(&store, &p, "a1").await;
+    online(&store, &q, "b1").await;
     let before = fcalls(&server).await;
     let b1 = agent("b1");
     let (in_p, in_q, p_again, q_beat) = tokio::join!(

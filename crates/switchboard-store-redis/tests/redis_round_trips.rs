@@ -15,7 +15,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::process::Stdio;
 use std::time::Duration;
 use switchboard_core::model::{GoOnline, RosterEntry};
@@ -24,6 +24,7 @@ use switchboard_store::Store;
 use switchboard_store::conformance::{self, agent, cid, handoff, offer, online_with_stream};
 use switchboard_store_redis::RedisStore;
 use switchboard_testkit::RedisServer;
+use switchboard_testkit::redis::command_calls;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -140,21 +141,6 @@ impl Monitor {
 /// The client of a MONITOR line's source (`<time> [<db> <client>`).
 fn connection_of(source: &str) -> &str {
     source.rsplit(' ').next().unwrap_or(source)
-}
-
-async fn command_calls(connection: &mut redis::aio::MultiplexedConnection) -> HashMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(connection)
-        .await
-        .unwrap();
-    info.lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = stats.split(',').next()?.strip_prefix("calls=")?;
-            Some((name.to_owned(), calls.parse().ok()?))
-        })
-        .collect()
 }
 
 /// Runs `call` between two markers and checks both witnesses.

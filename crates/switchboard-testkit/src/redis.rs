@@ -4,6 +4,7 @@
 //! (AOF, fsync every second), and [`RedisServer::restart`] brings a crashed
 //! one back on the same port and directory, so it reloads what it had.
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -82,6 +83,13 @@ impl RedisServer {
             .get_multiplexed_async_connection()
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the test redis at {}: {e}", self.url()))
+    }
+
+    /// How many times each command ran so far (`INFO commandstats`, by
+    /// lower-case name: `fcall`, `zadd`, ...), commands inside scripts
+    /// included.
+    pub async fn command_calls(&self) -> HashMap<String, u64> {
+        command_calls(&mut self.connection().await).await
     }
 
     /// Starts the server again on the same port and directory (killing it
@@ -176,4 +184,23 @@ fn spawn(port: u16, dir: &Path, persistence: Persistence) -> Child {
             }
             panic!("cannot start redis-server: {e}")
         })
+}
+
+/// How many times each command ran on the server behind `connection` (see
+/// [`RedisServer::command_calls`]).
+pub async fn command_calls(
+    connection: &mut ::redis::aio::MultiplexedConnection,
+) -> HashMap<String, u64> {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats.split(',').next()?.strip_prefix("calls=")?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .collect()
 }
