@@ -2715,7 +2715,7 @@ local function unknown_command(name)
 end
 
 -- A batch: several commands of one pool in one call, each answered as if
--- called alone, in order, at the same `now` (src/lib.rs sends together the
+-- called alone, in order, at the same `now` (src/batch.rs sends together the
 -- commands that queued up while its previous call ran). After the fixed
 -- arguments: the number of commands, then for each its name, its argument
 -- count and its arguments. What a call costs whatever it does (the FCALL,

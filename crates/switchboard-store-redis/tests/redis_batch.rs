@@ -234,3 +234,65 @@ async fn a_batch_reloads_a_lost_library_and_runs_every_call() {
     two.expect("a2 goes online after the reload");
     assert_eq!(store.agents(&p).await.unwrap().len(), 2);
 }
+
+/// A batch naming an unknown command, or claiming more arguments than it
+/// carries, is refused whole with a message that says so: nothing in it
+/// runs. (The store never sends one; this is the library's own guard.)
+#[tokio::test]
+async fn a_malformed_batch_is_refused_whole() {
+    let server = RedisServer::start().await;
+    let store = store(&server, false).await;
+    let p = pool("p");
+    store.upsert_roster(&p, entry("a1")).await.unwrap();
+    let mut connection = server.connection().await;
+    let libraries: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let function = format!("{libraries:?}")
+        .split('"')
+        .find(|word| word.starts_with("sb_dispatch_"))
+        .expect("the dispatch function is loaded")
+        .to_owned();
+    let batch = |commands: &[&str]| {
+        let mut call = redis::cmd("FCALL");
+        call.arg(&function)
+            .arg(1)
+            .arg("sb:{p}:")
+            .arg("batch")
+            .arg("p")
+            .arg(0)
+            .arg(0);
+        // The settings: offer timeout, delivery grace, lease, max wait,
+        // misses before away, retention, wrap-up, outage threshold, stream
+        // cap, sweep limit, row format, events in replies; then not paused.
+        call.arg(&[
+            "20000", "5000", "30000", "600000", "3", "3600000", "0", "1000", "100000", "1000",
+            "msgpack", "1", "0",
+        ]);
+        call.arg(commands);
+        call
+    };
+    for (commands, says) in [
+        (
+            &["1", "no_such_command", "0"][..],
+            "switchboard command no_such_command",
+        ),
+        (
+            &["2", "agents", "0", "go_online", "9", "a1"][..],
+            "switchboard batch at command 2",
+        ),
+        (&["1", "agents", "5"][..], "switchboard batch at command 1"),
+    ] {
+        let refused = batch(commands)
+            .query_async::<redis::Value>(&mut connection)
+            .await
+            .expect_err("a malformed batch is refused");
+        assert!(refused.to_string().contains(says), "{refused}");
+    }
+    assert!(
+        store.agents(&p).await.unwrap().is_empty(),
+        "nothing in a refused batch ran"
+    );
+}
