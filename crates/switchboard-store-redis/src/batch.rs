@@ -190,13 +190,13 @@ async fn run(caller: Caller, mut jobs: mpsc::Receiver<Job>) {
         // A caller that gave up is not sent: its command never runs.
         batch.retain(|job| !job.reply.is_closed());
         if !batch.is_empty() {
-            send(&caller, std::mem::take(&mut batch)).await;
+            send(&caller, batch.drain(..)).await;
         }
     }
 }
 
 /// Sends the jobs (one FCALL per head, in one round trip) and answers each.
-async fn send(caller: &Caller, jobs: Vec<Job>) {
+async fn send(caller: &Caller, jobs: impl Iterator<Item = Job>) {
     let mut groups: Vec<(Head, Vec<Job>)> = Vec::new();
     for job in jobs {
         match groups.iter_mut().find(|(head, _)| *head == job.head) {
