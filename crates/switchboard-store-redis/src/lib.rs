@@ -233,14 +233,12 @@ pub(crate) async fn load_library(
 
 /// The dispatch state of every pool, in Redis. See the crate docs.
 pub struct RedisStore {
-    manager: ConnectionManager,
-    /// Builds and sends the dispatch library's calls.
+    /// The connection, the library and the Redis address (without
+    /// credentials): builds and sends the dispatch library's calls.
     caller: Caller,
     /// Where calls queue for the next batch (see `batch.rs`); `None` when
     /// [`RedisOptions::batch_calls`] is off: every call goes alone.
     batcher: Option<Batcher>,
-    /// The Redis address for messages, without credentials.
-    address: String,
     /// See [`RedisOptions::call_timeout`].
     call_timeout: Duration,
     /// Test only: how the scripts' time departs from Redis's `TIME`.
@@ -296,10 +294,10 @@ impl RedisStore {
             linger: options.feed_linger,
         });
         let caller = Caller {
-            manager: manager.clone(),
+            manager,
             library,
             settings_args: script::settings_args(&settings, &options),
-            address: address.clone(),
+            address,
         };
         let batcher = options.batch_calls.then(|| {
             let (batcher, task) = Batcher::start(caller.clone());
@@ -307,10 +305,8 @@ impl RedisStore {
             batcher
         });
         Ok(RedisStore {
-            manager,
             caller,
             batcher,
-            address,
             call_timeout: options.call_timeout,
             test_clock: Mutex::new(TestClock::default()),
             registered: Mutex::new(HashSet::new()),
@@ -375,7 +371,7 @@ impl RedisStore {
             .unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(format!(
                     "redis at `{}` is unreachable: no reply within {} ms (reconnecting)",
-                    self.address,
+                    self.caller.address,
                     self.call_timeout.as_millis()
                 )))
             })
@@ -387,7 +383,7 @@ impl RedisStore {
         if self.registered.lock().map_err(poisoned)?.contains(pool) {
             return Ok(());
         }
-        let mut connection = self.manager.clone();
+        let mut connection = self.caller.manager.clone();
         let _: i64 = connection
             .sadd(keys::POOLS, pool.as_str())
             .await
@@ -517,7 +513,7 @@ impl RedisStore {
 
     /// A plain read command, retried once like [`RedisStore::query`].
     async fn read<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
-        let mut connection = self.manager.clone();
+        let mut connection = self.caller.manager.clone();
         self.bounded(async {
             match cmd.query_async(&mut connection).await {
                 Ok(value) => Ok(value),
