@@ -25,9 +25,11 @@
 
 use redis::Value;
 use redis::aio::ConnectionManager;
+use switchboard_core::PoolId;
 use switchboard_store::StoreError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::keys;
 use crate::script::{self, Library};
 
 /// At most this many calls go in one round trip: a batch holds Redis for
@@ -43,9 +45,8 @@ const QUEUE: usize = 4096;
 /// can share one FCALL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
-    /// `sb:{pool}:`, the call's one key.
-    pub prefix: String,
-    pub pool: String,
+    /// The pool: the call's one key is its prefix (`sb:{pool}:`).
+    pub pool: PoolId,
     /// The test clock's argument (`0` in production).
     pub clock: String,
     pub contact_offset_ms: i64,
@@ -70,9 +71,9 @@ impl Caller {
         let mut call = redis::cmd("FCALL");
         call.arg(&self.library.function)
             .arg(1)
-            .arg(&head.prefix)
+            .arg(keys::prefix(&head.pool))
             .arg(command)
-            .arg(&head.pool)
+            .arg(head.pool.as_str())
             .arg(&head.clock)
             .arg(head.contact_offset_ms)
             .arg(&self.settings_args[..])
@@ -85,6 +86,21 @@ impl Caller {
         let mut call = self.fcall(head, command);
         call.arg(args);
         call
+    }
+
+    /// One command alone, sent and its reply read (see [`Caller::send`]).
+    pub async fn call_alone<T: redis::FromRedisValue>(
+        &self,
+        head: &Head,
+        command: &str,
+        args: &[String],
+    ) -> Result<T, StoreError> {
+        let call = self.single(head, command, args);
+        self.send(|mut connection| {
+            let call = call.clone();
+            Box::pin(async move { call.query_async(&mut connection).await })
+        })
+        .await
     }
 
     /// Several commands of one head in one call (`batch`).
@@ -209,12 +225,8 @@ async fn send(caller: &Caller, jobs: impl Iterator<Item = Job>) {
     let sent = if let [(head, group)] = groups.as_slice()
         && let [job] = group.as_slice()
     {
-        let call = caller.single(head, job.command, &job.args);
         caller
-            .send(|mut connection| {
-                let call = call.clone();
-                Box::pin(async move { call.query_async::<Value>(&mut connection).await })
-            })
+            .call_alone::<Value>(head, job.command, &job.args)
             .await
             .map(|value| vec![value])
     } else {

@@ -439,23 +439,14 @@ impl RedisStore {
     ) -> StoreResult<Reply<T>> {
         let clock = self.test_clock()?;
         let head = Head {
-            prefix: keys::prefix(pool),
-            pool: pool.as_str().to_owned(),
+            pool: pool.clone(),
             clock: clock.script_arg(),
             contact_offset_ms: clock.contact_offset_ms,
             paused: self.delivery_checks_paused.load(Ordering::Relaxed),
         };
         let raw: String = match &self.batcher {
             Some(batcher) => batcher.call(head, command.name(), args.to_vec()).await?,
-            None => {
-                let call = self.caller.single(&head, command.name(), args);
-                self.caller
-                    .send(|mut connection| {
-                        let call = call.clone();
-                        Box::pin(async move { call.query_async(&mut connection).await })
-                    })
-                    .await?
-            }
+            None => self.caller.call_alone(&head, command.name(), args).await?,
         };
         let reply = Reply::parse(&raw)?;
         if let Some(outage) = reply.outage() {
