@@ -543,6 +543,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<RunReport> {
         progress.phase("some agents did not finish within 30 s");
     }
     senders.stop().await;
+    // The agents are offline: close their connections, so that the echo
+    // comparison (as many connections again) fits in the open files the
+    // run itself needed.
+    drop(agent_channels);
     // With the agents offline the server is idle again: what the probe
     // reads now is the host.
     let probe_after = cpu_probe(cpus.as_deref(), &progress).await;

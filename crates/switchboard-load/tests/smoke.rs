@@ -69,7 +69,20 @@ fn start_server(extra: &[&str]) -> (Server, String) {
 /// JSON report after checking the exit code, completed hand-offs and the
 /// invariants.
 fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard-load"))
+    let tool = Command::new(env!("CARGO_BIN_EXE_switchboard-load"));
+    short_run_of(tool, server, url, ["20", "5"], extra)
+}
+
+/// `short_run` with the tool started by `tool` (e.g. under a shell that
+/// lowers its limits) and `[agents, agents per connection]`.
+fn short_run_of(
+    mut tool: Command,
+    server: &Server,
+    url: &str,
+    [agents, per_connection]: [&str; 2],
+    extra: &[&str],
+) -> serde_json::Value {
+    let output = tool
         .args([
             "run",
             "--server",
@@ -77,9 +90,9 @@ fn short_run(server: &Server, url: &str, extra: &[&str]) -> serde_json::Value {
             "--server-pid",
             &server.0.id().to_string(),
             "--agents",
-            "20",
+            agents,
             "--agents-per-connection",
-            "5",
+            per_connection,
             "--rate",
             "20",
             "--duration",
@@ -169,6 +182,34 @@ fn a_short_run_completes_hand_offs_and_holds_the_invariants() {
     let (server, url) = start_server(&[]);
     let report = short_run(&server, &url, &[]);
     assert!(report["redis"].is_null(), "no --redis-url: {report:#}");
+}
+
+/// `--compare-echo` opens as many connections as the run's agents did: it
+/// runs once they are closed, so a run that fits in its open-file limit
+/// keeps fitting with the comparison (150 agents, each on its own
+/// connection, under a limit of 256 open files; both at once would need
+/// over 300).
+#[test]
+fn the_echo_comparison_fits_in_the_open_files_of_the_run() {
+    let (server, url) = start_server(&[]);
+    let mut tool = Command::new("bash");
+    tool.args([
+        "-c",
+        r#"ulimit -n 256 && exec "$0" "$@""#,
+        env!("CARGO_BIN_EXE_switchboard-load"),
+    ]);
+    let report = short_run_of(tool, &server, &url, ["150", "1"], &["--compare-echo"]);
+    let echo = &report["echo"];
+    assert_eq!(echo["echo"]["listeners"].as_u64(), Some(150), "{report:#}");
+    assert!(
+        echo["echo"]["push"]["count"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    assert_eq!(echo["echo"]["errors"].as_u64(), Some(0), "{report:#}");
+    assert!(
+        echo["offer_p99_ratio"].as_f64().unwrap() > 0.0,
+        "{report:#}"
+    );
 }
 
 /// The server on the Redis at `redis_url` and a short run with
