@@ -254,9 +254,9 @@ async fn send(caller: &Caller, jobs: impl Iterator<Item = Job>) {
                 replies.len(),
                 groups.len()
             ));
-            return answer_all(groups, &error);
+            return answer_all(groups.into_iter().flat_map(|(_, group)| group), &error);
         }
-        Err(error) => return answer_all(groups, &error),
+        Err(error) => return answer_all(groups.into_iter().flat_map(|(_, group)| group), &error),
     };
     for ((_, group), reply) in groups.into_iter().zip(replies) {
         let single = group.len() == 1;
@@ -275,16 +275,15 @@ async fn send(caller: &Caller, jobs: impl Iterator<Item = Job>) {
                 let error = StoreError::Internal(format!(
                     "unreadable batch reply from the dispatch script: {other:?}"
                 ));
-                for job in group {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
+                answer_all(group, &error);
             }
         }
     }
 }
 
-fn answer_all(groups: Vec<(Head, Vec<Job>)>, error: &StoreError) {
-    for job in groups.into_iter().flat_map(|(_, group)| group) {
+/// Fails every one of `jobs` with `error`.
+fn answer_all(jobs: impl IntoIterator<Item = Job>, error: &StoreError) {
+    for job in jobs {
         let _ = job.reply.send(Err(error.clone()));
     }
 }
